@@ -1,0 +1,78 @@
+"""warp2d throughput: reference, F.grid_sample (grid construction counted in), C++,
+Triton and CUDA, for 1 and 128 slices of 256×256, smooth and random fields.
+
+    .venv/bin/python -m pytest benchmarks/bench_warp2d.py --benchmark-only
+
+prints, per case, every backend's median and its ratio to grid_sample from the
+same run. GPU rows appear where a CUDA device is present.
+"""
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import engine.ops  # noqa: F401
+
+W2 = sys.modules["engine.ops.warp2d"]
+
+H = W = 256
+CUDA = torch.cuda.is_available()
+
+
+def make_inputs(n: int, field: str, device: str = "cpu"):
+    g = torch.Generator().manual_seed(0)
+    src = torch.rand(n, 1, H, W, generator=g)
+    if field == "smooth":
+        coarse = torch.randn(n, 2, H // 16, W // 16, generator=g) * 3
+        u = F.interpolate(coarse, size=(H, W), mode="bilinear", align_corners=True)
+    else:
+        u = torch.randn(n, 2, H, W, generator=g) * 3
+    return src.to(device), u.contiguous().to(device)
+
+
+def grid_sample_equivalent(src, u):
+    """The same warp through F.grid_sample: build the normalised grid, then sample."""
+    h, w = u.shape[-2:]
+    ys = torch.arange(h, device=u.device, dtype=u.dtype).view(1, h, 1)
+    xs = torch.arange(w, device=u.device, dtype=u.dtype).view(1, 1, w)
+    gy = (ys + u[:, 0]) * (2.0 / (h - 1)) - 1
+    gx = (xs + u[:, 1]) * (2.0 / (w - 1)) - 1
+    return F.grid_sample(src, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def _backends(device):
+    names = ["grid_sample", "reference"]
+    if device == "cpu":
+        names.append("cpu")
+    else:
+        names += ["cuda", "triton"]
+    return names
+
+
+CASES = [(n, f, d) for d in (["cpu"] + (["cuda"] if CUDA else [])) for n in (1, 128) for f in ("smooth", "random")]
+
+
+@pytest.mark.parametrize("n,field,device", CASES, ids=[f"{d}-{n}x256x256-{f}" for n, f, d in CASES])
+@pytest.mark.parametrize("backend", ["grid_sample", "reference", "cpu", "cuda", "triton"])
+def test_warp2d(benchmark, ratios, n, field, device, backend):
+    if backend not in _backends(device):
+        pytest.skip(f"{backend} does not serve {device} tensors")
+    src, u = make_inputs(n, field, device)
+    if backend == "grid_sample":
+        fn = lambda: grid_sample_equivalent(src, u)  # noqa: E731
+    else:
+        if backend != "reference" and W2.C.select("warp2d", src.device, (backend,)) != backend:
+            pytest.skip(f"{backend} backend not loaded")
+        impl = W2.IMPLS[backend]
+        fn = lambda: impl(src, u, "bilinear", "zeros")  # noqa: E731
+    if device == "cuda":
+        def run():
+            fn()
+            torch.cuda.synchronize()
+    else:
+        run = fn
+    rounds = 3 if (n == 128 and device == "cpu") else 20
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=1)
+    ratios.record(f"warp2d {device} {n}x{H}x{W} {field}", backend, benchmark, baseline="grid_sample")
