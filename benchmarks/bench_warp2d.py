@@ -76,3 +76,25 @@ def test_warp2d(benchmark, ratios, n, field, device, backend):
     rounds = 3 if (n == 128 and device == "cpu") else 20
     benchmark.pedantic(run, rounds=rounds, warmup_rounds=1)
     ratios.record(f"warp2d {device} {n}x{H}x{W} {field}", backend, benchmark, baseline="grid_sample")
+
+
+def gpu_rows() -> list[dict]:
+    """Effective bandwidth of the CUDA and Triton warp2d at 128x256x256 float32
+    (bytes that must move: src + u read, out written), for benchmarks/gpu_table.py."""
+    from _gpu import bandwidth_row, count_launches, time_cuda
+
+    rows = []
+    for field in ("smooth", "random"):
+        src, u = make_inputs(128, field, "cuda")
+        nbytes = src.numel() * 4 + u.numel() * 4 + src.numel() * 4
+        for backend in ("cuda", "triton"):
+            if W2.C.select("warp2d", src.device, (backend,)) != backend:
+                rows.append({"kernel": f"warp2d {backend}", "note": "backend not loaded"})
+                continue
+            impl = W2.IMPLS[backend]
+            fn = lambda: impl(src, u, "bilinear", "zeros")  # noqa: E731
+            row = bandwidth_row(f"warp2d {backend} 128x256x256 {field}", nbytes, time_cuda(fn), count_launches(fn))
+            rows.append(row)
+        ms = time_cuda(lambda: grid_sample_equivalent(src, u))
+        rows.append(bandwidth_row(f"warp2d grid_sample 128x256x256 {field}", nbytes, ms))
+    return rows
