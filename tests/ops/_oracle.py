@@ -6,7 +6,8 @@
 * ``poisoned(...)``: output buffers filled with NaN (floats) or 0xAB (integers), so a
   kernel that forgets to write an element is caught.
 * ``triton_interpret``: a context that runs Triton launchers with the interpreter on
-  CPU tensors (TRITON_INTERPRET is read when a kernel is launched).
+  CPU tensors. Triton 3.9 reads TRITON_INTERPRET when a kernel is decorated, so
+  the launchers in kernels/ jit lazily at launch (see kernels/warp2d.py, _LazyJit).
 * ``backends_for(device)``: which implementations of an op to compare on a device.
 """
 
