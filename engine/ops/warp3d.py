@@ -1,0 +1,349 @@
+"""warp3d: pull-back warp of a batch of 3D volumes by voxel displacement fields.
+
+    out[n, c, z, y, x] = src[n, c](z + u[n, 0, z, y, x], y + u[n, 1, z, y, x], x + u[n, 2, z, y, x])
+
+The exact 3D twin of :mod:`engine.ops.warp2d`:
+
+* ``src`` ``[N, C, Ds, Hs, Ws]`` float32 / float64 / float16 / bfloat16, or uint8 with
+  ``mode="nearest"``; any strides.
+* ``u`` ``[N, 3, D, H, W]`` float32 (float64 allowed; cast to the accumulation type),
+  channel 0 the depth (z) displacement, 1 the row (y), 2 the column (x), in voxels.
+  The output has u's spatial size ``D, H, W`` (usually ``Ds, Hs, Ws``).
+* ``mode``: ``"bilinear"`` (trilinear in 3D, named as torch names it) or
+  ``"nearest"`` (``floor(p + 0.5)``: ties round up).
+* ``padding``: ``"zeros"`` (corners outside read 0) or ``"border"`` (the sample
+  position is clamped to the volume; no gradient w.r.t. u along a clamped axis).
+
+Equal to ``F.grid_sample(src, grid, align_corners=True)`` on the 5D normalised grid
+``grid[..., (x, y, z)] = 2 * (base + u) / (size - 1) - 1`` (tested), without building
+that grid.
+
+Backends (all pinned to the reference by tests/ops/test_warp3d.py):
+``reference`` (pure torch, differentiable by autograd), ``cpu`` (C++/OpenMP over
+(n, z, y) rows, csrc/warp3d/warp3d_cpu.cpp), ``cuda`` (csrc/warp3d/warp3d.cu, one
+launch per call), ``triton`` (kernels/warp3d.py). Gradients flow to ``src`` and ``u``
+(not for uint8 sources); the backward is itself an op (``dilseg::warp3d_backward``)
+with the same backends. Accumulation is float32 (float64 for float64 inputs); 16-bit
+outputs are rounded once.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _common as C
+
+__all__ = ["warp3d", "warp3d_reference", "IMPLS", "BACKWARD_IMPLS"]
+
+MODES = ("bilinear", "nearest")
+PADDINGS = ("zeros", "border")
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_OP = "warp3d"
+
+
+# --- reference -------------------------------------------------------------------
+
+def _clamp_coord(p: Tensor, hi: int) -> Tensor:
+    # gradient 1 strictly inside (0, hi), 0 where clamped (as grid_sample's border
+    # mode); NaN goes to 0, as the kernels' NaN-safe clamp
+    inside = (p > 0) & (p < hi)
+    return torch.where(inside, p, torch.nan_to_num(p.detach(), nan=0.0).clamp(0, hi))
+
+
+def warp3d_reference(src: Tensor, u: Tensor, mode: str = "bilinear", padding: str = "zeros") -> Tensor:
+    """Pure-torch warp3d (the oracle); differentiable w.r.t. ``src`` and ``u``."""
+    N, Cc, Ds, Hs, Ws = src.shape
+    D, H, W = u.shape[-3:]
+    acc = C.acc_dtype(src.dtype)
+    dev = src.device
+    zs = torch.arange(D, device=dev, dtype=acc).view(1, D, 1, 1)
+    ys = torch.arange(H, device=dev, dtype=acc).view(1, 1, H, 1)
+    xs = torch.arange(W, device=dev, dtype=acc).view(1, 1, 1, W)
+    pz = zs + u[:, 0].to(acc)
+    py = ys + u[:, 1].to(acc)
+    px = xs + u[:, 2].to(acc)
+    if padding == "border":
+        pz, py, px = _clamp_coord(pz, Ds - 1), _clamp_coord(py, Hs - 1), _clamp_coord(px, Ws - 1)
+    else:
+        pz = torch.nan_to_num(pz, nan=-2.0).clamp(-2, Ds + 1)
+        py = torch.nan_to_num(py, nan=-2.0).clamp(-2, Hs + 1)
+        px = torch.nan_to_num(px, nan=-2.0).clamp(-2, Ws + 1)
+    M = D * H * W
+
+    def gather(flat: Tensor, zi: Tensor, yi: Tensor, xi: Tensor) -> tuple[Tensor, Tensor]:
+        valid = (zi >= 0) & (zi < Ds) & (yi >= 0) & (yi < Hs) & (xi >= 0) & (xi < Ws)
+        idx = ((zi.clamp(0, Ds - 1) * Hs + yi.clamp(0, Hs - 1)) * Ws + xi.clamp(0, Ws - 1)).long()
+        v = flat.gather(2, idx.reshape(N, 1, M).expand(N, Cc, M)).reshape(N, Cc, D, H, W)
+        return v, valid.unsqueeze(1)
+
+    if mode == "nearest":
+        flat = src.reshape(N, Cc, Ds * Hs * Ws)
+        v, valid = gather(flat, torch.floor(pz + 0.5), torch.floor(py + 0.5), torch.floor(px + 0.5))
+        return torch.where(valid, v, torch.zeros((), dtype=src.dtype, device=dev))
+    z0, y0, x0 = torch.floor(pz), torch.floor(py), torch.floor(px)
+    wz, wy, wx = pz - z0, py - y0, px - x0
+    flat = src.reshape(N, Cc, Ds * Hs * Ws).to(acc)
+    out = torch.zeros((N, Cc, D, H, W), dtype=acc, device=dev)
+    zero = torch.zeros((), dtype=acc, device=dev)
+    for dz in (0, 1):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                w = (wz if dz else 1 - wz) * (wy if dy else 1 - wy) * (wx if dx else 1 - wx)
+                v, valid = gather(flat, z0 + dz, y0 + dy, x0 + dx)
+                out = out + torch.where(valid, w.unsqueeze(1) * v, zero)
+    return out.to(src.dtype)
+
+
+def _positions(u: Tensor, sizes: tuple[int, int, int], padding: str, acc: torch.dtype):
+    """Sample positions (z, y, x) after the padding rule, and the d(position)/d(u)
+    factors (0 where border-clamped), as the kernels compute them."""
+    D, H, W = u.shape[-3:]
+    bases = (
+        torch.arange(D, device=u.device, dtype=acc).view(1, D, 1, 1),
+        torch.arange(H, device=u.device, dtype=acc).view(1, 1, H, 1),
+        torch.arange(W, device=u.device, dtype=acc).view(1, 1, 1, W),
+    )
+    ps, ss = [], []
+    for k in range(3):
+        p = bases[k] + u[:, k].to(acc)
+        if padding == "border":
+            ss.append(((p > 0) & (p < sizes[k] - 1)).to(acc))
+            ps.append(torch.nan_to_num(p, nan=0.0).clamp(0, sizes[k] - 1))
+        else:
+            ss.append(torch.ones((), dtype=acc, device=u.device))
+            ps.append(torch.nan_to_num(p, nan=-2.0).clamp(-2, sizes[k] + 1))
+    return ps, ss
+
+
+def _reference_backward(grad: Tensor, src: Tensor, u: Tensor, mode: str, padding: str, need_src: bool, need_u: bool):
+    """Analytic gradients in plain torch (custom-op kernels run below autograd, so
+    the reference backward cannot differentiate the forward; it spells it out, and
+    tests pin it to autograd through ``warp3d_reference``)."""
+    N, Cc, Ds, Hs, Ws = src.shape
+    D, H, W = u.shape[-3:]
+    M = D * H * W
+    acc = C.acc_dtype(src.dtype)
+    (pz, py, px), (sz, sy, sx) = _positions(u, (Ds, Hs, Ws), padding, acc)
+    g = grad.to(acc).reshape(N, Cc, M)
+    flat = src.to(acc).reshape(N, Cc, Ds * Hs * Ws)
+    gs = torch.zeros((N, Cc, Ds * Hs * Ws), dtype=acc, device=src.device) if need_src else None
+    gu = [torch.zeros((N, M), dtype=acc, device=src.device) for _ in range(3)]
+
+    def corner(zi: Tensor, yi: Tensor, xi: Tensor):
+        valid = ((zi >= 0) & (zi < Ds) & (yi >= 0) & (yi < Hs) & (xi >= 0) & (xi < Ws)).to(acc)
+        idx = ((zi.clamp(0, Ds - 1) * Hs + yi.clamp(0, Hs - 1)) * Ws + xi.clamp(0, Ws - 1)).long()
+        return idx.reshape(N, 1, M).expand(N, Cc, M), valid.reshape(N, 1, M)
+
+    if mode == "nearest":
+        if gs is not None:
+            idx, valid = corner(torch.floor(pz + 0.5), torch.floor(py + 0.5), torch.floor(px + 0.5))
+            gs.scatter_add_(2, idx, g * valid)
+    else:
+        z0, y0, x0 = torch.floor(pz), torch.floor(py), torch.floor(px)
+        wz, wy, wx = pz - z0, py - y0, px - x0
+        for dz in (0, 1):
+            for dy in (0, 1):
+                for dx in (0, 1):
+                    idx, valid = corner(z0 + dz, y0 + dy, x0 + dx)
+                    wzk = (wz if dz else 1 - wz).reshape(N, 1, M)
+                    wyk = (wy if dy else 1 - wy).reshape(N, 1, M)
+                    wxk = (wx if dx else 1 - wx).reshape(N, 1, M)
+                    if gs is not None:
+                        gs.scatter_add_(2, idx, g * (wzk * wyk * wxk * valid))
+                    if need_u:
+                        gv = (g * flat.gather(2, idx) * valid).sum(1)  # [N, M]
+                        gu[0] += gv * (1.0 if dz else -1.0) * (wyk * wxk)[:, 0]
+                        gu[1] += gv * (1.0 if dy else -1.0) * (wzk * wxk)[:, 0]
+                        gu[2] += gv * (1.0 if dx else -1.0) * (wzk * wyk)[:, 0]
+    gu_t = None
+    if need_u:
+        gu_t = torch.stack([gu[0].reshape(N, D, H, W) * sz, gu[1].reshape(N, D, H, W) * sy,
+                            gu[2].reshape(N, D, H, W) * sx], 1)
+    return _pack(gs.reshape(src.shape) if gs is not None else None, gu_t, src, u)
+
+
+def _pack(gs: Optional[Tensor], gu: Optional[Tensor], src: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    empty = src.new_empty((0,))
+    gs = empty if gs is None else gs.to(src.dtype)
+    gu = u.new_empty((0,)) if gu is None else gu.to(u.dtype)
+    return gs, gu
+
+
+# --- compiled kernels ---------------------------------------------------------------
+
+def _geom(src: Tensor, u: Tensor) -> list[int]:
+    N, Cc, Ds, Hs, Ws = src.shape
+    return [N, Cc, Ds, Hs, Ws, u.shape[2], u.shape[3], u.shape[4]]
+
+
+def _enums(mod, mode: str, padding: str):
+    interp = mod.Interp.Bilinear if mode == "bilinear" else mod.Interp.Nearest
+    pad = mod.Padding.Zeros if padding == "zeros" else mod.Padding.Border
+    return interp, pad
+
+
+def _out_shape(src: Tensor, u: Tensor) -> tuple[int, ...]:
+    return (src.shape[0], src.shape[1], u.shape[2], u.shape[3], u.shape[4])
+
+
+def _native_forward(mod, last_arg, src: Tensor, u: Tensor, mode: str, padding: str) -> Tensor:
+    uk = u.to(C.acc_dtype(src.dtype))
+    out = torch.empty(_out_shape(src, u), dtype=src.dtype, device=src.device)
+    if out.numel() == 0:
+        return out
+    interp, pad = _enums(mod, mode, padding)
+    mod.warp3d_forward(src.data_ptr(), list(src.stride()), C.kernel_dtype(mod, src.dtype), uk.data_ptr(),
+                       list(uk.stride()), out.data_ptr(), _geom(src, uk), interp, pad, last_arg(src))
+    return out
+
+
+def _native_backward(mod, last_arg, grad: Tensor, src: Tensor, u: Tensor, mode: str, padding: str,
+                     need_src: bool, need_u: bool):
+    acc = C.acc_dtype(src.dtype)
+    uk = u.to(acc)
+    grad = grad.to(src.dtype)
+    gs = torch.zeros(src.shape, dtype=acc, device=src.device) if need_src else None
+    gu = torch.empty(uk.shape, dtype=acc, device=src.device) if need_u else None
+    if grad.numel() and (need_src or need_u):
+        interp, pad = _enums(mod, mode, padding)
+        mod.warp3d_backward(grad.data_ptr(), list(grad.stride()), src.data_ptr(), list(src.stride()),
+                            C.kernel_dtype(mod, src.dtype), uk.data_ptr(), list(uk.stride()),
+                            gs.data_ptr() if gs is not None else 0, gu.data_ptr() if gu is not None else 0,
+                            _geom(src, uk), interp, pad, last_arg(src))
+    elif gu is not None:
+        gu.zero_()
+    return _pack(gs, gu, src, u)
+
+
+# Output voxels per CPU thread below which fewer threads are used: a parallel region
+# costs more than it saves on tiny volumes (and stalls on a loaded machine).
+_GRAIN = 1 << 15
+
+
+def _cpu_threads(u: Tensor) -> int:
+    work = u.shape[0] * u.shape[2] * u.shape[3] * u.shape[4]
+    return max(1, min(C.num_threads(), work // _GRAIN))
+
+
+def _cpu_forward(src, u, mode, padding):
+    return _native_forward(C.cpu_module(), lambda t: _cpu_threads(u), src, u, mode, padding)
+
+
+def _cpu_backward(grad, src, u, mode, padding, need_src, need_u):
+    return _native_backward(C.cpu_module(), lambda t: _cpu_threads(u), grad, src, u, mode, padding, need_src, need_u)
+
+
+def _cuda_forward(src, u, mode, padding):
+    return _native_forward(C.cuda_module(), C.cuda_stream, src, u, mode, padding)
+
+
+def _cuda_backward(grad, src, u, mode, padding, need_src, need_u):
+    return _native_backward(C.cuda_module(), C.cuda_stream, grad, src, u, mode, padding, need_src, need_u)
+
+
+def _triton_forward(src, u, mode, padding):
+    tk = C.triton_module()
+    uk = u.to(C.acc_dtype(src.dtype))
+    out = torch.empty(_out_shape(src, u), dtype=src.dtype, device=src.device)
+    if out.numel():
+        tk.warp3d_forward(src, uk, out, bilinear=mode == "bilinear", border=padding == "border")
+    return out
+
+
+def _triton_backward(grad, src, u, mode, padding, need_src, need_u):
+    tk = C.triton_module()
+    acc = C.acc_dtype(src.dtype)
+    uk = u.to(acc)
+    gs = torch.zeros(src.shape, dtype=acc, device=src.device) if need_src else None
+    gu = torch.zeros(uk.shape, dtype=acc, device=src.device) if need_u else None
+    if grad.numel() and (need_src or need_u):
+        tk.warp3d_backward(grad.to(src.dtype), src, uk, gs, gu, bilinear=mode == "bilinear", border=padding == "border")
+    return _pack(gs, gu, src, u)
+
+
+IMPLS = C.impl_table(reference=warp3d_reference, cpu=_cpu_forward, cuda=_cuda_forward, triton=_triton_forward)
+BACKWARD_IMPLS = C.impl_table(reference=_reference_backward, cpu=_cpu_backward, cuda=_cuda_backward,
+                              triton=_triton_backward)
+_NATIVE = ("cpu", "cuda", "triton")
+
+
+# --- torch custom ops -----------------------------------------------------------------
+
+@torch.library.custom_op("dilseg::warp3d", mutates_args=())
+def _warp3d_op(src: Tensor, u: Tensor, mode: str, padding: str) -> Tensor:
+    return IMPLS[C.select(_OP, src.device, _NATIVE)](src, u, mode, padding)
+
+
+@_warp3d_op.register_fake
+def _(src, u, mode, padding):
+    return src.new_empty(_out_shape(src, u))
+
+
+@torch.library.custom_op("dilseg::warp3d_backward", mutates_args=())
+def _warp3d_backward_op(grad: Tensor, src: Tensor, u: Tensor, mode: str, padding: str, need_src: bool,
+                        need_u: bool) -> tuple[Tensor, Tensor]:
+    impl = BACKWARD_IMPLS[C.select(_OP, src.device, _NATIVE)]
+    return impl(grad, src, u, mode, padding, need_src, need_u)
+
+
+@_warp3d_backward_op.register_fake
+def _(grad, src, u, mode, padding, need_src, need_u):
+    gs = src.new_empty(src.shape) if need_src else src.new_empty((0,))
+    gu = u.new_empty(u.shape) if need_u else u.new_empty((0,))
+    return gs, gu
+
+
+def _setup_context(ctx, inputs, output):
+    src, u, mode, padding = inputs
+    ctx.save_for_backward(src, u)
+    ctx.mode, ctx.padding = mode, padding
+
+
+def _backward(ctx, grad):
+    src, u = ctx.saved_tensors
+    need_src, need_u = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if src.dtype == torch.uint8:
+        need_src = False
+    if not (need_src or need_u):
+        return None, None, None, None
+    gs, gu = _warp3d_backward_op(grad.contiguous(), src, u, ctx.mode, ctx.padding, need_src, need_u)
+    return (gs if need_src else None), (gu if need_u else None), None, None
+
+
+_warp3d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --- public entry -------------------------------------------------------------------------
+
+def validate(src: Tensor, u: Tensor, mode: str, padding: str, check_finite: bool) -> None:
+    C.check_tensor("src", src, 5, FLOAT_DTYPES + (torch.uint8,))
+    C.check_tensor("u", u, 5, (torch.float32, torch.float64))
+    C.check_choice("mode", mode, MODES)
+    C.check_choice("padding", padding, PADDINGS)
+    C.check_same_device(src=src, u=u)
+    if u.shape[0] != src.shape[0] or u.shape[1] != 3:
+        raise C.ShapeError(f"u must be [N=src.shape[0], 3, D, H, W]; got src {tuple(src.shape)}, u {tuple(u.shape)}")
+    if src.dtype == torch.uint8 and mode != "nearest":
+        raise C.DTypeError("uint8 sources need mode='nearest' (trilinear would not be exact in uint8)")
+    if min(src.shape[2:]) < 1:
+        raise C.ShapeError(f"src must have non-empty spatial size, got {tuple(src.shape)}")
+    if check_finite:
+        C.check_finite("u", u)
+
+
+def warp3d(src: Tensor, u: Tensor, mode: str = "bilinear", padding: str = "zeros", *,
+           check_finite: bool = True) -> Tensor:
+    """Warp ``src`` ``[N,C,Ds,Hs,Ws]`` by voxel displacements ``u`` ``[N,3,D,H,W]``.
+
+    ``u[:, 0]`` displaces along depth (z), ``u[:, 1]`` along rows (y), ``u[:, 2]`` along
+    columns (x). Returns ``[N, C, D, H, W]`` in ``src``'s dtype. Differentiable w.r.t.
+    ``src`` and ``u``. ``check_finite=False`` skips the NaN/Inf scan of ``u`` (a device
+    sync); the kernels stay memory-safe either way (non-finite positions read padding).
+    Raises ``engine.errors.ShapeError`` / ``DTypeError`` / ``InputError`` /
+    ``NonFiniteError`` on bad input.
+    """
+    validate(src, u, mode, padding, check_finite)
+    return _warp3d_op(src, u, mode, padding)
