@@ -1,0 +1,567 @@
+"""Online trainer: mixed precision, replay mixing, optional CUDA-graph capture.
+
+Public API
+----------
+``LearnConfig``: dataclass of every learning hyper-parameter (documented defaults).
+``Trainer(config: LearnConfig | None = None, device="cpu")`` owns the segmenter and
+its optimizer:
+
+* ``step((image, target, weight)) -> loss``: one optimisation step on a batch,
+  each tensor ``(B, 1, pd, ph, pw)`` on the device; returns the loss as a detached
+  0-d float32 device tensor (no host synchronisation).
+* ``train_case(image, target, weight, steps, replay=None, replay_ratio=None,
+  residual=None) -> losses``: ``steps`` steps on one case (``(D, H, W)`` tensors or
+  arrays, raw image intensities), mixing current-case patches with replay patches;
+  returns the ``(steps,)`` float32 losses on the device.
+* ``predict(image) -> probabilities``: ``(D, H, W)`` float32 via sliding-window
+  inference at the training patch size.
+* ``make_replay(capacity, policy)``: a :class:`ReplayBuffer` matching this trainer
+  (patch size, normalisation, device).
+* ``state_dict()`` / ``load_state_dict()``: used by :mod:`engine.learn.checkpoint`.
+
+The image normalisation (``LearnConfig.normalize``) happens inside ``train_case``
+and ``predict``, and inside ``ReplayBuffer.add_case``: callers pass raw intensities
+everywhere.
+
+Precision: ``"bf16"`` autocast (CPU and GPU), ``"fp16"`` autocast with
+``torch.amp.GradScaler`` (GPU only) or ``"fp32"``. Losses are always computed in
+float32. On the 2-core AVX512-BF16 development CPU, bf16 + ``channels_last_3d`` is
+the fastest setting (see ``benchmarks/bench_train.py``), hence the defaults.
+
+Replay mixing: with ratio ``r`` and batch ``B``, global step ``t`` takes
+``floor((t+1) B r) - floor(t B r)`` replay patches and the rest from the current
+case, so the replay share is exactly ``r`` over time and depends only on the step
+counter (which checkpoints keep): a resumed run draws the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import CheckpointError, InputError, ShapeError
+from ._checks import as_volume, check_finite, check_float, check_int, check_patch, check_range, check_same_shape
+from .losses import weighted_bce_dice
+from .models import ARCHS, NORMALIZE_MODES, NORMS, build_model, normalize_intensity, sliding_window_inference
+from .replay import POLICIES, ReplayBuffer
+from .sampler import PatchSampler, random_flip
+
+__all__ = ["LearnConfig", "Trainer", "PRECISIONS", "OPTIMIZERS"]
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+_BLENDS = ("gaussian", "linear", "constant")
+
+
+@dataclass
+class LearnConfig:
+    """Hyper-parameters of the segmenter, the optimiser and the sampling.
+
+    Model:
+        arch: ``"unet"`` (plain 3D U-Net) or ``"resunet"`` (residual blocks).
+        base_width: channels at full resolution (doubling per level).
+        depth: number of 2x down-sampling steps.
+        norm: ``"instance"`` or ``"group"`` (both independent of the batch size).
+    Patches (``(D, H, W)`` order, D the annotation axis):
+        patch: training and sliding-window size.
+        batch_size: patches per step.
+        fg_fraction: probability that a current-case patch is centred on foreground.
+        residual_floor: uniform share of residual-weighted centre draws.
+        flip_axes: spatial axes flipped at random (augmentation on the device).
+            Off by default: the scans share one orientation, and within the short
+            online budget flips cost accuracy (LA data, 400 offline steps: held-out
+            Dice 0.64 with flips on all three axes, 0.77 without).
+        replay_ratio: default share of replay patches per batch.
+        normalize: per-case intensity normalisation (see ``normalize_intensity``).
+    Optimiser:
+        optimizer: ``"adamw"`` (default), ``"adam"`` or ``"sgd"`` (Nesterov
+            momentum; momentum 0.99 was measured unstable with these small batches,
+            0.9 works).
+        lr, weight_decay, momentum: as usual.
+        grad_clip: max gradient norm, ``None`` for no clipping.
+    Loss:
+        bce_weight, dice_weight, dice_smooth: see ``weighted_bce_dice``.
+    Execution:
+        precision: ``"bf16"`` (default; CPU and GPU), ``"fp16"`` (GPU only, with
+            ``GradScaler``) or ``"fp32"``.
+        channels_last: use ``torch.channels_last_3d`` for the model and inputs.
+        compile: wrap the model in ``torch.compile`` for training steps.
+        cuda_graph: capture the whole training step in a CUDA graph (GPU, bf16/fp32
+            only; ignored with a warning on CPU).
+    Inference:
+        sw_overlap, sw_blend, sw_batch: sliding-window overlap fraction, blending
+            (``"gaussian"``, ``"linear"``, ``"constant"``) and windows per pass.
+    seed: seeds the trainer's device generator (patch draws, flips).
+    """
+
+    arch: str = "unet"
+    base_width: int = 8
+    depth: int = 3
+    norm: str = "instance"
+    patch: tuple[int, int, int] = (32, 48, 48)
+    batch_size: int = 2
+    fg_fraction: float = 0.5
+    residual_floor: float = 0.25
+    flip_axes: tuple[int, ...] = ()
+    replay_ratio: float = 0.5
+    normalize: str = "robust_zscore"
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    grad_clip: float | None = None
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    dice_smooth: float = 1.0
+    precision: str = "bf16"
+    channels_last: bool = True
+    compile: bool = False
+    cuda_graph: bool = False
+    sw_overlap: float = 0.5
+    sw_blend: str = "gaussian"
+    sw_batch: int = 4
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise :class:`~engine.errors.InputError` naming the first bad field."""
+        for name, allowed in (
+            ("arch", ARCHS),
+            ("norm", NORMS),
+            ("normalize", NORMALIZE_MODES),
+            ("optimizer", OPTIMIZERS),
+            ("precision", PRECISIONS),
+            ("sw_blend", _BLENDS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"LearnConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        check_int("LearnConfig.base_width", self.base_width, 1)
+        check_int("LearnConfig.depth", self.depth, 1, 6)
+        check_patch(self.patch, "LearnConfig.patch")
+        check_int("LearnConfig.batch_size", self.batch_size, 1)
+        check_int("LearnConfig.sw_batch", self.sw_batch, 1)
+        check_int("LearnConfig.seed", self.seed, 0)
+        check_float("LearnConfig.fg_fraction", self.fg_fraction, 0.0, 1.0)
+        check_float("LearnConfig.residual_floor", self.residual_floor, 1e-6, 1.0)
+        check_float("LearnConfig.replay_ratio", self.replay_ratio, 0.0, 1.0)
+        check_float("LearnConfig.lr", self.lr, 1e-12, 10.0)
+        check_float("LearnConfig.weight_decay", self.weight_decay, 0.0, 1.0)
+        check_float("LearnConfig.momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        check_float("LearnConfig.sw_overlap", self.sw_overlap, 0.0, 1.0, hi_open=True)
+        for name in ("bce_weight", "dice_weight", "dice_smooth"):
+            check_float(f"LearnConfig.{name}", getattr(self, name), 0.0, 1e6)
+        if self.grad_clip is not None:
+            check_float("LearnConfig.grad_clip", self.grad_clip, 1e-12, 1e12)
+        if any(a not in (0, 1, 2) for a in self.flip_axes) or len(set(self.flip_axes)) != len(self.flip_axes):
+            raise InputError(f"LearnConfig.flip_axes must be distinct axes from (0, 1, 2), got {self.flip_axes!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-container form (tuples as lists) for checkpoints."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LearnConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`InputError`."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise InputError(f"unknown LearnConfig fields: {sorted(unknown)}")
+        kwargs = {k: (tuple(v) if k in ("patch", "flip_axes") else v) for k, v in data.items()}
+        return cls(**kwargs)
+
+
+# Fields that determine the parameter / optimizer-state layout: a checkpoint must
+# agree on them with the trainer it is loaded into.
+ARCH_FIELDS = ("arch", "base_width", "depth", "norm", "optimizer")
+
+
+class Trainer:
+    """Owns a segmenter and its optimizer; trains online on cases (module docstring).
+
+    Args:
+        config: a :class:`LearnConfig` (``None``: defaults).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or a ``torch.device``.
+    """
+
+    def __init__(self, config: LearnConfig | None = None, device: torch.device | str = "cpu") -> None:
+        config = LearnConfig() if config is None else config
+        if not isinstance(config, LearnConfig):
+            raise InputError(f"config must be a LearnConfig, got {type(config).__name__}")
+        config.validate()
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError("device is cuda but torch.cuda.is_available() is False")
+        on_gpu = self.device.type == "cuda"
+        if config.precision == "fp16" and not on_gpu:
+            raise InputError("precision='fp16' (with GradScaler) is a GPU option; use 'bf16' or 'fp32' on CPU")
+        if config.cuda_graph and not on_gpu:
+            warnings.warn("LearnConfig.cuda_graph is ignored on CPU: CUDA graphs need a CUDA device", stacklevel=2)
+        if config.cuda_graph and on_gpu and config.precision == "fp16":
+            raise InputError("cuda_graph needs precision 'bf16' or 'fp32': GradScaler's inf checks sync the host")
+        self.config = config
+        self.patch = tuple(config.patch)
+        self.amp_dtype = _AMP_DTYPES[config.precision]
+        self.use_graph = bool(config.cuda_graph and on_gpu)
+        with torch.random.fork_rng(devices=[]):  # seeded init, global RNG untouched
+            torch.manual_seed(config.seed)
+            model = build_model(config.arch, config.base_width, config.depth, config.norm)
+        self.model = model.to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+        self.optimizer = self._build_optimizer()
+        self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(config.seed)
+        self.steps_done = 0
+        self._forward = torch.compile(self.model) if config.compile else self.model
+        self._graph: Any = None
+        self._static: dict[str, torch.Tensor] = {}
+
+    # --------------------------------------------------------------- construction
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.config
+        params = self.model.parameters()
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(
+                params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay
+            )
+        cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        extra = {"capturable": True} if self.use_graph else {}
+        return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+
+    def make_replay(
+        self, capacity: int, policy: str = "reservoir", storage_dtype: torch.dtype = torch.float32
+    ) -> ReplayBuffer:
+        """A replay buffer on this trainer's device with its patch size and normalisation."""
+        if policy not in POLICIES:
+            raise InputError(f"policy must be one of {POLICIES}, got {policy!r}")
+        cfg = self.config
+        return ReplayBuffer(
+            capacity,
+            self.patch,
+            device=self.device,
+            policy=policy,
+            normalize=cfg.normalize,
+            storage_dtype=storage_dtype,
+            fg_fraction=cfg.fg_fraction,
+            seed=cfg.seed + 1,
+        )
+
+    # ------------------------------------------------------------------ one step
+    def _autocast(self, enabled: bool = True, cache: bool = True):
+        return torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=enabled and self.amp_dtype is not None,
+            cache_enabled=cache,
+        )
+
+    def _loss(self, image: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, cache: bool = True):
+        cfg = self.config
+        if cfg.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last_3d)
+        with self._autocast(cache=cache):
+            logits = self._forward(image)
+        return weighted_bce_dice(logits, target, weight, cfg.bce_weight, cfg.dice_weight, cfg.dice_smooth)
+
+    def _update(self, loss: torch.Tensor) -> None:
+        clip = self.config.grad_clip
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
+        self.optimizer.step()
+
+    def _eager_step(self, image: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._loss(image, target, weight)
+        self._update(loss)
+        return loss.detach()
+
+    def _check_batch(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 3:
+            raise InputError("batch must be a (image, target, weight) tuple")
+        image, target, weight = batch
+        for name, t in (("image", image), ("target", target), ("weight", weight)):
+            if not isinstance(t, torch.Tensor):
+                raise InputError(f"batch {name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() != 5 or t.shape[1] != 1 or t.shape[0] < 1:
+                raise ShapeError(f"batch {name} must be (B, 1, D, H, W), got {tuple(t.shape)}")
+            if not t.is_floating_point():
+                raise InputError(f"batch {name} must be floating point, got {t.dtype}")
+            if t.device != self.device and not (t.device.type == self.device.type == "cuda" and self.device.index is None):
+                raise InputError(f"batch {name} is on {t.device}, the trainer on {self.device}")
+        check_same_shape(image, "image", target=target, weight=weight)
+        return image, target, weight
+
+    def step(self, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One optimisation step on ``(image, target, weight)``, each ``(B, 1, d, h, w)``.
+
+        Images must already be normalised (patches from :class:`PatchSampler` or the
+        replay buffer are). Returns the loss, a detached 0-d float32 device tensor.
+        With ``cuda_graph`` the first step of a shape captures the graph; batches of
+        other shapes run eagerly.
+        """
+        image, target, weight = self._check_batch(batch)
+        self.model.train()
+        if self.use_graph and tuple(image.shape) == (self.config.batch_size, 1, *self.patch):
+            loss = self._graph_step(image, target, weight)
+        else:
+            loss = self._eager_step(image, target, weight)
+        self.steps_done += 1
+        return loss
+
+    # ------------------------------------------------------------- CUDA graphs
+    def _snapshot(self) -> tuple[list[torch.Tensor], dict[int, dict[str, Any]]]:
+        params = [p.detach().clone() for p in self.model.parameters()]
+        state = {
+            id(p): {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
+            for p, s in self.optimizer.state.items()
+        }
+        return params, state
+
+    def _restore(self, snapshot: tuple[list[torch.Tensor], dict[int, dict[str, Any]]]) -> None:
+        """Undo the warm-up steps in place (the graph keeps the same tensors)."""
+        params, state = snapshot
+        with torch.no_grad():
+            for p, saved in zip(self.model.parameters(), params):
+                p.copy_(saved)
+            for p, s in self.optimizer.state.items():
+                saved = state.get(id(p))
+                for k, v in s.items():
+                    if isinstance(v, torch.Tensor):
+                        if saved is None:
+                            v.zero_()
+                        else:
+                            v.copy_(saved[k])
+
+    def _capture(self) -> None:
+        """Capture forward + backward + optimizer step as one CUDA graph."""
+        shape = (self.config.batch_size, 1, *self.patch)
+        self._static = {k: torch.zeros(shape, device=self.device) for k in ("image", "target", "weight")}
+        snapshot = self._snapshot()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm-up: allocates grads and optimizer state
+                self.optimizer.zero_grad(set_to_none=True)
+                self._update(self._loss(**self._static, cache=False))
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self._restore(snapshot)
+        graph = torch.cuda.CUDAGraph()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            loss = self._loss(**self._static, cache=False)
+            self._update(loss)
+            self._static["loss"] = loss.detach()
+        self._graph = graph
+
+    def _graph_step(self, image: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self._graph is None:
+            self._capture()
+        self._static["image"].copy_(image)
+        self._static["target"].copy_(target)
+        self._static["weight"].copy_(weight)
+        self._graph.replay()
+        return self._static["loss"].clone()
+
+    # --------------------------------------------------------------- train a case
+    def _prepare_case(self, image, target, weight, residual):
+        image = as_volume(image, "image", device=self.device)
+        target = as_volume(target, "target", device=self.device)
+        weight = as_volume(weight, "weight", device=self.device)
+        check_same_shape(image, "image", target=target, weight=weight)
+        check_finite(image, "image")
+        check_range(target, "target", 0.0, 1.0)
+        check_range(weight, "weight", 0.0, None)
+        if residual is not None:
+            residual = as_volume(residual, "residual", device=self.device)
+            check_same_shape(image, "image", residual=residual)
+            check_range(residual, "residual", 0.0, None)
+        return image, target, weight, residual
+
+    def replay_share(self, step: int, ratio: float) -> int:
+        """Replay patches in the batch of global step ``step`` for ``ratio``."""
+        b = self.config.batch_size
+        return math.floor((step + 1) * b * ratio + 1e-9) - math.floor(step * b * ratio + 1e-9)
+
+    def train_case(
+        self,
+        image,
+        target,
+        weight,
+        steps: int,
+        replay: ReplayBuffer | None = None,
+        replay_ratio: float | None = None,
+        residual=None,
+    ) -> torch.Tensor:
+        """Train ``steps`` steps on one case, mixing in replay patches.
+
+        Args:
+            image: raw ``(D, H, W)`` intensities (tensor or ndarray, D = annotation axis).
+            target: ``(D, H, W)`` training target ``T`` in ``[0, 1]`` (see
+                :func:`~engine.learn.losses.build_targets`).
+            weight: ``(D, H, W)`` per-voxel loss weights ``>= 0``.
+            steps: optimisation steps (0 validates and returns an empty tensor).
+            replay: buffer of past cases; ``None`` or empty means no replay.
+            replay_ratio: replay share of each batch (default ``config.replay_ratio``).
+            residual: optional ``(D, H, W)`` residual ``|Q - P|`` that weights where
+                current-case patches are centred.
+
+        Returns:
+            ``(steps,)`` float32 losses on the device (read them when convenient;
+            the loop itself never waits for the device).
+
+        All inputs are validated before the model changes.
+        """
+        steps = check_int("steps", steps, 0)
+        ratio = self.config.replay_ratio if replay_ratio is None else replay_ratio
+        ratio = check_float("replay_ratio", ratio, 0.0, 1.0)
+        if replay is not None:
+            if not isinstance(replay, ReplayBuffer):
+                raise InputError(f"replay must be a ReplayBuffer, got {type(replay).__name__}")
+            if replay.patch != self.patch:
+                raise ShapeError(f"replay patch {replay.patch} differs from the trainer's {self.patch}")
+            if replay.device != self.device:
+                raise InputError(f"replay buffer is on {replay.device}, the trainer on {self.device}")
+        image, target, weight, residual = self._prepare_case(image, target, weight, residual)
+        losses = torch.zeros(steps, dtype=torch.float32, device=self.device)
+        if steps == 0:
+            return losses
+        cfg = self.config
+        sampler = PatchSampler(
+            normalize_intensity(image, cfg.normalize),
+            target,
+            weight,
+            self.patch,
+            residual=residual,
+            fg_fraction=cfg.fg_fraction,
+            floor=cfg.residual_floor,
+            generator=self.generator,
+        )
+        use_replay = replay is not None and len(replay) > 0 and ratio > 0.0
+        for i in range(steps):
+            n_rep = self.replay_share(self.steps_done, ratio) if use_replay else 0
+            parts = []
+            if n_rep < cfg.batch_size:
+                parts.append(sampler.sample(cfg.batch_size - n_rep))
+            if n_rep > 0:
+                parts.append(replay.sample(n_rep))  # type: ignore[union-attr]
+            batch = [torch.cat(ts) if len(ts) > 1 else ts[0] for ts in zip(*parts)]
+            batch = random_flip(batch, self.generator, cfg.flip_axes)
+            losses[i] = self.step(batch)
+        return losses
+
+    def warmup(self) -> None:
+        """Run one forward + backward pass of the training shape and one inference
+        pass, without changing weights, optimizer state, generators or counters.
+
+        The first bf16 step on CPU builds oneDNN kernels (seconds); calling this at
+        start-up moves that cost out of the first interaction.
+        """
+        cfg = self.config
+        shape = (cfg.batch_size, 1, *self.patch)
+        zeros = torch.zeros(shape, device=self.device)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._loss(zeros, zeros, torch.ones_like(zeros))  # kernels do not depend on values
+        loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                batch = torch.zeros((cfg.sw_batch, 1, *self.patch), device=self.device)
+                if cfg.channels_last:
+                    batch = batch.contiguous(memory_format=torch.channels_last_3d)
+                self.model(batch)
+        finally:
+            self.model.train()
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, image) -> torch.Tensor:
+        """Probabilities ``(D, H, W)`` float32 on the device for a raw image.
+
+        Sliding-window inference at the training patch size with
+        ``config.sw_overlap`` / ``sw_blend``; autocast in the training precision.
+        """
+        image = as_volume(image, "image", device=self.device)
+        check_finite(image, "image")
+        cfg = self.config
+        self.model.eval()
+        try:
+            return sliding_window_inference(
+                self.model,
+                normalize_intensity(image, cfg.normalize),
+                self.patch,
+                overlap=cfg.sw_overlap,
+                blend=cfg.sw_blend,
+                batch_size=cfg.sw_batch,
+                autocast_dtype=self.amp_dtype,
+                channels_last=cfg.channels_last,
+            )
+        finally:
+            self.model.train()
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer, scaler, generator and step counter (plain containers)."""
+        return {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "steps_done": self.steps_done,
+        }
+
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        """Raise :class:`CheckpointError` unless ``state`` can load into this trainer."""
+        try:
+            saved = state["config"]
+            for name in ARCH_FIELDS:
+                if saved.get(name) != getattr(self.config, name):
+                    raise CheckpointError(
+                        f"checkpoint {name}={saved.get(name)!r} does not match the trainer's "
+                        f"{getattr(self.config, name)!r}"
+                    )
+            mine = self.model.state_dict()
+            theirs = state["model"]
+            if set(mine) != set(theirs):
+                raise CheckpointError("checkpoint model parameters do not match the model's")
+            for key, value in mine.items():
+                if not isinstance(theirs[key], torch.Tensor) or theirs[key].shape != value.shape:
+                    raise CheckpointError(f"checkpoint parameter {key} has the wrong shape")
+            groups = state["optimizer"]["param_groups"]
+            if [len(g["params"]) for g in groups] != [len(g["params"]) for g in self.optimizer.param_groups]:
+                raise CheckpointError("checkpoint optimizer groups do not match the model's parameters")
+            if not isinstance(state["generator"], torch.Tensor) or int(state["steps_done"]) < 0:
+                raise CheckpointError("checkpoint trainer generator / step counter is invalid")
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"checkpoint trainer state is malformed ({exc!r})") from None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; validated first, so failures change nothing.
+
+        Only the non-architectural config fields (lr, sampling, precision ...) of the
+        running trainer stay in force; the optimizer's saved hyper-parameters are
+        replaced by the checkpoint's.
+        """
+        self.check_state_dict(state)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"].cpu())
+        self.steps_done = int(state["steps_done"])
+        self._graph = None  # the optimizer state tensors changed: capture again
