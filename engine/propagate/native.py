@@ -1,0 +1,313 @@
+"""Native registration backend: batched 2D demons over all adjacent slice pairs.
+
+One call registers *every* adjacent pair ``(I[z], I[z+1])`` of a ``[D, H, W]`` volume at
+once: the ``D-1`` pairs are the batch dimension of plain tensor operations and of
+:func:`engine.ops.warp2d`, so the same code runs on CPU (C++/OpenMP warp kernel) and on
+GPU (CUDA/Triton warp kernels) without a per-slice Python loop.
+
+Conventions (those of :func:`engine.ops.propagate_chain`)
+--------------------------------------------------------
+A field ``u`` ``[N, 2, H, W]`` float32 holds pixel displacements, channel 0 rows (y),
+channel 1 columns (x). ``u`` *registers moving to fixed* when the pull-back warp
+``moving(p + u(p))`` matches ``fixed(p)``. :func:`register_stack` returns
+
+* ``fwd[z]`` registering ``I[z]`` (moving) to ``I[z+1]`` (fixed): a mask of slice ``z``
+  pushed to slice ``z+1`` is ``m_{z+1}(p) = m_z(p + fwd[z](p))``;
+* ``bwd[z]`` the other way: ``m_z(p) = m_{z+1}(p + bwd[z](p))``; by default registered
+  on its own in the same batch (``direction="both"``: 2(D-1) pairs), or the fixed-point
+  inverse of ``fwd[z]`` (``direction="invert"``: about 1.7x faster, 0.003 lower Dice at
+  k=3 on the LA cases, equal at k=5 and 8).
+
+Algorithm (additive demons, Thirion 1998, with the symmetric force of Vercauteren et
+al. 2009, a Gaussian pyramid and a weak coupling of neighbouring pairs)
+-------------------------------------------------------------------------------------
+Per pyramid level, coarse to fine (each level halves H and W by 2x2 averaging; the
+field is upsampled bilinearly and rescaled between levels), ``iterations[level]`` times,
+for all pairs at once::
+
+    Mw   = warp2d(M, u)                       # bilinear, border padding
+    diff = F - Mw
+    g    = (grad F + grad Mw) / 2             # symmetric ("ESM") force direction
+    s    = diff * g / (|g|^2 + diff^2 / K)    # demons step, |s| <= max_step px
+    u    = G_field * (u + G_update * s)       # Gaussian regularisation
+    u[n] = (1 - 2w) u[n] + w (u[n-1] + u[n+1])   # pair coupling, w = pair_coupling
+
+* ``K = 4 max_step**2`` bounds every step to ``max_step`` pixels (0.5 px): the
+  denominator ``|g|^2 + diff^2/K`` is at least ``|g| |diff| / max_step``. Larger steps
+  (1 px) overshoot on the noisy LGE-MRI slices (-0.004 Dice at k=3..8), smaller ones
+  (0.25 px) need more iterations for no gain.
+* ``sigma_field`` (1.0 px of the level) smooths the accumulated field (elastic-like
+  regularisation: keeps the field smooth so a mask pushed through 10-20 chained fields
+  keeps its shape). 1.0 is best at k=3 and k=5; 1.5 was 0.003 lower at k=3, 2.0-3.0
+  lower everywhere; 0 (a pure fluid model, ``sigma_update`` 2) lost 0.03.
+* ``sigma_update`` (0: off) smooths the step (fluid-like). Within 0.001 Dice of 1.0 on
+  the LA cases and one smoothing pass per iteration cheaper, so it is off by default.
+* ``pair_coupling`` (0.1) pulls the field of each pair towards those of its two
+  neighbouring pairs (a regularisation along the slice axis: anatomy moves smoothly
+  from slice to slice, so neighbouring pair fields are similar). +0.002 at k=5, +0.003
+  at k=8, neutral at k=3; 0.2 was worse than 0.1.
+* ``iterations`` (30, 20, 5): the registration converges; 80/60/40 is within 0.001 Dice,
+  and 5 iterations on the finest level are as good as 10. Skipping the finest level
+  entirely (30, 20, 0) loses 0.008 at k=3.
+* Intensities are expected in [0, 1] (see :func:`engine.propagate.proxy.normalize_intensity`:
+  the case's 1st-99th percentile scaled to [0, 1]); the demons step is not invariant
+  to the intensity scale, ``K`` assumes this range.
+* Gaussian smoothing is separable and written as in-place weighted sums of shifted
+  views (replicate border, radius ``ceil(2 sigma)``): an order of magnitude faster on
+  CPU than ``conv2d`` for these tiny kernels on batched 2-channel fields.
+
+The numbers above are proxy Dice on the 100 shared LA cases (44 slices of ~95x71 px at
+1.25 mm, axis 2); docs/propagation.md has the tables.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import InputError, ShapeError
+from ..ops import warp2d
+
+__all__ = ["NativeParams", "gaussian_smooth", "image_gradient", "demons_register", "invert_field",
+           "register_stack"]
+
+
+@dataclass(frozen=True)
+class NativeParams:
+    """Parameters of the native demons registration (see the module docstring)."""
+
+    #: iterations per pyramid level, coarsest first; its length is the number of levels
+    iterations: tuple[int, ...] = (30, 20, 5)
+    #: Gaussian sigma (pixels of the level) of the demons step; 0: none
+    sigma_update: float = 0.0
+    #: Gaussian sigma (pixels of the level) of the accumulated field
+    sigma_field: float = 1.0
+    #: bound of one demons step, pixels
+    max_step: float = 0.5
+    #: direction of the demons force: "symmetric" (ESM: mean of the fixed and the warped
+    #: moving gradients), "moving" (warped moving gradient) or "fixed" (Thirion's
+    #: passive force: the fixed gradient, computed once per level)
+    force: str = "symmetric"
+    #: "both": register both ways (bwd on its own); "invert": bwd is the fixed-point
+    #: inverse of fwd (about 1.7x faster, -0.003 Dice at k=3 on the LA cases)
+    direction: str = "both"
+    #: fixed-point iterations of the field inversion (direction="invert")
+    inverse_iterations: int = 5
+    #: Gaussian pre-smoothing (pixels) of both images before the pyramid; 0: none
+    sigma_image: float = 0.0
+    #: coupling of the fields of neighbouring pairs (batch entries n-1, n+1) per
+    #: iteration: u[n] <- (1 - 2w) u[n] + w (u[n-1] + u[n+1]); 0 keeps pairs independent
+    pair_coupling: float = 0.1
+
+    def __post_init__(self) -> None:
+        its = tuple(int(i) for i in self.iterations)
+        if not its or any(i < 0 for i in its):
+            raise InputError(f"iterations must be a non-empty tuple of non-negative ints, got {self.iterations!r}")
+        object.__setattr__(self, "iterations", its)
+        if self.sigma_update < 0 or self.sigma_field < 0:
+            raise InputError("sigma_update and sigma_field must be >= 0")
+        if not self.max_step > 0:
+            raise InputError(f"max_step must be > 0, got {self.max_step}")
+        if self.force not in ("symmetric", "moving", "fixed"):
+            raise InputError(f"force={self.force!r}; expected 'symmetric', 'moving' or 'fixed'")
+        if self.direction not in ("invert", "both"):
+            raise InputError(f"direction={self.direction!r}; expected 'invert' or 'both'")
+        if self.inverse_iterations < 0:
+            raise InputError("inverse_iterations must be >= 0")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- building blocks ------------------------------------------------------------------
+
+def _kernel1d(sigma: float) -> list[float]:
+    r = max(1, int(math.ceil(2.0 * sigma)))
+    w = [math.exp(-(i * i) / (2.0 * sigma * sigma)) for i in range(-r, r + 1)]
+    s = sum(w)
+    return [v / s for v in w]
+
+
+def _smooth_axis(x: Tensor, k: list[float], dim: int) -> Tensor:
+    # out[j] = sum_i k[i] x[clamp(j + i - r)]: shifted in-place accumulations on views of
+    # x, then the replicate-border terms added to the first and last r rows (no padded copy)
+    r = len(k) // 2
+    n = x.shape[dim]
+    out = x * k[r]
+    first = x.narrow(dim, 0, 1)
+    last = x.narrow(dim, n - 1, 1)
+    for i in range(1, r + 1):
+        w = k[r + i]
+        out.narrow(dim, i, n - i).add_(x.narrow(dim, 0, n - i), alpha=w)  # x[j - i]
+        out.narrow(dim, 0, n - i).add_(x.narrow(dim, i, n - i), alpha=w)  # x[j + i]
+        out.narrow(dim, 0, i).add_(first, alpha=w)  # j - i < 0 reads x[0]
+        out.narrow(dim, n - i, i).add_(last, alpha=w)  # j + i > n - 1 reads x[n - 1]
+    return out
+
+
+def gaussian_smooth(x: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of ``x`` ``[N, C, H, W]`` (replicate border), radius
+    ``ceil(2 sigma)``; ``sigma <= 0`` returns ``x``."""
+    if sigma <= 0:
+        return x
+    k = _kernel1d(sigma)
+    r = len(k) // 2
+    if x.shape[-2] <= r or x.shape[-1] <= r:  # the shifted views need r < size
+        return x
+    return _smooth_axis(_smooth_axis(x, k, -2), k, -1)
+
+
+def image_gradient(x: Tensor) -> Tensor:
+    """Central differences of ``x`` ``[N, 1, H, W]`` (one-sided at the border):
+    ``[N, 2, H, W]``, channel 0 d/dy, channel 1 d/dx."""
+    N, _, H, W = x.shape
+    g = x.new_zeros((N, 2, H, W))
+    if H > 1:
+        g[:, 0, 1:-1] = (x[:, 0, 2:] - x[:, 0, :-2]) * 0.5
+        g[:, 0, 0] = x[:, 0, 1] - x[:, 0, 0]
+        g[:, 0, -1] = x[:, 0, -1] - x[:, 0, -2]
+    if W > 1:
+        g[:, 1, :, 1:-1] = (x[:, 0, :, 2:] - x[:, 0, :, :-2]) * 0.5
+        g[:, 1, :, 0] = x[:, 0, :, 1] - x[:, 0, :, 0]
+        g[:, 1, :, -1] = x[:, 0, :, -1] - x[:, 0, :, -2]
+    return g
+
+
+def _downsample(x: Tensor) -> Tensor:
+    return F.avg_pool2d(x, 2, ceil_mode=True)
+
+
+def _upsample_field(u: Tensor, size: tuple[int, int]) -> Tensor:
+    # coarse pixel i covers fine pixels 2i, 2i+1: fine = 2 * coarse + 0.5, which is
+    # align_corners=False resampling; displacements double
+    sy = size[0] / u.shape[-2]
+    sx = size[1] / u.shape[-1]
+    up = F.interpolate(u, size=size, mode="bilinear", align_corners=False)
+    up[:, 0] *= sy
+    up[:, 1] *= sx
+    return up
+
+
+def _demons_level(fixed: Tensor, moving: Tensor, u: Tensor, iterations: int, p: NativeParams, groups: int) -> Tensor:
+    inv_k = 1.0 / (4.0 * p.max_step * p.max_step)
+    g_fixed = image_gradient(fixed) if p.force != "moving" else None
+    for _ in range(iterations):
+        mw = warp2d(moving, u, "bilinear", "border", check_finite=False)
+        diff = fixed - mw
+        if p.force == "fixed":
+            g = g_fixed.clone()
+        elif p.force == "moving":
+            g = image_gradient(mw)
+        else:
+            g = image_gradient(mw).add_(g_fixed).mul_(0.5)
+        den = (g * g).sum(1, keepdim=True).addcmul_(diff, diff, value=inv_k)
+        # den == 0 exactly where g == 0 and diff == 0: the step is 0 there
+        scale = diff / den.clamp_min_(1e-12)
+        step = gaussian_smooth(g.mul_(scale), p.sigma_update)
+        u = gaussian_smooth(u + step, p.sigma_field)
+        if p.pair_coupling > 0:
+            u = _couple_pairs(u, p.pair_coupling, groups)
+    return u
+
+
+def _couple_pairs(u: Tensor, w: float, groups: int) -> Tensor:
+    """``u[n] <- (1 - 2w) u[n] + w (u[n-1] + u[n+1])`` within each of ``groups`` contiguous
+    runs of the batch (mirrored at the run's ends; runs of one entry are left alone)."""
+    N = u.shape[0]
+    n = N // groups
+    if n < 2:
+        return u
+    g = u.view(groups, n, *u.shape[1:])
+    out = g * (1 - 2 * w)
+    out[:, 1:].add_(g[:, :-1], alpha=w)  # previous pair
+    out[:, :-1].add_(g[:, 1:], alpha=w)  # next pair
+    out[:, :1].add_(g[:, 1:2], alpha=w)  # mirrored ends
+    out[:, -1:].add_(g[:, -2:-1], alpha=w)
+    return out.view_as(u)
+
+
+def _check_pair(fixed: Tensor, moving: Tensor) -> None:
+    for name, t in (("fixed", fixed), ("moving", moving)):
+        if not isinstance(t, Tensor):
+            raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4 or t.shape[1] != 1:
+            raise ShapeError(f"{name} must be [N, 1, H, W], got {tuple(t.shape)}")
+    if fixed.shape != moving.shape:
+        raise ShapeError(f"fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} differ")
+    if fixed.device != moving.device:
+        raise InputError(f"fixed on {fixed.device}, moving on {moving.device}")
+
+
+def demons_register(fixed: Tensor, moving: Tensor, params: Optional[NativeParams] = None,
+                    init: Optional[Tensor] = None, groups: int = 1) -> Tensor:
+    """Register every ``moving[n]`` to ``fixed[n]`` (``[N, 1, H, W]``, intensities in [0, 1]).
+
+    Returns ``u`` ``[N, 2, H, W]`` float32 with ``moving(p + u(p)) ~ fixed(p)``.
+    ``init`` optionally starts the finest level from a given field. With
+    ``params.pair_coupling > 0`` consecutive batch entries are neighbouring slice pairs of
+    one volume; ``groups`` splits the batch into that many contiguous runs (volumes, or
+    the two directions of ``direction="both"``) that are not coupled to each other.
+    """
+    p = params or NativeParams()
+    _check_pair(fixed, moving)
+    if groups < 1 or fixed.shape[0] % groups:
+        raise InputError(f"groups={groups} must divide the batch size {fixed.shape[0]}")
+    fixed = gaussian_smooth(fixed.to(torch.float32), p.sigma_image)
+    moving = gaussian_smooth(moving.to(torch.float32), p.sigma_image)
+    levels = len(p.iterations)
+    pf, pm = [fixed], [moving]
+    for _ in range(levels - 1):
+        if min(pf[-1].shape[-2:]) < 8:  # no coarser level below 4 px
+            break
+        pf.append(_downsample(pf[-1]))
+        pm.append(_downsample(pm[-1]))
+    its = p.iterations[levels - len(pf):]  # drop the coarsest settings when levels were cut
+    u: Optional[Tensor] = None
+    for lvl in range(len(pf) - 1, -1, -1):
+        f, m = pf[lvl], pm[lvl]
+        if u is None:
+            u = f.new_zeros((f.shape[0], 2) + tuple(f.shape[-2:]))
+        else:
+            u = _upsample_field(u, tuple(f.shape[-2:]))
+        if lvl == 0 and init is not None:
+            u = u + init.to(u)
+        u = _demons_level(f, m, u, its[len(pf) - 1 - lvl], p, groups)
+    assert u is not None
+    return u
+
+
+def invert_field(u: Tensor, iterations: int = 10) -> Tensor:
+    """Fixed-point inverse ``v`` of ``u`` ``[N, 2, H, W]``: ``v(q) = -u(q + v(q))``, so
+    that ``warp2d(warp2d(I, u), v) ~ I``. Converges for fields whose Jacobian stays well
+    away from folding (what the smoothing of the demons guarantees)."""
+    v = -u
+    for _ in range(iterations):
+        v = -warp2d(u, v, "bilinear", "border", check_finite=False)
+    return v
+
+
+def register_stack(volume: Tensor, params: Optional[NativeParams] = None) -> tuple[Tensor, Tensor]:
+    """Register all adjacent slice pairs of ``volume`` ``[D, H, W]`` (intensities in [0, 1])
+    in one batch. Returns ``(fwd, bwd)``, each ``[D-1, 2, H, W]`` float32 on the volume's
+    device (conventions in the module docstring). ``D == 1`` gives empty fields."""
+    p = params or NativeParams()
+    if not isinstance(volume, Tensor):
+        raise InputError(f"volume must be a torch.Tensor, got {type(volume).__name__}")
+    if volume.dim() != 3:
+        raise ShapeError(f"volume must be [D, H, W], got {tuple(volume.shape)}")
+    D, H, W = volume.shape
+    vol = volume.to(torch.float32).unsqueeze(1)
+    if D < 2:
+        empty = vol.new_zeros((0, 2, H, W))
+        return empty, empty.clone()
+    lower, upper = vol[:-1], vol[1:]
+    if p.direction == "both":
+        both = demons_register(torch.cat([upper, lower]), torch.cat([lower, upper]), p, groups=2)
+        return both[: D - 1].contiguous(), both[D - 1:].contiguous()
+    fwd = demons_register(upper, lower, p)
+    return fwd, invert_field(fwd, p.inverse_iterations)
