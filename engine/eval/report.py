@@ -1,0 +1,379 @@
+"""Reports of a stream run folder: JSON, CSV, PNG plots and a Markdown summary.
+
+``write_report(out)`` reads ``out/config.json`` and every ``out/<method>/log.json``
+(finished or not: a partial run gives a partial report, marked as such) and writes
+
+* ``results.json``  the config, the data split, every method's full log and the
+  summary numbers;
+* ``cases.csv``     one row per method and stream case (Dice before, proxy, model,
+  fused, effort, seconds); ``rounds.csv`` one row per method, case and round;
+  ``heldout.csv`` one row per held-out evaluation (mean and per-case Dice);
+* ``dice_per_case.png``, ``dice_vs_effort.png``, ``heldout.png``;
+* ``report.md``     the headline table, per-round means, the held-out curve and the
+  issue-7 claims checked with numbers.
+
+Definitions used in the summary: the *second half* of the stream is every stream
+case with index ``>= n_train // 2`` (the same cases for cold and warm methods);
+effort means are over the cases a method logged; held-out Dice "after the stream"
+is the method's last held-out evaluation (the run's end once finished).
+
+Run as ``python -m engine.eval.report OUT`` to (re)write the report of a folder,
+e.g. while a long run is still going.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+__all__ = ["load_run", "summarize", "claims", "write_report", "headline_table"]
+
+
+def load_run(out: str | Path) -> dict[str, Any]:
+    """``{"config": ..., "data": ..., "methods": {name: log}}`` of a run folder."""
+    out = Path(out)
+    meta = json.loads((out / "config.json").read_text())
+    methods: dict[str, Any] = {}
+    order = list(meta.get("stream", {}).get("methods", []))
+    found = sorted(p.parent.name for p in out.glob("*/log.json") if not p.parent.name.startswith("_"))
+    for name in order + [n for n in found if n not in order]:
+        path = out / name / "log.json"
+        if path.exists():
+            methods[name] = json.loads(path.read_text())
+    return {"config": meta.get("stream", {}), "data": meta.get("data", {}), "methods": methods}
+
+
+def _mean(xs) -> Optional[float]:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return float(np.mean(xs)) if xs else None
+
+
+def summarize(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-method summary numbers (module docstring for the definitions)."""
+    cfg = run["config"]
+    n_train = int(cfg.get("n_train", 0))
+    half = n_train // 2
+    out: dict[str, dict[str, Any]] = {}
+    for name, log in run["methods"].items():
+        cases = log.get("cases", [])
+        second = [c for c in cases if c["index"] >= half]
+        held = log.get("heldout", [])
+        s: dict[str, Any] = {
+            "cases_done": len(cases),
+            "finished": bool(log.get("finished")),
+            "heldout_end": held[-1]["dice"] if held else None,
+            "heldout_at": held[-1]["cases_seen"] if held else None,
+            # one evaluation is noisy for an online learner: also the mean of the last three
+            "heldout_last3": _mean(h["dice"] for h in held[-3:]) if held else None,
+            "fused_2nd": _mean(c.get("fused") for c in second),
+            "before_2nd": _mean(c.get("before") for c in second),
+            "proxy_2nd": _mean(c.get("proxy") for c in second),
+            "model_2nd": _mean(c.get("model") for c in second),
+            "n_2nd": len(second),
+            "fused_all": _mean(c.get("fused") for c in cases),
+            "drawn": _mean(c.get("n_drawn") for c in cases),
+            "effort_slices": _mean(c.get("effort_slices") for c in cases),
+            "effort_labor": _mean(c.get("effort_labor") for c in cases),
+            "effort_slices_2nd": _mean(c.get("effort_slices") for c in second),
+            "effort_labor_2nd": _mean(c.get("effort_labor") for c in second),
+            "sec_per_case": _mean(c.get("seconds") for c in cases),
+        }
+        if not cases and log.get("steps_done"):  # offline: training time spread over the stream's cases
+            s["sec_per_case"] = log.get("train_seconds", 0.0) / max(1, n_train)
+            s["steps_done"] = log.get("steps_done")
+        rounds: dict[int, dict[str, Any]] = {}
+        for r in sorted({row["round"] for c in second for row in c.get("rounds", [])}):
+            rows = [row for c in second for row in c.get("rounds", []) if row["round"] == r]
+            rounds[r] = {k: _mean(row.get(k) for row in rows)
+                         for k in ("proxy", "model", "fused", "n_drawn", "effort_slices", "effort_labor", "seconds")}
+            rounds[r]["n"] = len(rows)
+        s["rounds_2nd"] = rounds
+        out[name] = s
+    return out
+
+
+def _f(v: Any, nd: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def headline_table(summary: dict[str, dict[str, Any]], n_train: int) -> str:
+    lines = [
+        "| method | cases | held-out Dice after the stream | held-out, mean of last 3 evals | fused Dice, 2nd half "
+        "| Dice before, 2nd half | proxy Dice, 2nd half | slices drawn / case | effort: slices | effort: labor "
+        "| s / case |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        cases = f"{s['cases_done']}" + ("" if s["finished"] else " (running)")
+        if s.get("steps_done") is not None:
+            cases = f"{s['steps_done']} steps" + ("" if s["finished"] else " (running)")
+        held = _f(s["heldout_end"])
+        if s["heldout_end"] is not None and s["heldout_at"] is not None and not s["finished"]:
+            held += f" (at {s['heldout_at']:g})"
+        lines.append(f"| {name} | {cases} | {held} | {_f(s['heldout_last3'])} | {_f(s['fused_2nd'])} | "
+                     f"{_f(s['before_2nd'])} | "
+                     f"{_f(s['proxy_2nd'])} | {_f(s['drawn'], 2)} | {_f(s['effort_slices'])} | "
+                     f"{_f(s['effort_labor'])} | {_f(s['sec_per_case'], 1)} |")
+    return "\n".join(lines)
+
+
+def _round_table(summary: dict[str, dict[str, Any]]) -> str:
+    lines = ["| method | round | proxy | model | fused | slices drawn | effort: slices | effort: labor | s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, s in summary.items():
+        for r, v in s["rounds_2nd"].items():
+            lines.append(f"| {name} | {r} | {_f(v['proxy'])} | {_f(v['model'])} | {_f(v['fused'])} | "
+                         f"{_f(v['n_drawn'], 2)} | {_f(v['effort_slices'])} | {_f(v['effort_labor'])} | "
+                         f"{_f(v['seconds'], 1)} |")
+    return "\n".join(lines)
+
+
+def _heldout_table(run: dict[str, Any]) -> str:
+    points = sorted({round(float(h["cases_seen"]), 2) for log in run["methods"].values()
+                     for h in log.get("heldout", [])})
+    if not points:
+        return "(no held-out evaluation yet)"
+    lines = ["| method | " + " | ".join(f"{p:g}" for p in points) + " |", "|---|" + "---|" * len(points)]
+    for name, log in run["methods"].items():
+        by = {round(float(h["cases_seen"]), 2): h["dice"] for h in log.get("heldout", [])}
+        if by:
+            lines.append(f"| {name} | " + " | ".join(_f(by.get(p)) for p in points) + " |")
+    return "\n".join(lines)
+
+
+def claims(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """The three claims of issue 7, checked on whatever methods the run holds."""
+    out: list[str] = []
+    g = summary.get
+
+    def have(*names: str) -> bool:
+        return all(g(n) is not None for n in names)
+
+    if have("ours", "online_full") and summary["ours"]["heldout_end"] is not None \
+            and summary["online_full"]["heldout_end"] is not None:
+        o, f = summary["ours"], summary["online_full"]
+        gap = f["heldout_end"] - o["heldout_end"]
+        ok = (o["effort_labor"] or 1) <= 0.40 and gap <= 0.03
+        out.append(f"1. **{'holds' if ok else 'does not hold'}**: ours at labor {_f(o['effort_labor'])} "
+                   f"(slices {_f(o['effort_slices'])}) reaches held-out Dice {_f(o['heldout_end'])} against "
+                   f"{_f(f['heldout_end'])} for online training with full labels (gap {gap:+.3f}; the claim "
+                   f"needs labor <= 0.40 and gap <= 0.03).")
+        if o.get("heldout_last3") is not None and f.get("heldout_last3") is not None:
+            g3 = f["heldout_last3"] - o["heldout_last3"]
+            out.append(f"   Over the last three held-out evaluations: {_f(o['heldout_last3'])} vs "
+                       f"{_f(f['heldout_last3'])} (gap {g3:+.3f}; {'within' if g3 <= 0.03 else 'outside'} 0.03).")
+    if have("ours", "proxy_even"):
+        o, p = summary["ours"], summary["proxy_even"]
+        if o["fused_2nd"] is not None and p["fused_2nd"] is not None:
+            d = o["fused_2nd"] - p["fused_2nd"]
+            out.append(f"2. **{'holds' if d >= 0.01 else 'does not hold'}**: fused Dice over the second half "
+                       f"{_f(o['fused_2nd'])} (ours, {_f(o['drawn'], 2)} slices/case) against "
+                       f"{_f(p['fused_2nd'])} (proxy only, even, {_f(p['drawn'], 2)} slices/case): "
+                       f"{d:+.3f} (the claim needs >= +0.010).")
+    pairs = [("ours", "ours_even", "with learning"), ("proxy_guided", "proxy_even", "without learning")]
+    for a, b, what in pairs:
+        if have(a, b) and summary[a]["fused_2nd"] is not None and summary[b]["fused_2nd"] is not None:
+            d = summary[a]["fused_2nd"] - summary[b]["fused_2nd"]
+            out.append(f"3. guided vs even {what}: {a} {_f(summary[a]['fused_2nd'])} vs {b} "
+                       f"{_f(summary[b]['fused_2nd'])} ({d:+.3f}; drawn {_f(summary[a]['drawn'], 2)} vs "
+                       f"{_f(summary[b]['drawn'], 2)} slices/case) — guided "
+                       f"{'beats' if d > 0 else 'does not beat'} even spacing.")
+    for name, s in summary.items():
+        if "@" in name and s["fused_2nd"] is not None:
+            ref = "ours_even" if name.startswith("ours") else "proxy_even"
+            if ref in summary and summary[ref]["fused_2nd"] is not None:
+                d = s["fused_2nd"] - summary[ref]["fused_2nd"]
+                out.append(f"3. rule `{name.split('@', 1)[1]}`: {name} {_f(s['fused_2nd'])} vs {ref} "
+                           f"{_f(summary[ref]['fused_2nd'])} ({d:+.3f}).")
+    return out
+
+
+# ============================================================================== files
+def _csvs(run: dict[str, Any], out: Path) -> list[Path]:
+    case_cols = ["method", "index", "name", "before", "proxy", "model", "fused", "n_drawn", "object_slices",
+                 "effort_slices", "effort_labor", "seconds", "accepted_after"]
+    round_cols = ["method", "index", "name", "round", "slices", "proxy", "model", "fused", "n_drawn",
+                  "effort_slices", "effort_labor", "seconds", "timings_ms"]
+    paths = [out / "cases.csv", out / "rounds.csv", out / "heldout.csv"]
+    with open(paths[0], "w", newline="") as fc, open(paths[1], "w", newline="") as fr, \
+            open(paths[2], "w", newline="") as fh:
+        wc, wr, wh = csv.writer(fc), csv.writer(fr), csv.writer(fh)
+        wc.writerow(case_cols)
+        wr.writerow(round_cols)
+        wh.writerow(["method", "cases_seen", "steps", "dice", "per_case"])
+        for name, log in run["methods"].items():
+            for c in log.get("cases", []):
+                wc.writerow([name] + [c.get(k) for k in case_cols[1:]])
+                for row in c.get("rounds", []):
+                    wr.writerow([name, c["index"], c["name"]] + [
+                        " ".join(map(str, row[k])) if k == "slices" else
+                        json.dumps(row[k]) if k == "timings_ms" else row.get(k) for k in round_cols[3:]])
+            for h in log.get("heldout", []):
+                wh.writerow([name, h["cases_seen"], h.get("steps"), h["dice"],
+                             " ".join(f"{x:.4f}" for x in h.get("per_case", []))])
+    return paths
+
+
+def _legend(ax, **kw) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, **kw)
+
+
+def _plots(run: dict[str, Any], summary: dict[str, dict[str, Any]], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    names = list(run["methods"])
+    cmap = plt.cm.tab10 if len(names) <= 10 else plt.cm.tab20
+    colors = {n: cmap(i % cmap.N) for i, n in enumerate(names)}
+
+    # 1. Dice per case
+    fig, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    for n, log in run["methods"].items():
+        cases = log.get("cases", [])
+        if not cases:
+            continue
+        x = [c["index"] for c in cases]
+        if any(c.get("fused") is not None for c in cases) and log.get("method", n) != "online_full":
+            axes[0].plot(x, [c.get("fused") for c in cases], ".-", color=colors[n], label=n, lw=1)
+        if any(c.get("before") is not None for c in cases):
+            axes[1].plot(x, [c.get("before") for c in cases], ".-", color=colors[n], label=n, lw=1)
+    axes[0].set_ylabel("fused Dice (final)")
+    axes[0].set_title("Per stream case: front-end result after the last round")
+    axes[1].set_ylabel("Dice before interaction")
+    axes[1].set_title("Dynamic evaluation: back-end prediction before the case's first stroke")
+    axes[1].set_xlabel("stream case")
+    for a in axes:
+        a.grid(alpha=0.3)
+        _legend(a, ncol=3)
+    fig.tight_layout()
+    p = out / "dice_per_case.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+
+    # 2. fused Dice against effort (per-round means over the second half)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for measure, ax in zip(("effort_labor", "effort_slices"), axes):
+        for n, s in summary.items():
+            rounds = s["rounds_2nd"]
+            if rounds:
+                xs = [v[measure] for v in rounds.values()]
+                ys = [v["fused"] for v in rounds.values()]
+                ax.plot(xs, ys, "o-", color=colors[n], label=n)
+                for r, xx, yy in zip(rounds, xs, ys):
+                    ax.annotate(f"r{r}", (xx, yy), fontsize=7, xytext=(3, -9), textcoords="offset points")
+            elif s["fused_2nd"] is not None and s.get(measure) is not None and s[measure] < 1.0:
+                ax.plot([s[measure]], [s["fused_2nd"]], "s", color=colors[n], label=n)
+        ax.set_xlabel({"effort_labor": "labor (boundary pixels drawn / all)",
+                       "effort_slices": "slices drawn / object slices"}[measure])
+        ax.set_ylabel("fused Dice (mean, 2nd half)")
+        ax.grid(alpha=0.3)
+    _legend(axes[0])
+    full = [n for n, s in summary.items() if s.get("effort_labor") == 1.0]
+    if full:
+        fig.text(0.5, 0.01, f"not shown: {', '.join(full)} (full labels: effort 1, fused Dice 1)", ha="center",
+                 fontsize=8)
+    fig.suptitle("Final fused Dice against effort, after each round (second half of the stream)")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    p = out / "dice_vs_effort.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+
+    # 3. held-out Dice against cases seen
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for n, log in run["methods"].items():
+        held = log.get("heldout", [])
+        if held:
+            style = "s--" if log.get("steps_done") is not None and not log.get("cases") else "o-"
+            ax.plot([h["cases_seen"] for h in held], [h["dice"] for h in held], style, color=colors[n], label=n)
+    ax.set_xlabel("stream cases seen (offline: steps / steps per case)")
+    ax.set_ylabel("held-out Dice (mean)")
+    ax.set_title("Learning curve on the held-out split")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    fig.tight_layout()
+    p = out / "heldout.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+    return paths
+
+
+def markdown(run: dict[str, Any], summary: dict[str, dict[str, Any]]) -> str:
+    cfg, data = run["config"], run["data"]
+    finished = all(s["finished"] for s in summary.values()) and summary
+    n_train = int(cfg.get("n_train", 0))
+    k = cfg.get("k")
+    lines = [
+        f"# Stream run: preset `{cfg.get('name')}`" + ("" if finished else " (partial: some methods still running)"),
+        "",
+        f"- data: {data.get('kind')} ({data.get('where')}), annotation axis {data.get('axis')}; stream "
+        f"{len(data.get('train', []))} cases ({_span(data.get('train'))}), held-out {len(data.get('test', []))} "
+        f"({_span(data.get('test'))})",
+        f"- protocol: {cfg.get('rounds')} rounds of {k} slices per case, {cfg.get('steps')} learning steps per "
+        f"round; held-out Dice every {cfg.get('eval_every')} cases; guided rule `{cfg.get('guided_rule')}`; "
+        f"offline {cfg.get('offline_steps') or 'auto'} steps; warm start on {cfg.get('warm_cases')} cases",
+        f"- segmenter overrides: {cfg.get('learn') or 'defaults'}; engine overrides: {cfg.get('engine') or 'defaults'}",
+        f"- second half = stream cases with index >= {n_train // 2}",
+        "",
+        "## Headline",
+        "",
+        headline_table(summary, n_train),
+        "",
+        "Full-label methods: fused Dice 1 and effort 1 by definition (every object slice drawn).",
+        "",
+        "## Claims",
+        "",
+    ]
+    lines += claims(summary) or ["(not enough methods in this run to check them)"]
+    lines += ["", "## Per round (means over the second half)", "", _round_table(summary), "",
+              "## Held-out Dice against stream cases seen", "", _heldout_table(run), "",
+              "Plots: `dice_per_case.png`, `dice_vs_effort.png`, `heldout.png`. Numbers: `results.json`, "
+              "`cases.csv`, `rounds.csv`, `heldout.csv`.", ""]
+    return "\n".join(lines)
+
+
+def _span(names: Optional[list]) -> str:
+    if not names:
+        return "—"
+    return names[0] if len(names) == 1 else f"{names[0]}–{names[-1]}"
+
+
+def write_report(out: str | Path) -> list[Path]:
+    """Write every report file of a run folder; returns their paths."""
+    from .stream import atomic_write
+
+    out = Path(out)
+    run = load_run(out)
+    summary = summarize(run)
+    paths = []
+    p = out / "results.json"
+    atomic_write(p, json.dumps({"config": run["config"], "data": run["data"], "summary": summary,
+                                "methods": run["methods"]}, indent=1))
+    paths.append(p)
+    paths += _csvs(run, out)
+    paths += _plots(run, summary, out)
+    p = out / "report.md"
+    atomic_write(p, markdown(run, summary))
+    paths.append(p)
+    return paths
+
+
+if __name__ == "__main__":
+    for path in write_report(sys.argv[1] if len(sys.argv) > 1 else "runs/demo"):
+        print(path)
