@@ -195,7 +195,7 @@ def test_round_latency(benchmark, ratios):
 def gpu_rows() -> list[dict]:
     rows = []
     for size in ("S", "L"):
-        recs = run_rounds(size, cases=3, steps=20, device="cuda")
+        recs = run_rounds(size, cases=2, steps=20, device="cuda")
         summ = summarise(recs)
         for g, v in summ.items():
             if g == "all rounds":

@@ -205,6 +205,20 @@ def run_interleaved(full: bool, rounds: int) -> list[dict]:
     ]
 
 
+def gpu_rows() -> list[dict]:
+    """Training-step rows for benchmarks/gpu_table.py (device_check.sh): ms per step,
+    TFLOP/s and peak memory for every configuration of the full grid, on the GPU."""
+    rows = []
+    for r in run_interleaved(full=True, rounds=20):
+        tflops = r["flops"] / (r["ms"] * 1e-3) / 1e12 if r.get("flops") else None
+        row = {"kernel": f"train step w{r['width']} {r['patch']} {r['mode']}", "ms": round(r["ms"], 2),
+               "note": f"peak {r['mem']:.0f} MiB" if r.get("mem") is not None else ""}
+        if tflops is not None:
+            row["TFLOP/s"] = round(tflops, 2)
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Training-step benchmark (interleaved rounds).")
     ap.add_argument("--full", action="store_true", help="also the 48x64x64 patches")

@@ -32,11 +32,11 @@ grep -E "dilseg" "$OUT/build.log" | tail -5
 $PY -c "import engine; [print(v) for v in engine.backends().values()]" | tee "$OUT/backends.txt"
 
 step "GPU tests"
-timeout 300 $PY -m pytest -q -m gpu tests -p no:cacheprovider -x --timeout 120 >"$OUT/gpu_tests.log" 2>&1 || status=1
+timeout 200 $PY -m pytest -q -m gpu tests -p no:cacheprovider -x --timeout 120 >"$OUT/gpu_tests.log" 2>&1 || status=1
 tail -5 "$OUT/gpu_tests.log"
 
 step "kernels, training and rounds"
-timeout 300 $PY benchmarks/gpu_table.py --json "$OUT/device_check.json" --markdown "$OUT/device_check.md" \
+timeout 330 $PY benchmarks/gpu_table.py --json "$OUT/device_check.json" --markdown "$OUT/device_check.md" \
   >"$OUT/gpu_table.log" 2>&1 || status=1
 tail -3 "$OUT/gpu_table.log"
 

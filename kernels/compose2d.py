@@ -14,7 +14,7 @@ Launchers (called by engine/ops/compose2d.py, which validates and allocates):
 
 One program per BLOCK output pixels of the flattened (n, y, x) index (int64). The
 arithmetic is in the fields' dtype (float32, or float64). Kernels are jitted at
-launch time in the mode TRITON_INTERPRET asks for (``_LazyJit`` of kernels/warp2d.py)
+launch time in the mode TRITON_INTERPRET asks for (``LazyJit`` of kernels/_jit.py)
 and call only builtins of ``triton.language``.
 """
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .warp2d import _LazyJit
+from ._jit import LazyJit as _LazyJit
 
 __all__ = ["compose2d_forward", "compose2d_backward"]
 

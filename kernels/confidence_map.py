@@ -19,24 +19,11 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton import knobs
+from ._jit import LazyJit as _LazyJit
 
 __all__ = ["confidence_map"]
 
 
-class _LazyJit:
-    """A kernel jitted at launch time in the mode TRITON_INTERPRET asks for now."""
-
-    def __init__(self, fn):
-        self._fn = fn
-        self._jitted = {}
-
-    def __getitem__(self, grid):
-        interpret = bool(knobs.runtime.interpret)
-        k = self._jitted.get(interpret)
-        if k is None:
-            k = self._jitted[interpret] = triton.jit(self._fn)
-        return k[grid]
 
 
 def _confidence_map_kernel(

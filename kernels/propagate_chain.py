@@ -42,26 +42,13 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton import knobs
+from ._jit import LazyJit as _LazyJit
 
 __all__ = ["propagate_chain"]
 
 _FUSE = {"none": 0, "nearest": 1, "linear": 2}
 
 
-class _LazyJit:
-    """A kernel jitted at launch time in the mode TRITON_INTERPRET asks for now."""
-
-    def __init__(self, fn):
-        self._fn = fn
-        self._jitted = {}
-
-    def __getitem__(self, grid):
-        interpret = bool(knobs.runtime.interpret)
-        k = self._jitted.get(interpret)
-        if k is None:
-            k = self._jitted[interpret] = triton.jit(self._fn)
-        return k[grid]
 
 
 def _propagate_chain_kernel(

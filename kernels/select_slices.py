@@ -20,24 +20,11 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from triton import knobs
+from ._jit import LazyJit as _LazyJit
 
 __all__ = ["select_slices_forward"]
 
 
-class _LazyJit:
-    """A kernel jitted at launch time in the mode TRITON_INTERPRET asks for now."""
-
-    def __init__(self, fn):
-        self._fn = fn
-        self._jitted = {}
-
-    def __getitem__(self, grid):
-        interpret = bool(knobs.runtime.interpret)
-        k = self._jitted.get(interpret)
-        if k is None:
-            k = self._jitted[interpret] = triton.jit(self._fn)
-        return k[grid]
 
 
 def _select_slices_kernel(

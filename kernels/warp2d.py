@@ -35,25 +35,14 @@ import triton
 import triton.language as tl
 from triton import knobs
 
+from ._jit import LazyJit as _LazyJit
+
 __all__ = ["warp2d_forward", "warp2d_backward"]
 
 _BLOCK = 512
 _NUM_WARPS = 4
 
 
-class _LazyJit:
-    """A Triton kernel jitted at launch time in the mode TRITON_INTERPRET asks for now."""
-
-    def __init__(self, fn):
-        self._fn = fn
-        self._jitted = {}
-
-    def __getitem__(self, grid):
-        interpret = bool(knobs.runtime.interpret)  # reads TRITON_INTERPRET now
-        k = self._jitted.get(interpret)
-        if k is None:
-            k = self._jitted[interpret] = triton.jit(self._fn)
-        return k[grid]
 
 
 def _warp2d_fwd_kernel(

@@ -19,7 +19,7 @@ Launchers (called by engine/ops/warp3d.py, which validates and allocates):
 One program per BLOCK output voxels of the flattened (n, z, y, x) index (int64),
 looping over channels; accumulation in u's dtype (float32, or float64 for float64
 inputs). Kernels are jitted at launch time in the mode TRITON_INTERPRET asks for
-(``_LazyJit`` of kernels/warp2d.py, shared), and for that reason call only builtins
+(``LazyJit`` of kernels/_jit.py, shared), and for that reason call only builtins
 of ``triton.language``.
 """
 
@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from triton import knobs
 
-from .warp2d import _LazyJit
+from ._jit import LazyJit as _LazyJit
 
 __all__ = ["warp3d_forward", "warp3d_backward"]
 

@@ -44,7 +44,7 @@ _OP = "warp2d"
 def _clamp_coord(p: Tensor, hi: int) -> Tensor:
     # gradient 1 strictly inside (0, hi), 0 where clamped (as grid_sample's border mode)
     inside = (p > 0) & (p < hi)
-    return torch.where(inside, p, p.detach().clamp(0, hi))
+    return torch.where(inside, p, torch.nan_to_num(p.detach(), nan=0.0).clamp(0, hi))
 
 
 def warp2d_reference(src: Tensor, u: Tensor, mode: str = "bilinear", padding: str = "zeros") -> Tensor:

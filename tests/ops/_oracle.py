@@ -7,7 +7,7 @@
   kernel that forgets to write an element is caught.
 * ``triton_interpret``: a context that runs Triton launchers with the interpreter on
   CPU tensors. Triton 3.9 reads TRITON_INTERPRET when a kernel is decorated, so
-  the launchers in kernels/ jit lazily at launch (see kernels/warp2d.py, _LazyJit).
+  the launchers in kernels/ jit lazily at launch (see kernels/_jit.py, LazyJit).
 * ``backends_for(device)``: which implementations of an op to compare on a device.
 """
 
