@@ -133,3 +133,55 @@ Impl = Callable[..., Any]
 
 def impl_table(**impls: Optional[Impl]) -> dict[str, Impl]:
     return {k: v for k, v in impls.items() if v is not None}
+
+
+# --- the warp family (warp2d, warp3d): one validation and one autograd formula ---------------
+
+WARP_MODES = ("bilinear", "nearest")
+WARP_PADDINGS = ("zeros", "border")
+WARP_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def validate_warp(src: torch.Tensor, u: torch.Tensor, mode: str, padding: str, finite: bool,
+                  spatial: int) -> None:
+    """Checks shared by the pull-back warps: ``src`` ``[N, C, *S]``, ``u`` ``[N, spatial,
+    *T]`` with ``spatial`` = 2 (warp2d) or 3 (warp3d); ``finite``: scan ``u`` for
+    NaN/Inf (a device sync)."""
+    check_tensor("src", src, 2 + spatial, WARP_FLOAT_DTYPES + (torch.uint8,))
+    check_tensor("u", u, 2 + spatial, (torch.float32, torch.float64))
+    check_choice("mode", mode, WARP_MODES)
+    check_choice("padding", padding, WARP_PADDINGS)
+    check_same_device(src=src, u=u)
+    if u.shape[0] != src.shape[0] or u.shape[1] != spatial:
+        dims = ", ".join(("D", "H", "W")[3 - spatial:])
+        raise ShapeError(f"u must be [N=src.shape[0], {spatial}, {dims}]; got src {tuple(src.shape)}, "
+                         f"u {tuple(u.shape)}")
+    if src.dtype == torch.uint8 and mode != "nearest":
+        raise DTypeError("uint8 sources need mode='nearest' (linear interpolation would not be exact in uint8)")
+    if min(src.shape[2:]) < 1:
+        raise ShapeError(f"src must have non-empty spatial size, got {tuple(src.shape)}")
+    if finite:
+        check_finite("u", u)
+
+
+def register_warp_autograd(op: Any, backward_op: Callable) -> None:
+    """Autograd of a warp custom op ``op(src, u, mode, padding)`` through its backward
+    custom op ``backward_op(grad, src, u, mode, padding, need_src, need_u)``; uint8
+    sources (nearest masks) get no gradient."""
+
+    def setup_context(ctx, inputs, output):
+        src, u, mode, padding = inputs
+        ctx.save_for_backward(src, u)
+        ctx.mode, ctx.padding = mode, padding
+
+    def backward(ctx, grad):
+        src, u = ctx.saved_tensors
+        need_src, need_u = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if src.dtype == torch.uint8:
+            need_src = False
+        if not (need_src or need_u):
+            return None, None, None, None
+        gs, gu = backward_op(grad.contiguous(), src, u, ctx.mode, ctx.padding, need_src, need_u)
+        return (gs if need_src else None), (gu if need_u else None), None, None
+
+    op.register_autograd(backward, setup_context=setup_context)

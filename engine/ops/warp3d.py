@@ -38,9 +38,7 @@ from . import _common as C
 
 __all__ = ["warp3d", "warp3d_reference", "IMPLS", "BACKWARD_IMPLS"]
 
-MODES = ("bilinear", "nearest")
-PADDINGS = ("zeros", "border")
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+MODES, PADDINGS, FLOAT_DTYPES = C.WARP_MODES, C.WARP_PADDINGS, C.WARP_FLOAT_DTYPES
 _OP = "warp3d"
 
 
@@ -296,42 +294,13 @@ def _(grad, src, u, mode, padding, need_src, need_u):
     return gs, gu
 
 
-def _setup_context(ctx, inputs, output):
-    src, u, mode, padding = inputs
-    ctx.save_for_backward(src, u)
-    ctx.mode, ctx.padding = mode, padding
-
-
-def _backward(ctx, grad):
-    src, u = ctx.saved_tensors
-    need_src, need_u = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    if src.dtype == torch.uint8:
-        need_src = False
-    if not (need_src or need_u):
-        return None, None, None, None
-    gs, gu = _warp3d_backward_op(grad.contiguous(), src, u, ctx.mode, ctx.padding, need_src, need_u)
-    return (gs if need_src else None), (gu if need_u else None), None, None
-
-
-_warp3d_op.register_autograd(_backward, setup_context=_setup_context)
+C.register_warp_autograd(_warp3d_op, _warp3d_backward_op)
 
 
 # --- public entry -------------------------------------------------------------------------
 
 def validate(src: Tensor, u: Tensor, mode: str, padding: str, check_finite: bool) -> None:
-    C.check_tensor("src", src, 5, FLOAT_DTYPES + (torch.uint8,))
-    C.check_tensor("u", u, 5, (torch.float32, torch.float64))
-    C.check_choice("mode", mode, MODES)
-    C.check_choice("padding", padding, PADDINGS)
-    C.check_same_device(src=src, u=u)
-    if u.shape[0] != src.shape[0] or u.shape[1] != 3:
-        raise C.ShapeError(f"u must be [N=src.shape[0], 3, D, H, W]; got src {tuple(src.shape)}, u {tuple(u.shape)}")
-    if src.dtype == torch.uint8 and mode != "nearest":
-        raise C.DTypeError("uint8 sources need mode='nearest' (trilinear would not be exact in uint8)")
-    if min(src.shape[2:]) < 1:
-        raise C.ShapeError(f"src must have non-empty spatial size, got {tuple(src.shape)}")
-    if check_finite:
-        C.check_finite("u", u)
+    C.validate_warp(src, u, mode, padding, check_finite, spatial=3)
 
 
 def warp3d(src: Tensor, u: Tensor, mode: str = "bilinear", padding: str = "zeros", *,
