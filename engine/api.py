@@ -710,10 +710,11 @@ class Session:
             if self._annotations:
                 timer = _Timer(eng.device)
                 target, weight, residual = self._learn_inputs(timer)
-                with eng._train_lock:
+            with eng._train_lock:  # counters and the buffer change under the engine's train lock
+                if self._annotations:
                     eng.replay.add_case(self.image, target, weight, eng.config.replay_patches_per_case,
                                         residual=residual)
-            eng.counters["cases"] += 1
+                eng.counters["cases"] += 1
             self._closed = True
 
     def close(self) -> None:
