@@ -128,3 +128,18 @@ def test_cuda_matches_cpu():
     f_gpu, b_gpu = register_stack(img.cuda())
     torch.testing.assert_close(f_gpu.cpu(), f_cpu, atol=2e-3, rtol=0)
     torch.testing.assert_close(b_gpu.cpu(), b_cpu, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 7, 5), (2, 1, 1, 6), (2, 1, 5, 1)])
+def test_image_gradient_writes_every_entry(shape):
+    from engine.propagate.native import image_gradient
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0)) + 0.5
+    ref = torch.zeros(shape[0], 2, *shape[2:])
+    if shape[2] > 1:
+        ref[:, 0] = torch.gradient(x[:, 0], dim=1, edge_order=1)[0]
+    if shape[3] > 1:
+        ref[:, 1] = torch.gradient(x[:, 0], dim=2, edge_order=1)[0]
+    for _ in range(3):  # fresh allocations may reuse poisoned memory
+        torch.full((shape[0], 2, *shape[2:]), float("nan"))
+        torch.testing.assert_close(image_gradient(x), ref)
