@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["load_run", "summarize", "claims", "write_report", "headline_table"]
+__all__ = ["load_run", "summarize", "claims", "paired", "write_report", "headline_table"]
 
 
 def load_run(out: str | Path) -> dict[str, Any]:
@@ -314,6 +314,48 @@ def _plots(run: dict[str, Any], summary: dict[str, dict[str, Any]], out: Path) -
     return paths
 
 
+def paired(run: dict[str, Any], a: str, b: str, key: str = "fused") -> Optional[dict[str, float]]:
+    """Per-case difference ``a - b`` of ``key`` over the second half of the stream, on the
+    cases both methods logged: mean, standard error of the mean, cases where ``a`` is
+    better, and their count. The methods share the stream, so pairing by case removes
+    the case-to-case spread that dominates the unpaired means."""
+    half = int(run["config"].get("n_train", 0)) // 2
+    logs = run["methods"]
+    if a not in logs or b not in logs:
+        return None
+
+    def values(name: str) -> dict[int, float]:
+        return {c["index"]: c[key] for c in logs[name].get("cases", [])
+                if c["index"] >= half and c.get(key) is not None}
+
+    va, vb = values(a), values(b)
+    common = sorted(set(va) & set(vb))
+    if len(common) < 2:
+        return None
+    d = np.array([va[i] - vb[i] for i in common], dtype=np.float64)
+    return {"mean": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(len(d))),
+            "better": int((d > 0).sum()), "n": len(d)}
+
+
+def _paired_table(run: dict[str, Any]) -> str:
+    names = list(run["methods"])
+    pairs = [("ours", "proxy_even"), ("ours_even", "proxy_even"), ("ours", "ours_even"),
+             ("proxy_guided", "proxy_even"), ("ours_random", "ours_even"), ("ours_noreplay", "ours"),
+             ("ours_smooth", "ours")]
+    for n in names:
+        if "@" in n:
+            head, rule = n.split("@", 1)
+            pairs.append((n, "ours_even" if head == "ours" else "proxy_even"))
+            if head == "ours" and f"proxy@{rule}" in names:
+                pairs.append((n, f"proxy@{rule}"))
+    rows = ["| a | b | mean a − b | ± SE | cases a better | n |", "|---|---|---|---|---|---|"]
+    for a, b in pairs:
+        r = paired(run, a, b)
+        if r is not None:
+            rows.append(f"| {a} | {b} | {r['mean']:+.4f} | {r['se']:.4f} | {r['better']} | {r['n']} |")
+    return "\n".join(rows) if len(rows) > 2 else "(no pairs in this run)"
+
+
 def markdown(run: dict[str, Any], summary: dict[str, dict[str, Any]]) -> str:
     cfg, data = run["config"], run["data"]
     finished = all(s["finished"] for s in summary.values()) and summary
@@ -341,7 +383,8 @@ def markdown(run: dict[str, Any], summary: dict[str, dict[str, Any]]) -> str:
         "",
     ]
     lines += claims(summary) or ["(not enough methods in this run to check them)"]
-    lines += ["", "## Per round (means over the second half)", "", _round_table(summary), "",
+    lines += ["", "## Paired differences of fused Dice (second half, same cases)", "", _paired_table(run), "",
+              "## Per round (means over the second half)", "", _round_table(summary), "",
               "## Held-out Dice against stream cases seen", "", _heldout_table(run), "",
               "Plots: `dice_per_case.png`, `dice_vs_effort.png`, `heldout.png`. Numbers: `results.json`, "
               "`cases.csv`, `rounds.csv`, `heldout.csv`.", ""]

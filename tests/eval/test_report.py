@@ -99,3 +99,15 @@ def test_every_file_written_and_partial_runs_marked(tmp_path):
     assert [h["cases_seen"] for h in held if h["method"] == "offline_full"] == ["2.0", "4.0"]
     res = json.loads((out / "results.json").read_text())
     assert res["summary"]["ours"]["fused_2nd"] == pytest.approx(0.91)
+
+
+def test_paired_differences(tmp_path):
+    run = R.load_run(_folder(tmp_path))
+    # second half: ours fused 0.90, 0.92 vs proxy_even 0.88, 0.88
+    r = R.paired(run, "ours", "proxy_even")
+    assert r["n"] == 2 and r["better"] == 2
+    assert r["mean"] == pytest.approx(0.03) and r["se"] == pytest.approx(0.01)
+    assert R.paired(run, "ours", "missing") is None
+    R.write_report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "## Paired differences" in text and "| ours | proxy_even | +0.0300 | 0.0100 | 2 | 2 |" in text
