@@ -7,6 +7,7 @@ from .propagate_chain import propagate_chain  # noqa: F401
 from .confidence_map import confidence_map  # noqa: F401
 from .slice_residuals import slice_residuals_forward  # noqa: F401
 from .select_slices import select_slices_forward  # noqa: F401
+from .demons_step import demons_step_forward  # noqa: F401
 
 # ops implemented here (engine.ops checks membership before picking Triton)
 ops = [
@@ -17,4 +18,5 @@ ops = [
     "confidence_map",
     "slice_residuals",
     "select_slices",
+    "demons_step",
 ]

@@ -55,6 +55,12 @@ for all pairs at once::
 * Gaussian smoothing is separable and written as in-place weighted sums of shifted
   views (replicate border, radius ``ceil(2 sigma)``): an order of magnitude faster on
   CPU than ``conv2d`` for these tiny kernels on batched 2-channel fields.
+* Implementation: the warp, the gradient of the warped image and the force of the
+  symmetric variant are one fused op, :func:`engine.ops.demons_step` (C++ on CPU,
+  Triton on GPU); smoothing and coupling write into three buffers reused over the
+  iterations of a level (fresh multi-megabyte tensors per iteration cost page faults
+  on the CPU). Together about 2.5-3x faster than the plain torch composition, same
+  fields up to float rounding (<0.01 px).
 
 The numbers above are proxy Dice on the 100 shared LA cases (44 slices of ~95x71 px at
 1.25 mm, axis 2); docs/propagation.md has the tables.
@@ -71,7 +77,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError, ShapeError
-from ..ops import warp2d
+from ..ops import demons_step, warp2d
 
 __all__ = ["NativeParams", "gaussian_smooth", "image_gradient", "demons_register", "invert_field",
            "register_stack"]
@@ -133,12 +139,13 @@ def _kernel1d(sigma: float) -> list[float]:
     return [v / s for v in w]
 
 
-def _smooth_axis(x: Tensor, k: list[float], dim: int) -> Tensor:
+def _smooth_axis(x: Tensor, k: list[float], dim: int, out: Optional[Tensor] = None) -> Tensor:
     # out[j] = sum_i k[i] x[clamp(j + i - r)]: shifted in-place accumulations on views of
-    # x, then the replicate-border terms added to the first and last r rows (no padded copy)
+    # x, then the replicate-border terms added to the first and last r rows (no padded copy).
+    # ``out`` (not x): a reused buffer, so the registration loop allocates nothing
     r = len(k) // 2
     n = x.shape[dim]
-    out = x * k[r]
+    out = torch.mul(x, k[r], out=out) if out is not None else x * k[r]
     first = x.narrow(dim, 0, 1)
     last = x.narrow(dim, n - 1, 1)
     for i in range(1, r + 1):
@@ -150,16 +157,18 @@ def _smooth_axis(x: Tensor, k: list[float], dim: int) -> Tensor:
     return out
 
 
-def gaussian_smooth(x: Tensor, sigma: float) -> Tensor:
+def gaussian_smooth(x: Tensor, sigma: float, buffers: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
     """Separable Gaussian blur of ``x`` ``[N, C, H, W]`` (replicate border), radius
-    ``ceil(2 sigma)``; ``sigma <= 0`` returns ``x``."""
+    ``ceil(2 sigma)``; ``sigma <= 0`` returns ``x``. ``buffers``: two tensors of ``x``'s
+    shape (neither is ``x``) for the two passes; the result is the second."""
     if sigma <= 0:
         return x
     k = _kernel1d(sigma)
     r = len(k) // 2
     if x.shape[-2] <= r or x.shape[-1] <= r:  # the shifted views need r < size
         return x
-    return _smooth_axis(_smooth_axis(x, k, -2), k, -1)
+    b1, b2 = buffers if buffers is not None else (None, None)
+    return _smooth_axis(_smooth_axis(x, k, -2, b1), k, -1, b2)
 
 
 def image_gradient(x: Tensor) -> Tensor:
@@ -197,34 +206,41 @@ def _upsample_field(u: Tensor, size: tuple[int, int]) -> Tensor:
 def _demons_level(fixed: Tensor, moving: Tensor, u: Tensor, iterations: int, p: NativeParams, groups: int) -> Tensor:
     inv_k = 1.0 / (4.0 * p.max_step * p.max_step)
     g_fixed = image_gradient(fixed) if p.force != "moving" else None
+    bufs: Optional[list[Tensor]] = None
     for _ in range(iterations):
-        mw = warp2d(moving, u, "bilinear", "border", check_finite=False)
-        diff = fixed - mw
-        if p.force == "fixed":
-            g = g_fixed.clone()
-        elif p.force == "moving":
-            g = image_gradient(mw)
+        if p.force == "symmetric":
+            # warp + gradient + force in one pass (engine.ops.demons_step: C++ / Triton)
+            step = demons_step(fixed, moving, u, g_fixed, inv_k, check_finite=False)
         else:
-            g = image_gradient(mw).add_(g_fixed).mul_(0.5)
-        den = (g * g).sum(1, keepdim=True).addcmul_(diff, diff, value=inv_k)
-        # den == 0 exactly where g == 0 and diff == 0: the step is 0 there
-        scale = diff / den.clamp_min_(1e-12)
-        step = gaussian_smooth(g.mul_(scale), p.sigma_update)
-        u = gaussian_smooth(u + step, p.sigma_field)
+            mw = warp2d(moving, u, "bilinear", "border", check_finite=False)
+            diff = fixed - mw
+            g = g_fixed.clone() if p.force == "fixed" else image_gradient(mw)
+            den = (g * g).sum(1, keepdim=True).addcmul_(diff, diff, value=inv_k)
+            # den == 0 exactly where g == 0 and diff == 0: the step is 0 there
+            step = g.mul_(diff / den.clamp_min_(1e-12))
+        step = gaussian_smooth(step, p.sigma_update)
+        # u + step, smoothed, coupled: through three buffers reused over the iterations
+        # (fresh multi-MB tensors cost page faults on every iteration on the CPU)
+        if bufs is None:
+            bufs = [torch.empty_like(u) for _ in range(4)]
+        a, b, c = [t for t in bufs if t.data_ptr() != u.data_ptr()][:3]  # never the current field
+        torch.add(u, step, out=a)
+        u = gaussian_smooth(a, p.sigma_field, (b, c))  # in c (in a when skipped)
         if p.pair_coupling > 0:
-            u = _couple_pairs(u, p.pair_coupling, groups)
+            u = _couple_pairs(u, p.pair_coupling, groups, out=b if u.data_ptr() != b.data_ptr() else a)
     return u
 
 
-def _couple_pairs(u: Tensor, w: float, groups: int) -> Tensor:
+def _couple_pairs(u: Tensor, w: float, groups: int, out: Optional[Tensor] = None) -> Tensor:
     """``u[n] <- (1 - 2w) u[n] + w (u[n-1] + u[n+1])`` within each of ``groups`` contiguous
-    runs of the batch (mirrored at the run's ends; runs of one entry are left alone)."""
+    runs of the batch (mirrored at the run's ends; runs of one entry are left alone).
+    ``out``: a buffer of ``u``'s shape (not ``u``) to write into."""
     N = u.shape[0]
     n = N // groups
     if n < 2:
         return u
     g = u.view(groups, n, *u.shape[1:])
-    out = g * (1 - 2 * w)
+    out = torch.mul(g, 1 - 2 * w, out=out.view_as(g)) if out is not None else g * (1 - 2 * w)
     out[:, 1:].add_(g[:, :-1], alpha=w)  # previous pair
     out[:, :-1].add_(g[:, 1:], alpha=w)  # next pair
     out[:, :1].add_(g[:, 1:2], alpha=w)  # mirrored ends

@@ -1,0 +1,130 @@
+"""demons_step: one fused iteration of symmetric (ESM) demons on a batch of 2D pairs.
+
+The inner loop of the native registration (engine/propagate/native.py), for every
+pair ``n`` at once::
+
+    mw   = warp2d(moving, u, "bilinear", "border")          # moving pulled back by u
+    g    = (grad(mw) + g_fixed) / 2                          # symmetric force direction
+    diff = fixed - mw
+    step = g * diff / max(|g|^2 + inv_k * diff^2, 1e-12)     # |step| <= 1 / (2 sqrt(inv_k))
+
+``grad`` is the central difference, one-sided on the first and last row/column and 0
+along an axis of size 1 (:func:`engine.propagate.native.image_gradient`). With
+``inv_k = 1 / (4 max_step^2)`` the denominator is at least ``|g| |diff| / max_step``,
+which bounds each step to ``max_step`` pixels.
+
+Shapes: ``fixed``, ``moving`` ``[N, 1, H, W]``; ``u``, ``g_fixed`` ``[N, 2, H, W]``
+(channel 0 rows, 1 columns); the result ``[N, 2, H, W]``; all float32.
+
+Backends (pinned to the reference by tests/ops/test_demons_step.py):
+``reference`` (pure torch: warp2d_reference, the gradient stencil, elementwise
+math — ten-odd full-size temporaries per iteration), ``cpu`` (C++/OpenMP,
+csrc/demons_step/demons_step_cpu.cpp: one pass per pair through a scratch plane),
+``triton`` (kernels/demons_step.py: one launch, each program recomputes the five
+warped samples of its stencil, nothing but the step is written). There is no
+hand-written CUDA kernel: the Triton kernel serves CUDA tensors, and a pointwise
+stencil gains nothing from one. Not differentiable (registration never
+differentiates through its own update).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _common as C
+from .warp2d import warp2d_reference
+
+__all__ = ["demons_step", "demons_step_reference", "IMPLS"]
+
+_OP = "demons_step"
+
+
+# --- reference -------------------------------------------------------------------
+
+def _gradient(x: Tensor) -> Tensor:
+    """Central differences of ``[N, 1, H, W]`` (one-sided at the border, 0 along a
+    size-1 axis): ``[N, 2, H, W]``."""
+    N, _, H, W = x.shape
+    g = x.new_zeros((N, 2, H, W))
+    if H > 1:
+        g[:, 0, 1:-1] = (x[:, 0, 2:] - x[:, 0, :-2]) * 0.5
+        g[:, 0, 0] = x[:, 0, 1] - x[:, 0, 0]
+        g[:, 0, -1] = x[:, 0, -1] - x[:, 0, -2]
+    if W > 1:
+        g[:, 1, :, 1:-1] = (x[:, 0, :, 2:] - x[:, 0, :, :-2]) * 0.5
+        g[:, 1, :, 0] = x[:, 0, :, 1] - x[:, 0, :, 0]
+        g[:, 1, :, -1] = x[:, 0, :, -1] - x[:, 0, :, -2]
+    return g
+
+
+def demons_step_reference(fixed: Tensor, moving: Tensor, u: Tensor, g_fixed: Tensor, inv_k: float) -> Tensor:
+    """Pure-torch demons step (the oracle)."""
+    mw = warp2d_reference(moving, u, "bilinear", "border")
+    diff = fixed - mw
+    g = (_gradient(mw) + g_fixed) * 0.5
+    den = (g * g).sum(1, keepdim=True) + inv_k * (diff * diff)
+    return g * (diff / den.clamp_min(1e-12))
+
+
+# --- compiled kernels ---------------------------------------------------------------
+
+def _cpu(fixed, moving, u, g_fixed, inv_k):
+    fixed, moving, u, g_fixed = (t.contiguous() for t in (fixed, moving, u, g_fixed))
+    N, _, H, W = fixed.shape
+    out = torch.empty((N, 2, H, W), dtype=torch.float32, device=fixed.device)
+    if out.numel():
+        C.cpu_module().demons_step(fixed.data_ptr(), moving.data_ptr(), u.data_ptr(), g_fixed.data_ptr(),
+                                   out.data_ptr(), N, H, W, float(inv_k), C.num_threads())
+    return out
+
+
+def _triton(fixed, moving, u, g_fixed, inv_k):
+    N, _, H, W = fixed.shape
+    out = torch.empty((N, 2, H, W), dtype=torch.float32, device=fixed.device)
+    if out.numel():
+        C.triton_module().demons_step_forward(fixed, moving, u, g_fixed, float(inv_k), out)
+    return out
+
+
+IMPLS = C.impl_table(reference=demons_step_reference, cpu=_cpu, triton=_triton)
+_NATIVE = ("cpu", "triton")
+
+
+# --- torch custom op (not differentiable) ----------------------------------------------
+
+@torch.library.custom_op("dilseg::demons_step", mutates_args=())
+def _demons_step_op(fixed: Tensor, moving: Tensor, u: Tensor, g_fixed: Tensor, inv_k: float) -> Tensor:
+    return IMPLS[C.select(_OP, fixed.device, _NATIVE)](fixed, moving, u, g_fixed, inv_k)
+
+
+@_demons_step_op.register_fake
+def _(fixed, moving, u, g_fixed, inv_k):
+    return fixed.new_empty((fixed.shape[0], 2, fixed.shape[2], fixed.shape[3]), dtype=torch.float32)
+
+
+# --- public entry -----------------------------------------------------------------------
+
+def demons_step(fixed: Tensor, moving: Tensor, u: Tensor, g_fixed: Tensor, inv_k: float, *,
+                check_finite: bool = True) -> Tensor:
+    """The demons step ``[N, 2, H, W]`` of every pair (module docstring).
+
+    ``check_finite=False`` skips the NaN/Inf scan of the inputs (a device sync; the
+    registration loop validates once, before iterating). Raises
+    ``engine.errors.ShapeError`` / ``DTypeError`` / ``InputError`` / ``NonFiniteError``.
+    """
+    for name, t, ch in (("fixed", fixed, 1), ("moving", moving, 1), ("u", u, 2), ("g_fixed", g_fixed, 2)):
+        C.check_tensor(name, t, 4, (torch.float32,))
+        if t.shape[1] != ch:
+            raise C.ShapeError(f"{name} must be [N, {ch}, H, W], got {tuple(t.shape)}")
+    C.check_same_device(fixed=fixed, moving=moving, u=u, g_fixed=g_fixed)
+    N, _, H, W = fixed.shape
+    for name, t in (("moving", moving), ("u", u), ("g_fixed", g_fixed)):
+        if t.shape[0] != N or tuple(t.shape[2:]) != (H, W):
+            raise C.ShapeError(f"{name} {tuple(t.shape)} does not match fixed {tuple(fixed.shape)}")
+    if not isinstance(inv_k, (int, float)) or isinstance(inv_k, bool) or not inv_k >= 0:
+        raise C.InputError(f"inv_k must be a number >= 0, got {inv_k!r}")
+    if check_finite:
+        for name, t in (("fixed", fixed), ("moving", moving), ("u", u), ("g_fixed", g_fixed)):
+            C.check_finite(name, t)
+    return _demons_step_op(fixed, moving, u, g_fixed, float(inv_k))

@@ -1,0 +1,97 @@
+"""Triton kernel of demons_step (contract: engine/ops/demons_step.py).
+
+One launch over the flat pixels ``(n, y, x)`` of all pairs. A program holds a tile
+``[BLOCK, 8]``: its pixels times the five points of the gradient stencil (centre,
+row above / below, column left / right, clamped at the border; three padding
+columns masked off). It warps all of them at once (bilinear, border padding, each
+point with the displacement of its own pixel, as ``warp2d`` then ``image_gradient``
+would), extracts the five values per pixel by masked row sums, and writes only the
+step. No warped image is materialised.
+
+TRITON_INTERPRET is honoured per launch (kernels/_jit.py) and only
+``triton.language`` builtins are called.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._jit import LazyJit as _LazyJit
+
+__all__ = ["demons_step_forward"]
+
+_BLOCK = 128
+
+
+def _demons_step_kernel(fixed_ptr, moving_ptr, u_ptr, gf_ptr, out_ptr, H, W, HW, total, inv_k,
+                        BLOCK: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = offs < total
+    n = offs // HW
+    rem = offs - n * HW
+    y = rem // W
+    x = rem - y * W
+    ym = tl.maximum(y - 1, 0)
+    yp = tl.minimum(y + 1, H - 1)
+    xm = tl.maximum(x - 1, 0)
+    xp = tl.minimum(x + 1, W - 1)
+
+    k = tl.arange(0, 8)[None, :]  # stencil column: 0 centre, 1 y-1, 2 y+1, 3 x-1, 4 x+1
+    sy = tl.where(k == 1, ym[:, None], tl.where(k == 2, yp[:, None], y[:, None]))
+    sx = tl.where(k == 3, xm[:, None], tl.where(k == 4, xp[:, None], x[:, None]))
+    m2 = mask[:, None] & (k < 5)
+    ub = u_ptr + n[:, None] * 2 * HW + sy * W + sx
+    uy = tl.load(ub, mask=m2, other=0.0)
+    ux = tl.load(ub + HW, mask=m2, other=0.0)
+    py = sy.to(tl.float32) + uy
+    px = sx.to(tl.float32) + ux
+    py = tl.where(py > 0, tl.where(py < H - 1, py, H - 1), 0)  # border padding, NaN -> 0
+    px = tl.where(px > 0, tl.where(px < W - 1, px, W - 1), 0)
+    y0f = tl.floor(py)
+    x0f = tl.floor(px)
+    wy = py - y0f
+    wx = px - x0f
+    y0 = y0f.to(tl.int64)
+    x0 = x0f.to(tl.int64)
+    y1 = tl.minimum(y0 + 1, H - 1)  # weight 0 there when y0 is the last row
+    x1 = tl.minimum(x0 + 1, W - 1)
+    mb = moving_ptr + n[:, None] * HW
+    v00 = tl.load(mb + y0 * W + x0, mask=m2, other=0.0)
+    v01 = tl.load(mb + y0 * W + x1, mask=m2, other=0.0)
+    v10 = tl.load(mb + y1 * W + x0, mask=m2, other=0.0)
+    v11 = tl.load(mb + y1 * W + x1, mask=m2, other=0.0)
+    mw = (1 - wy) * ((1 - wx) * v00 + wx * v01) + wy * ((1 - wx) * v10 + wx * v11)
+
+    mc = tl.sum(tl.where(k == 0, mw, 0.0), axis=1)
+    m_ym = tl.sum(tl.where(k == 1, mw, 0.0), axis=1)
+    m_yp = tl.sum(tl.where(k == 2, mw, 0.0), axis=1)
+    m_xm = tl.sum(tl.where(k == 3, mw, 0.0), axis=1)
+    m_xp = tl.sum(tl.where(k == 4, mw, 0.0), axis=1)
+    ry = tl.where(yp - ym == 2, 0.5, 1.0)  # central inside, one-sided at the border
+    rx = tl.where(xp - xm == 2, 0.5, 1.0)
+    base = n * 2 * HW + y * W + x
+    gfy = tl.load(gf_ptr + base, mask=mask, other=0.0)
+    gfx = tl.load(gf_ptr + base + HW, mask=mask, other=0.0)
+    gy = ((m_yp - m_ym) * ry + gfy) * 0.5
+    gx = ((m_xp - m_xm) * rx + gfx) * 0.5
+    diff = tl.load(fixed_ptr + n * HW + y * W + x, mask=mask, other=0.0) - mc
+    den = tl.maximum(gy * gy + gx * gx + inv_k * (diff * diff), 1e-12)
+    scale = diff / den
+    tl.store(out_ptr + base, gy * scale, mask=mask)
+    tl.store(out_ptr + base + HW, gx * scale, mask=mask)
+
+
+_kernel = _LazyJit(_demons_step_kernel)
+
+
+def demons_step_forward(fixed: torch.Tensor, moving: torch.Tensor, u: torch.Tensor, g_fixed: torch.Tensor,
+                        inv_k: float, out: torch.Tensor) -> None:
+    """Write the demons step into ``out`` ``[N, 2, H, W]`` float32 in ONE launch."""
+    fixed, moving, u, g_fixed = (t.contiguous() for t in (fixed, moving, u, g_fixed))
+    N, _, H, W = fixed.shape
+    total = N * H * W
+    grid = (triton.cdiv(total, _BLOCK),)
+    _kernel[grid](fixed, moving, u, g_fixed, out, H, W, H * W, total, float(inv_k), BLOCK=_BLOCK)
