@@ -523,9 +523,12 @@ class Session:
                 return_timings: bool = False) -> Any:
         """The next ``k`` slices to draw on the annotation axis (a list of ints).
 
-        While the model is untrained or nothing is drawn yet: evenly spaced over the
-        extent (``extent=(first, last)`` sets it) or the whole axis. Afterwards the
-        configured rule (default: residual-guided with a minimum gap).
+        ``rule`` (default ``Config.proposal``) is one of :data:`engine.guide.RULES`.
+        The model-guided rules (``residual``, ``residual_gap``) fall back to evenly
+        spaced slices over the extent (``extent=(first, last)`` sets it) or the whole
+        axis while the model is untrained or nothing is drawn, and to the gap rule while
+        only the model is missing; the model-free rules (``even``, ``gap``, ``cells``,
+        ``random``) apply from the first call.
         """
         with self._lock:
             self._check_open()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from engine import errors as E
-from engine.guide import RULES, distance_to_annotated, even_slices, propose, residual_scores
+from engine.guide import RULES, cell_centres, distance_to_annotated, even_slices, propose, residual_scores
 
 
 def test_even_slices_include_both_ends():
@@ -84,3 +84,28 @@ def test_every_rule_returns_ints():
     for rule in RULES:
         got = propose(rule, 3, 15, annotated=[0, 14], scores=s, generator=torch.Generator().manual_seed(0))
         assert all(type(z) is int for z in got) and len(got) == 3
+
+
+def test_cell_centres_skip_the_extent_ends():
+    assert cell_centres(0, 30, 3) == [5, 15, 25]
+    got = cell_centres(10, 40, 6)
+    assert got == [13, 18, 23, 27, 32, 37]
+    assert got == sorted(got) and 10 < got[0] and got[-1] < 40
+    assert [40 + 10 - z for z in reversed(got)] == got  # symmetric on the integer grid
+
+
+def test_cells_rule_cold_start_is_half_of_a_two_round_plan():
+    plan = cell_centres(0, 47, 6)
+    got = propose("cells", 3, 60, extent=(0, 47))
+    assert len(got) == 3 and set(got) <= set(plan)
+    assert got[0] == plan[0] and got[-1] == plan[-1]  # near both ends, not on them
+    assert 0 not in got and 47 not in got
+
+
+def test_cells_rule_fills_the_largest_gaps_with_half_cells_at_the_ends():
+    # drawn 10 and 30 in extent (0, 40): the middle gap (20) scores 10, the end
+    # candidates score 2*(z - lo)+1 capped by their distance to the drawn slice
+    got = propose("cells", 1, 41, annotated=[10, 30], extent=(0, 40))
+    assert got == [20]
+    got = propose("cells", 3, 41, annotated=[10, 30], extent=(0, 40))
+    assert got == [3, 20, 37]  # the end gaps count double: 3 scores min(7, 2*3+1)

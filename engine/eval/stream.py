@@ -291,22 +291,16 @@ def _cheb(lo: int, hi: int, n: int) -> list[int]:
 def _mid(lo: int, hi: int, n: int) -> list[int]:
     """``n`` slices at the centres of ``n`` equal cells of ``[lo, hi]``:
     ``lo + (hi - lo) (j + 1/2) / n``, rounded (the extent's end slices are not drawn:
-    the extent already says where the object stops)."""
-    return _symmetric(lo, hi, [(hi - lo) * (j + 0.5) / n for j in range(n)])
+    the extent already says where the object stops); :func:`engine.guide.cell_centres`."""
+    from ..guide import cell_centres
+
+    return cell_centres(lo, hi, n)
 
 
 def _symmetric(lo: int, hi: int, offsets: Sequence[float]) -> list[int]:
-    """Slices ``lo + offset`` rounded half up in the lower half and mirrored into the
-    upper half, so a symmetric pattern stays symmetric on the integer grid."""
-    n = len(offsets)
-    out = set()
-    for j in range(n // 2):
-        o = int(math.floor(offsets[j] + 0.5))
-        out.add(lo + o)
-        out.add(hi - o)
-    if n % 2:
-        out.add(lo + int(math.floor(offsets[n // 2] + 0.5)))
-    return sorted(z for z in out if lo <= z <= hi)
+    from ..guide import _symmetric as sym
+
+    return sym(lo, hi, offsets)
 
 
 def _split_rounds(planned: list[int], sizes: Sequence[int]) -> list[list[int]]:
@@ -583,8 +577,8 @@ def _sparse_case(eng, spec: MethodSpec, cfg: StreamConfig, case, axis: int, inde
         timings: dict[str, float] = {}
         if planned is not None:
             picks = [z for z in planned[r] if z not in set(s.annotated.get(axis, []))]
-        elif r == 0:
-            picks, t = s.propose(k, rule="even", return_timings=True)
+        elif r == 0:  # round 1 even, except for rules that define their own cold start
+            picks, t = s.propose(k, rule="cells" if spec.rule == "cells" else "even", return_timings=True)
             timings["propose"] = t["total"]
         elif spec.rule in EXPERIMENTAL_RULES:
             picks = _experimental_proposal(spec.rule, s, k)

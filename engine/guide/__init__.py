@@ -13,7 +13,14 @@
                   to the extent's ends) — pure geometry, no model;
   ``"residual_gap"`` residual score times the distance to the nearest annotated
                   slice, so large disagreements far from drawn slices win;
-  ``"random"``    uniformly random unannotated slices in the extent.
+  ``"random"``    uniformly random unannotated slices in the extent;
+  ``"cells"``     while nothing inside the extent is drawn: an evenly spread half of
+                  the centres of 2k equal cells of the extent (the end slices are *not*
+                  proposed: the person already said where the object stops, and a drawn
+                  end is a sliver that propagates poorly); then the slice farthest from
+                  every drawn one, the distance to an end of the extent counted double
+                  (the ends get half cells). benchmarks/RESULTS.md compares it with
+                  even spacing on the left-atrium stream.
 
 All rules return plain Python ints (the caller reads the ``k`` indices: the only
 host synchronisation of a proposal).
@@ -21,15 +28,16 @@ host synchronisation of a proposal).
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
 
 from ..errors import InputError, SliceIndexError
 
-RULES = ("even", "residual", "gap", "residual_gap", "random")
+RULES = ("even", "residual", "gap", "residual_gap", "random", "cells")
 
-__all__ = ["RULES", "residual_scores", "even_slices", "propose", "distance_to_annotated"]
+__all__ = ["RULES", "residual_scores", "even_slices", "cell_centres", "propose", "distance_to_annotated"]
 
 
 def residual_scores(q: torch.Tensor, p: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -54,6 +62,64 @@ def even_slices(first: int, last: int, k: int) -> list[int]:
         return [(first + last) // 2]
     out = sorted({int(round(first + i * (last - first) / (k - 1))) for i in range(k)})
     return out
+
+
+def _symmetric(lo: int, hi: int, offsets: Sequence[float]) -> list[int]:
+    """Slices ``lo + offset`` rounded half up in the lower half and mirrored into the
+    upper half, so a symmetric pattern stays symmetric on the integer grid."""
+    n = len(offsets)
+    out = set()
+    for j in range(n // 2):
+        o = int(math.floor(offsets[j] + 0.5))
+        out.add(lo + o)
+        out.add(hi - o)
+    if n % 2:
+        out.add(lo + int(math.floor(offsets[n // 2] + 0.5)))
+    return sorted(z for z in out if lo <= z <= hi)
+
+
+def cell_centres(first: int, last: int, k: int) -> list[int]:
+    """``k`` slices at the centres of ``k`` equal cells of ``[first, last]``,
+    ``first + (last - first)(j + 1/2)/k`` rounded symmetrically (duplicates removed)."""
+    if k < 1:
+        raise InputError(f"k must be >= 1, got {k}")
+    if last < first:
+        raise InputError(f"extent ({first}, {last}) is empty")
+    return _symmetric(first, last, [(last - first) * (j + 0.5) / k for j in range(k)])
+
+
+def _cells_choice(ann: Sequence[int], extent: tuple[int, int], k: int, min_gap: int) -> list[int]:
+    lo, hi = extent
+    inside = [a for a in ann if lo <= a <= hi]
+    taken = set(ann)
+    if not inside:
+        # cold start: an evenly spread half of the 2k cell centres, i.e. the first round
+        # of a two-round plan, which puts slices near both ends without drawing them
+        plan = cell_centres(lo, hi, 2 * k)
+        picks = [plan[i] for i in even_slices(0, len(plan) - 1, min(k, len(plan)))]
+        return [z for z in picks if z not in taken][:k]
+    chosen: list[int] = []
+    pts = sorted(inside)
+    for _ in range(k):
+        best, best_d = -1, -1.0
+        for gap in ((min_gap, 0) if min_gap > 0 else (0,)):
+            for z in range(lo, hi + 1):
+                if z in taken:
+                    continue
+                near = min(abs(z - a) for a in pts)
+                if near <= gap:
+                    continue
+                d = min(near, 2 * (z - lo) + 1, 2 * (hi - z) + 1)
+                if d > best_d:
+                    best, best_d = z, float(d)
+            if best >= 0:
+                break
+        if best < 0:
+            break
+        chosen.append(best)
+        taken.add(best)
+        pts.append(best)
+    return sorted(chosen)
 
 
 def distance_to_annotated(size: int, annotated: Sequence[int], device=None) -> torch.Tensor:
@@ -124,6 +190,8 @@ def propose(
         if len(out) < k and min_gap > 0:  # the gap is a preference: relax it before giving up slices
             out = sorted(set(out) | set(_gap_choice(size, sorted(set(ann) | set(out)), (lo, hi), k - len(out), 0)))
         return out
+    if rule == "cells":
+        return _cells_choice(ann, (lo, hi), k, min_gap)
     if rule == "random":
         pool = torch.tensor([z for z in range(lo, hi + 1) if z not in ann], dtype=torch.long)
         if len(pool) == 0:
