@@ -53,7 +53,7 @@ def test_full_case_numpy_in_numpy_out(eng):
     s = eng.open(image, spacing=(1, 1, 1), axis=0)
     zs = np.nonzero(label.any((1, 2)))[0]
     s.set_extent(int(zs[0]), int(zs[-1]))
-    picks = s.propose(3)
+    picks = s.propose(3, rule="even")  # even: both ends of the extent included
     assert picks == sorted(picks) and picks[0] == zs[0] and picks[-1] == zs[-1]
     for z in picks:
         s.annotate(z, label[z])
@@ -64,8 +64,9 @@ def test_full_case_numpy_in_numpy_out(eng):
     assert np.all(q[: zs[0]] == 0)
     t = s.learn(2, return_timings=True)
     assert {"learn", "total"} <= set(t)
-    nxt = s.propose(2)
+    nxt = s.propose(2, rule="residual")  # model-guided once trained
     assert len(nxt) == 2 and not set(nxt) & set(picks)
+    assert len(s.propose(2)) == 2  # the default rule (cells)
     f = s.result()
     assert f.dtype == np.uint8 and f.shape == image.shape
     inter = (f & label).sum()
