@@ -5,7 +5,8 @@ One launch over the flat pixels ``(n, y, x)`` of all pairs. A program holds a ti
 row above / below, column left / right, clamped at the border; three padding
 columns masked off). It warps all of them at once (bilinear, border padding, each
 point with the displacement of its own pixel, as ``warp2d`` then ``image_gradient``
-would), extracts the five values per pixel by masked row sums, and writes only the
+would), extracts the five values per pixel by masked row sums (``tl.reduce`` with the
+standard combine function: only builtins, see kernels/_jit.py), and writes only the
 step. No warped image is materialised.
 
 TRITON_INTERPRET is honoured per launch (kernels/_jit.py) and only
@@ -65,11 +66,11 @@ def _demons_step_kernel(fixed_ptr, moving_ptr, u_ptr, gf_ptr, out_ptr, H, W, HW,
     v11 = tl.load(mb + y1 * W + x1, mask=m2, other=0.0)
     mw = (1 - wy) * ((1 - wx) * v00 + wx * v01) + wy * ((1 - wx) * v10 + wx * v11)
 
-    mc = tl.sum(tl.where(k == 0, mw, 0.0), axis=1)
-    m_ym = tl.sum(tl.where(k == 1, mw, 0.0), axis=1)
-    m_yp = tl.sum(tl.where(k == 2, mw, 0.0), axis=1)
-    m_xm = tl.sum(tl.where(k == 3, mw, 0.0), axis=1)
-    m_xp = tl.sum(tl.where(k == 4, mw, 0.0), axis=1)
+    mc = tl.reduce(tl.where(k == 0, mw, 0.0), 1, tl.standard._sum_combine)
+    m_ym = tl.reduce(tl.where(k == 1, mw, 0.0), 1, tl.standard._sum_combine)
+    m_yp = tl.reduce(tl.where(k == 2, mw, 0.0), 1, tl.standard._sum_combine)
+    m_xm = tl.reduce(tl.where(k == 3, mw, 0.0), 1, tl.standard._sum_combine)
+    m_xp = tl.reduce(tl.where(k == 4, mw, 0.0), 1, tl.standard._sum_combine)
     ry = tl.where(yp - ym == 2, 0.5, 1.0)  # central inside, one-sided at the border
     rx = tl.where(xp - xm == 2, 0.5, 1.0)
     base = n * 2 * HW + y * W + x
