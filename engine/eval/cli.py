@@ -39,7 +39,7 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default: auto)")
     p.add_argument("--methods", default=None,
                    help=f"comma-separated methods (default: the preset's); known: {', '.join(ALL_METHODS)}, "
-                        f"ours@RULE, proxy@RULE, *_accept, *_warm")
+                        f"ours@RULE, proxy@RULE, *_accept, *_warm, *_fixed")
     p.add_argument("--cases", type=int, default=None, help="stream cases (default: the preset's)")
     p.add_argument("--test-cases", type=int, default=None, help="held-out cases (default: the preset's)")
     p.add_argument("--steps", type=int, default=None, help="learning steps per round")

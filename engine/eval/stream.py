@@ -8,7 +8,8 @@ segmenter every ``eval_every`` cases. For every case of a *sparse-label* method:
 1. rounds ``r = 1..R`` of ``k`` slices: propose, the simulated person draws them,
    propagate (proxy mask ``Q``), learn ``steps`` steps, predict; logged per round:
    proxy Dice (``Q >= 0.5``), model Dice (``P >= 0.5``), fused Dice (the session's
-   result ``F = C Q + (1-C) P`` inside the extent), effort (slices drawn / slices
+   result ``F = Q + lam (1-C) (P - Q)`` inside the extent, ``lam`` fitted by the
+   engine's evidence gate, logged as ``fusion_weight``), effort (slices drawn / slices
    holding the object; ground-truth boundary pixels on the drawn slices / of the
    whole truth, the *labor* measure, :mod:`engine.eval.metrics`) and wall time;
 2. commit (the case enters the replay buffer).
@@ -43,7 +44,10 @@ Modifiers and experimental names: a ``_warm`` suffix (sparse methods only) start
 from a segmenter pretrained offline on the first ``warm_cases`` stream cases with
 full labels (then the stream continues on the rest); an ``_accept`` suffix stops a
 case after round 1 when the prediction before the case already agrees with the
-round-1 drawings (mean slice Dice >= ``accept_dice``). ``ours@RULE`` and
+round-1 drawings (mean slice Dice >= ``accept_dice``); a ``_fixed`` suffix uses the
+paper's fixed fusion ``F = C Q + (1-C) P`` (``Config.fusion_gate="none"``; the
+model's training is the same, so ``ours`` vs ``ours_fixed`` isolates the gate).
+Suffixes combine in the order ``_accept``, ``_warm``, ``_fixed``. ``ours@RULE`` and
 ``proxy@RULE`` run round 1 even and then ``RULE``: any of ``engine.guide.RULES``,
 or the harness's experimental rules :data:`EXPERIMENTAL_RULES` (``cheb``: a
 Chebyshev-Lobatto set, denser at the object's ends; ``mid``: the centres of equal
@@ -122,6 +126,7 @@ class MethodSpec:
     smoothing: str = "none"
     warm: bool = False
     accept: bool = False
+    gate: bool = True  # Config.fusion_gate "evidence"; False ("_fixed"): the paper's fixed fusion
 
     @property
     def learns(self) -> bool:
@@ -132,7 +137,9 @@ def parse_method(name: str, cfg: StreamConfig) -> MethodSpec:
     """The :class:`MethodSpec` of a method name; InputError for an unknown one."""
     from ..guide import RULES
 
-    base, warm, accept = name, False, False
+    base, warm, accept, gate = name, False, False, True
+    if base.endswith("_fixed"):
+        base, gate = base[: -len("_fixed")], False
     if base.endswith("_warm"):
         base, warm = base[: -len("_warm")], True
     if base.endswith("_accept"):
@@ -172,14 +179,14 @@ def parse_method(name: str, cfg: StreamConfig) -> MethodSpec:
                              f"experimental {EXPERIMENTAL_RULES}, or 'even', 'cheb')")
     else:
         raise InputError(f"unknown method {name!r}; known: {sorted(fixed)} and ours@RULE / proxy@RULE, "
-                         f"with optional _accept / _warm suffixes")
-    if (warm or accept) and kw["kind"] != "sparse":
-        raise InputError(f"method {name!r}: _warm and _accept apply to sparse-label (ours*) methods only")
+                         f"with optional _accept / _warm / _fixed suffixes")
+    if (warm or accept or not gate) and kw["kind"] != "sparse":
+        raise InputError(f"method {name!r}: _warm, _accept and _fixed apply to sparse-label (ours*) methods only")
     if accept and cfg.accept_dice is None:
         raise InputError(f"method {name!r} needs StreamConfig.accept_dice")
     if warm and cfg.warm_cases < 1:
         raise InputError(f"method {name!r} needs StreamConfig.warm_cases >= 1")
-    return MethodSpec(name=name, warm=warm, accept=accept, **kw)
+    return MethodSpec(name=name, warm=warm, accept=accept, gate=gate, **kw)
 
 
 # =============================================================================== data
@@ -407,7 +414,7 @@ def engine_config(cfg: StreamConfig, spec: MethodSpec, device: str):
 def _method_overrides(cfg: StreamConfig, spec: MethodSpec) -> dict[str, Any]:
     from ..guide import RULES
 
-    out: dict[str, Any] = {"smoothing": spec.smoothing}
+    out: dict[str, Any] = {"smoothing": spec.smoothing, "fusion_gate": "evidence" if spec.gate else "none"}
     if spec.rule in RULES:
         out["proposal"] = spec.rule
     if not spec.replay:
@@ -615,6 +622,7 @@ def _sparse_case(eng, spec: MethodSpec, cfg: StreamConfig, case, axis: int, inde
         row = {"round": r + 1, "slices": [int(z) for z in picks], "proxy": proxy,
                "model": float(dice(p >= 0.5, label)) if learn else None,
                "fused": float(dice(f, label)) if learn else proxy,
+               "fusion_weight": s.fusion_weight if learn else None,
                "n_drawn": eff.n_drawn, "effort_slices": eff.slices, "effort_labor": eff.labor,
                "seconds": seconds, "timings_ms": timings}
         rounds.append(row)
