@@ -251,3 +251,112 @@ def test_docs_example_runs(capsys):
     exec(compile(code, "docs/api.md", "exec"), {})
     out = capsys.readouterr().out
     assert "case 1:" in out
+
+
+# --- fusion gate -----------------------------------------------------------------------
+def test_fit_fusion_weight_picks_fewest_errors_ties_to_proxy():
+    from engine.api import FUSION_WEIGHTS, fit_fusion_weight
+
+    assert fit_fusion_weight([]) == 0.0
+    assert len(FUSION_WEIGHTS) == 5  # each row: 5 error counts, then the truth's area
+    assert fit_fusion_weight([[5, 4, 3, 2, 1, 9]]) == FUSION_WEIGHTS[-1]
+    assert fit_fusion_weight([[3, 1, 1, 2, 4, 9]]) == FUSION_WEIGHTS[1]  # tie -> smaller lam
+    # rows add up: two rows that disagree are decided by their sum (30, 25, 15, 17, 29)
+    assert fit_fusion_weight([[0, 5, 5, 5, 9, 20], [30, 20, 10, 12, 20, 40]]) == FUSION_WEIGHTS[2]
+
+
+def test_fusion_errors_match_numpy_on_random_slices():
+    from engine.api import FUSION_WEIGHTS, fusion_errors
+
+    g = torch.Generator().manual_seed(3)
+    q, c, p = (torch.rand(13, 17, generator=g) for _ in range(3))
+    truth = torch.rand(13, 17, generator=g) > 0.5
+    row = fusion_errors(q, c, p, truth.to(torch.uint8))
+    qn, cn, pn, tn = q.numpy().astype(np.float64), c.numpy(), p.numpy(), truth.numpy()
+    want = [int(((qn + lam * (1 - cn) * (pn - qn) >= 0.5) != tn).sum()) for lam in FUSION_WEIGHTS]
+    # float32 vs float64 may flip a pixel sitting exactly on 0.5; random data does not
+    assert row[:-1] == want and row[-1] == int(tn.sum())
+    assert len(set(row[:-1])) > 1  # the weights matter on this input
+
+
+def _two_round_case(eng, image, label, first=(2, 6, 9), second=(4, 7)):
+    s = eng.open(image)
+    zs = np.nonzero(label.any((1, 2)))[0]
+    s.set_extent(int(zs[0]), int(zs[-1]))
+    for z in first:
+        s.annotate(z, label[z])
+    s.propagate()
+    s.learn(2)
+    s.result()  # a prediction of the whole volume now exists
+    for z in second:
+        s.annotate(z, label[z])
+    s.propagate()
+    return s
+
+
+def test_gate_collects_evidence_only_from_newly_drawn_slices():
+    eng = engine.Engine(_tiny_config())
+    image, label = _case(7)
+    s = eng.open(image)
+    s.annotate(3, label[3])
+    assert s._evidence_rows() == []  # no proxy and no trained model yet
+    s.close()
+    s = _two_round_case(eng, image, label)
+    rows = s._evidence_rows()
+    assert len(rows) == 2  # slices 4 and 7: drawn after proxy + trained prediction
+    assert all(r[-1] == int(label[z].sum()) for r, z in zip(rows, (4, 7)))
+    s.annotate(4, label[4])  # a redraw of slice 4 is not new evidence
+    assert len(s._evidence_rows()) == 2
+    s.erase(7)
+    assert len(s._evidence_rows()) == 1  # an erased slice no longer counts
+    s.undo()
+    assert len(s._evidence_rows()) == 2
+    lam = s.fusion_weight
+    from engine.api import fit_fusion_weight
+
+    assert lam == fit_fusion_weight(s._evidence_rows())
+    s.commit()
+    assert eng._fusion_evidence == rows and eng.fusion_weight() == lam
+
+
+def test_result_is_the_proxy_without_evidence_and_the_paper_fusion_with_gate_none():
+    image, label = _case(8)
+    for gate in ("evidence", "none"):
+        eng = engine.Engine(_tiny_config(fusion_gate=gate))
+        s = eng.open(image)
+        for z in (2, 6, 9):
+            s.annotate(z, label[z])
+        q, c = s.propagate()
+        s.learn(2)
+        p = s.predict()
+        f = s.result(soft=True)
+        assert s._evidence_rows() == []
+        if gate == "evidence":
+            assert s.fusion_weight == 0.0
+            np.testing.assert_allclose(f, q, atol=0)
+        else:
+            assert s.fusion_weight == 1.0
+            want = c * q + (1 - c) * p
+            np.testing.assert_allclose(f, want, atol=1e-6)
+            assert not np.allclose(f, q)
+        s.close()
+
+
+def test_fusion_evidence_survives_save_load_and_window(tmp_path):
+    eng = engine.Engine(_tiny_config(fusion_window=3))
+    for seed in (9, 10):
+        image, label = _case(seed)
+        s = _two_round_case(eng, image, label)
+        s.commit()
+    assert len(eng._fusion_evidence) == 3  # 4 rows seen, the window keeps the newest 3
+    eng.save(tmp_path / "e")
+    back = engine.Engine.load(tmp_path / "e")
+    assert back._fusion_evidence == eng._fusion_evidence
+    assert back.fusion_weight() == eng.fusion_weight()
+    assert back.counters == eng.counters
+
+
+@pytest.mark.parametrize("field,value", [("fusion_gate", "sometimes"), ("fusion_window", 0), ("fusion_window", 2.5)])
+def test_bad_fusion_config_is_typed(field, value):
+    with pytest.raises(E.InputError):
+        _tiny_config(**{field: value}).validate()

@@ -91,7 +91,8 @@ def summarize(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
         for r in sorted({row["round"] for c in second for row in c.get("rounds", [])}):
             rows = [row for c in second for row in c.get("rounds", []) if row["round"] == r]
             rounds[r] = {k: _mean(row.get(k) for row in rows)
-                         for k in ("proxy", "model", "fused", "n_drawn", "effort_slices", "effort_labor", "seconds")}
+                         for k in ("proxy", "model", "fused", "fusion_weight", "n_drawn", "effort_slices",
+                                   "effort_labor", "seconds")}
             rounds[r]["n"] = len(rows)
         s["rounds_2nd"] = rounds
         out[name] = s
@@ -128,12 +129,12 @@ def headline_table(summary: dict[str, dict[str, Any]], n_train: int) -> str:
 
 
 def _round_table(summary: dict[str, dict[str, Any]]) -> str:
-    lines = ["| method | round | proxy | model | fused | slices drawn | effort: slices | effort: labor | s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | round | proxy | model | fused | model weight λ | slices drawn | effort: slices | "
+             "effort: labor | s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in summary.items():
         for r, v in s["rounds_2nd"].items():
             lines.append(f"| {name} | {r} | {_f(v['proxy'])} | {_f(v['model'])} | {_f(v['fused'])} | "
-                         f"{_f(v['n_drawn'], 2)} | {_f(v['effort_slices'])} | {_f(v['effort_labor'])} | "
+                         f"{_f(v.get('fusion_weight'), 2)} | {_f(v['n_drawn'], 2)} | {_f(v['effort_slices'])} | {_f(v['effort_labor'])} | "
                          f"{_f(v['seconds'], 1)} |")
     return "\n".join(lines)
 
@@ -202,7 +203,7 @@ def claims(summary: dict[str, dict[str, Any]]) -> list[str]:
 def _csvs(run: dict[str, Any], out: Path) -> list[Path]:
     case_cols = ["method", "index", "name", "before", "proxy", "model", "fused", "n_drawn", "object_slices",
                  "effort_slices", "effort_labor", "seconds", "accepted_after"]
-    round_cols = ["method", "index", "name", "round", "slices", "proxy", "model", "fused", "n_drawn",
+    round_cols = ["method", "index", "name", "round", "slices", "proxy", "model", "fused", "fusion_weight", "n_drawn",
                   "effort_slices", "effort_labor", "seconds", "timings_ms"]
     paths = [out / "cases.csv", out / "rounds.csv", out / "heldout.csv"]
     with open(paths[0], "w", newline="") as fc, open(paths[1], "w", newline="") as fr, \
@@ -343,13 +344,20 @@ def _paired_table(run: dict[str, Any]) -> str:
              ("proxy_guided", "proxy_even"), ("ours_random", "ours_even"), ("ours_noreplay", "ours"),
              ("ours_smooth", "ours")]
     for n in names:
+        if n.endswith("_fixed"):  # the evidence gate against the paper's fixed fusion
+            pairs.append((n[: -len("_fixed")], n))
         if "@" in n:
             head, rule = n.split("@", 1)
+            rule = rule.removesuffix("_fixed")
             pairs.append((n, "ours_even" if head == "ours" else "proxy_even"))
-            if head == "ours" and f"proxy@{rule}" in names:
-                pairs.append((n, f"proxy@{rule}"))
+            if head == "ours":
+                pairs.append((n, "proxy_even"))
+                if f"proxy@{rule}" in names:
+                    pairs.append((n, f"proxy@{rule}"))
+        elif n.startswith("ours_") and n.endswith("_fixed"):
+            pairs.append((n, "proxy_even"))
     rows = ["| a | b | mean a − b | ± SE | cases a better | n |", "|---|---|---|---|---|---|"]
-    for a, b in pairs:
+    for a, b in dict.fromkeys(pairs):
         r = paired(run, a, b)
         if r is not None:
             rows.append(f"| {a} | {b} | {r['mean']:+.4f} | {r['se']:.4f} | {r['better']} | {r['n']} |")

@@ -224,7 +224,12 @@ def test_method_names_and_schedules():
     assert S.parse_method("proxy@cheb", cfg).schedule == "cheb_set"
     assert S.parse_method("ours@residual_gap", cfg).rule == "residual_gap"
     assert S.parse_method("morph_contour_even", cfg).kind == "baseline"
-    for bad in ("nope", "proxy@residual", "online_full_warm", "ours@xyz"):
+    assert S.parse_method("ours", cfg).gate and not S.parse_method("ours@cells_fixed", cfg).gate
+    spec = S.parse_method("ours_accept_warm_fixed", cfg)
+    assert spec.accept and spec.warm and not spec.gate
+    assert S.engine_config(cfg, S.parse_method("ours_fixed", cfg), "cpu").fusion_gate == "none"
+    assert S.engine_config(cfg, S.parse_method("ours", cfg), "cpu").fusion_gate == "evidence"
+    for bad in ("nope", "proxy@residual", "online_full_warm", "ours@xyz", "proxy_even_fixed"):
         with pytest.raises(InputError):
             S.parse_method(bad, cfg)
     assert S.plan_slices("even_set", 0, 30, [3, 3]) == [[0, 12, 30], [6, 18, 24]]
