@@ -8,6 +8,7 @@ from .confidence_map import confidence_map  # noqa: F401
 from .slice_residuals import slice_residuals_forward  # noqa: F401
 from .select_slices import select_slices_forward  # noqa: F401
 from .demons_step import demons_step_forward  # noqa: F401
+from .regularize_field import regularize_field_forward  # noqa: F401
 
 # ops implemented here (engine.ops checks membership before picking Triton)
 ops = [
@@ -19,4 +20,5 @@ ops = [
     "slice_residuals",
     "select_slices",
     "demons_step",
+    "regularize_field",
 ]

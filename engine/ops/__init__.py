@@ -15,5 +15,6 @@ from .confidence_map import confidence_map, confidence_map_reference, confidence
 from .slice_residuals import slice_residuals, slice_residuals_reference  # noqa: F401
 from .select_slices import select_slices, select_slices_reference  # noqa: F401
 from .demons_step import demons_step, demons_step_reference  # noqa: F401
+from .regularize_field import regularize_field, regularize_field_reference  # noqa: F401
 
 __all__ = ["warp2d", "warp2d_reference", "warp3d", "warp3d_reference", "compose2d", "compose2d_reference"]

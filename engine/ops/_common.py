@@ -123,6 +123,34 @@ def check_same_device(**tensors: torch.Tensor) -> None:
         raise InputError(f"tensors are on different devices: {devs}")
 
 
+def check_out(name: str, out: Any, like: torch.Tensor) -> None:
+    """An ``out=`` buffer: a contiguous float32 tensor of ``like``'s shape and device."""
+    if not isinstance(out, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(out).__name__}")
+    if out.dtype != torch.float32:
+        raise DTypeError(f"{name} must be float32, got {out.dtype}")
+    if tuple(out.shape) != tuple(like.shape) or out.device != like.device:
+        raise ShapeError(f"{name} must have shape {tuple(like.shape)} on {like.device}, "
+                         f"got {tuple(out.shape)} on {out.device}")
+    if not out.is_contiguous():
+        raise InputError(f"{name} must be contiguous")
+
+
+def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors' storage byte ranges intersect."""
+    if a.device != b.device or a.numel() == 0 or b.numel() == 0:
+        return False
+    sa, sb = a.untyped_storage(), b.untyped_storage()
+    if sa.data_ptr() != sb.data_ptr():
+        return False
+    def span(t):
+        lo = t.storage_offset() * t.element_size()
+        hi = lo + (sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1) * t.element_size()
+        return lo, hi
+    (la, ha), (lb, hb) = span(a), span(b)
+    return la < hb and lb < ha
+
+
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise InputError(f"{name}={value!r}; expected one of {choices}")
