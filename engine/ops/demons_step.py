@@ -29,6 +29,8 @@ differentiates through its own update).
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -69,25 +71,30 @@ def demons_step_reference(fixed: Tensor, moving: Tensor, u: Tensor, g_fixed: Ten
 
 # --- compiled kernels ---------------------------------------------------------------
 
-def _cpu(fixed, moving, u, g_fixed, inv_k):
+def _cpu(fixed, moving, u, g_fixed, inv_k, out=None):
     fixed, moving, u, g_fixed = (t.contiguous() for t in (fixed, moving, u, g_fixed))
     N, _, H, W = fixed.shape
-    out = torch.empty((N, 2, H, W), dtype=torch.float32, device=fixed.device)
+    out = torch.empty((N, 2, H, W), dtype=torch.float32, device=fixed.device) if out is None else out
     if out.numel():
         C.cpu_module().demons_step(fixed.data_ptr(), moving.data_ptr(), u.data_ptr(), g_fixed.data_ptr(),
                                    out.data_ptr(), N, H, W, float(inv_k), C.num_threads())
     return out
 
 
-def _triton(fixed, moving, u, g_fixed, inv_k):
+def _triton(fixed, moving, u, g_fixed, inv_k, out=None):
     N, _, H, W = fixed.shape
-    out = torch.empty((N, 2, H, W), dtype=torch.float32, device=fixed.device)
+    out = torch.empty((N, 2, H, W), dtype=torch.float32, device=fixed.device) if out is None else out
     if out.numel():
         C.triton_module().demons_step_forward(fixed, moving, u, g_fixed, float(inv_k), out)
     return out
 
 
-IMPLS = C.impl_table(reference=demons_step_reference, cpu=_cpu, triton=_triton)
+def _reference(fixed, moving, u, g_fixed, inv_k, out=None):
+    r = demons_step_reference(fixed, moving, u, g_fixed, inv_k)
+    return r if out is None else out.copy_(r)
+
+
+IMPLS = C.impl_table(reference=_reference, cpu=_cpu, triton=_triton)
 _NATIVE = ("cpu", "triton")
 
 
@@ -103,11 +110,25 @@ def _(fixed, moving, u, g_fixed, inv_k):
     return fixed.new_empty((fixed.shape[0], 2, fixed.shape[2], fixed.shape[3]), dtype=torch.float32)
 
 
+@torch.library.custom_op("dilseg::demons_step_out", mutates_args=("out",))
+def _demons_step_out_op(fixed: Tensor, moving: Tensor, u: Tensor, g_fixed: Tensor, inv_k: float, out: Tensor) -> None:
+    IMPLS[C.select(_OP, fixed.device, _NATIVE)](fixed, moving, u, g_fixed, inv_k, out)
+
+
+@_demons_step_out_op.register_fake
+def _(fixed, moving, u, g_fixed, inv_k, out):
+    return None
+
+
 # --- public entry -----------------------------------------------------------------------
 
 def demons_step(fixed: Tensor, moving: Tensor, u: Tensor, g_fixed: Tensor, inv_k: float, *,
-                check_finite: bool = True) -> Tensor:
+                out: Optional[Tensor] = None, check_finite: bool = True) -> Tensor:
     """The demons step ``[N, 2, H, W]`` of every pair (module docstring).
+
+    ``out``: a contiguous float32 ``[N, 2, H, W]`` tensor on the inputs' device,
+    sharing no memory with them, to write into (the registration loop reuses one: a
+    fresh multi-megabyte output costs first-touch page faults on the CPU).
 
     ``check_finite=False`` skips the NaN/Inf scan of the inputs (a device sync; the
     registration loop validates once, before iterating). Raises
@@ -124,7 +145,15 @@ def demons_step(fixed: Tensor, moving: Tensor, u: Tensor, g_fixed: Tensor, inv_k
             raise C.ShapeError(f"{name} {tuple(t.shape)} does not match fixed {tuple(fixed.shape)}")
     if not isinstance(inv_k, (int, float)) or isinstance(inv_k, bool) or not inv_k >= 0:
         raise C.InputError(f"inv_k must be a number >= 0, got {inv_k!r}")
+    if out is not None:
+        C.check_out("out", out, u)
+        for name, t in (("fixed", fixed), ("moving", moving), ("u", u), ("g_fixed", g_fixed)):
+            if C.overlaps(out, t):
+                raise C.InputError(f"out shares memory with {name}")
     if check_finite:
         for name, t in (("fixed", fixed), ("moving", moving), ("u", u), ("g_fixed", g_fixed)):
             C.check_finite(name, t)
+    if out is not None:
+        _demons_step_out_op(fixed, moving, u, g_fixed, float(inv_k), out)
+        return out
     return _demons_step_op(fixed, moving, u, g_fixed, float(inv_k))

@@ -56,11 +56,14 @@ for all pairs at once::
   views (replicate border, radius ``ceil(2 sigma)``): an order of magnitude faster on
   CPU than ``conv2d`` for these tiny kernels on batched 2-channel fields.
 * Implementation: the warp, the gradient of the warped image and the force of the
-  symmetric variant are one fused op, :func:`engine.ops.demons_step` (C++ on CPU,
-  Triton on GPU); smoothing and coupling write into three buffers reused over the
-  iterations of a level (fresh multi-megabyte tensors per iteration cost page faults
-  on the CPU). Together about 2.5-3x faster than the plain torch composition, same
-  fields up to float rounding (<0.01 px).
+  symmetric variant are one fused op, :func:`engine.ops.demons_step`; the sum, the
+  pair coupling and the smoothing of the field are another,
+  :func:`engine.ops.regularize_field` (coupling first: it commutes with the smoothing),
+  both C++ on CPU and Triton on GPU, each writing into a buffer reused over the
+  iterations of a level (fresh multi-megabyte outputs cost first-touch page faults
+  on the CPU). From the plain torch composition (101 ms per LA case) to demons_step
+  with reused smoothing buffers (57 ms) to both ops (about 44 ms), same fields up to
+  float rounding.
 
 The numbers above are proxy Dice on the 100 shared LA cases (44 slices of ~95x71 px at
 1.25 mm, axis 2); docs/propagation.md has the tables.
@@ -77,7 +80,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError, ShapeError
-from ..ops import demons_step, warp2d
+from ..ops import demons_step, regularize_field, warp2d
 
 __all__ = ["NativeParams", "gaussian_smooth", "image_gradient", "demons_register", "invert_field",
            "register_stack"]
@@ -206,11 +209,15 @@ def _upsample_field(u: Tensor, size: tuple[int, int]) -> Tensor:
 def _demons_level(fixed: Tensor, moving: Tensor, u: Tensor, iterations: int, p: NativeParams, groups: int) -> Tensor:
     inv_k = 1.0 / (4.0 * p.max_step * p.max_step)
     g_fixed = image_gradient(fixed) if p.force != "moving" else None
-    bufs: Optional[list[Tensor]] = None
+    # the step and the next field go into buffers reused over the iterations: fresh
+    # multi-megabyte outputs cost more in first-touch page faults on the CPU than the
+    # kernels' own work
+    step_buf = torch.empty_like(u) if iterations else None
+    spare = torch.empty_like(u) if iterations else None
     for _ in range(iterations):
         if p.force == "symmetric":
             # warp + gradient + force in one pass (engine.ops.demons_step: C++ / Triton)
-            step = demons_step(fixed, moving, u, g_fixed, inv_k, check_finite=False)
+            step = demons_step(fixed, moving, u, g_fixed, inv_k, out=step_buf, check_finite=False)
         else:
             mw = warp2d(moving, u, "bilinear", "border", check_finite=False)
             diff = fixed - mw
@@ -219,20 +226,18 @@ def _demons_level(fixed: Tensor, moving: Tensor, u: Tensor, iterations: int, p: 
             # den == 0 exactly where g == 0 and diff == 0: the step is 0 there
             step = g.mul_(diff / den.clamp_min_(1e-12))
         step = gaussian_smooth(step, p.sigma_update)
-        # u + step, smoothed, coupled: through three buffers reused over the iterations
-        # (fresh multi-MB tensors cost page faults on every iteration on the CPU)
-        if bufs is None:
-            bufs = [torch.empty_like(u) for _ in range(4)]
-        a, b, c = [t for t in bufs if t.data_ptr() != u.data_ptr()][:3]  # never the current field
-        torch.add(u, step, out=a)
-        u = gaussian_smooth(a, p.sigma_field, (b, c))  # in c (in a when skipped)
-        if p.pair_coupling > 0:
-            u = _couple_pairs(u, p.pair_coupling, groups, out=b if u.data_ptr() != b.data_ptr() else a)
+        # u + step, coupled, smoothed: one fused op (engine.ops.regularize_field: C++ / Triton)
+        new = regularize_field(u, step, p.sigma_field, p.pair_coupling, groups, out=spare, check_finite=False)
+        spare, u = u, new
     return u
 
 
 def _couple_pairs(u: Tensor, w: float, groups: int, out: Optional[Tensor] = None) -> Tensor:
-    """``u[n] <- (1 - 2w) u[n] + w (u[n-1] + u[n+1])`` within each of ``groups`` contiguous
+    """The pair coupling as plain torch ops, as the registration ran it before
+    :func:`engine.ops.regularize_field` fused it; kept as the composition that op is
+    pinned to (tests/ops/test_regularize_field.py, benchmarks/bench_regularize_field.py).
+
+    ``u[n] <- (1 - 2w) u[n] + w (u[n-1] + u[n+1])`` within each of ``groups`` contiguous
     runs of the batch (mirrored at the run's ends; runs of one entry are left alone).
     ``out``: a buffer of ``u``'s shape (not ``u``) to write into."""
     N = u.shape[0]

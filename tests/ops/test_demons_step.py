@@ -126,3 +126,16 @@ def test_triton_on_gpu_matches_reference():
         exp = demons_step_reference(*args, 1.0)
         got = DS.IMPLS["triton"](*[a.cuda() for a in args], 1.0)
         assert_close(got, exp)
+
+
+def test_out_buffer_is_written_and_checked():
+    f, m, u, g = (t.contiguous() for t in _inputs(3, 8, 7, seed=13))
+    out = poisoned(u.shape, torch.float32)
+    assert demons_step(f, m, u, g, 1.0, out=out) is out
+    assert_close(out, demons_step_reference(f, m, u, g, 1.0))
+    for bad, err in ((u, InputError), (g, InputError), (torch.empty(3, 2, 8, 6), ShapeError),
+                     (torch.empty(3, 2, 8, 7, dtype=torch.float64), DTypeError)):
+        with pytest.raises(err):
+            demons_step(f, m, u, g, 1.0, out=bad)
+    torch.library.opcheck(torch.ops.dilseg.demons_step_out.default, (f, m, u, g, 1.0, torch.empty_like(u)),
+                          test_utils=("test_schema", "test_faketensor"))
