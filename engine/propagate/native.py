@@ -62,7 +62,7 @@ for all pairs at once::
   both C++ on CPU and Triton on GPU, each writing into a buffer reused over the
   iterations of a level (fresh multi-megabyte outputs cost first-touch page faults
   on the CPU). From the plain torch composition (101 ms per LA case) to demons_step
-  with reused smoothing buffers (57 ms) to both ops (about 44 ms), same fields up to
+  with reused smoothing buffers (57 ms) to both ops (42 ms), same fields up to
   float rounding.
 
 The numbers above are proxy Dice on the 100 shared LA cases (44 slices of ~95x71 px at
