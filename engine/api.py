@@ -143,8 +143,8 @@ class Config:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise E.InputError(f"Config.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name, lo in (("min_gap", 0), ("steps", 0), ("fusion_window", 1), ("replay_capacity", 1), ("replay_patches_per_case", 1),
-                         ("seed", 0)):
+        for name, lo in (("min_gap", 0), ("steps", 0), ("fusion_window", 1), ("replay_capacity", 1),
+                         ("replay_patches_per_case", 1), ("seed", 0)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise E.InputError(f"Config.{name} must be an int >= {lo}, got {v!r}")
