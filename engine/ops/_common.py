@@ -123,8 +123,9 @@ def check_same_device(**tensors: torch.Tensor) -> None:
         raise InputError(f"tensors are on different devices: {devs}")
 
 
-def check_out(name: str, out: Any, like: torch.Tensor) -> None:
-    """An ``out=`` buffer: a contiguous float32 tensor of ``like``'s shape and device."""
+def check_out(name: str, out: Any, like: torch.Tensor, **inputs: torch.Tensor) -> None:
+    """An ``out=`` buffer: a contiguous float32 tensor of ``like``'s shape and device
+    that shares no memory with any of ``inputs`` (name -> tensor)."""
     if not isinstance(out, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(out).__name__}")
     if out.dtype != torch.float32:
@@ -134,6 +135,9 @@ def check_out(name: str, out: Any, like: torch.Tensor) -> None:
                          f"got {tuple(out.shape)} on {out.device}")
     if not out.is_contiguous():
         raise InputError(f"{name} must be contiguous")
+    for other, t in inputs.items():
+        if overlaps(out, t):
+            raise InputError(f"{name} shares memory with {other}")
 
 
 def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:

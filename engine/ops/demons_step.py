@@ -146,10 +146,7 @@ def demons_step(fixed: Tensor, moving: Tensor, u: Tensor, g_fixed: Tensor, inv_k
     if not isinstance(inv_k, (int, float)) or isinstance(inv_k, bool) or not inv_k >= 0:
         raise C.InputError(f"inv_k must be a number >= 0, got {inv_k!r}")
     if out is not None:
-        C.check_out("out", out, u)
-        for name, t in (("fixed", fixed), ("moving", moving), ("u", u), ("g_fixed", g_fixed)):
-            if C.overlaps(out, t):
-                raise C.InputError(f"out shares memory with {name}")
+        C.check_out("out", out, u, fixed=fixed, moving=moving, u=u, g_fixed=g_fixed)
     if check_finite:
         for name, t in (("fixed", fixed), ("moving", moving), ("u", u), ("g_fixed", g_fixed)):
             C.check_finite(name, t)

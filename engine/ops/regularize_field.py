@@ -93,14 +93,15 @@ def regularize_field_reference(u: Tensor, step: Tensor, sigma: float, coupling: 
     c = _couple_reference(u + step, coupling, groups)
     H, W = u.shape[-2:]
     if not _smooths(sigma, H, W):
-        return c.clone() if c is u else c
+        return c
     taps = gaussian_taps(float(sigma))
     return _smooth_axis_reference(_smooth_axis_reference(c, taps, -2), taps, -1)
 
 
 # --- compiled kernels -------------------------------------------------------------------
 
-def _taps_or_none(sigma: float, H: int, W: int) -> tuple[float, ...]:
+def _taps_for(sigma: float, H: int, W: int) -> tuple[float, ...]:
+    """The kernels' taps: the Gaussian's, or the single tap (1,) where no smoothing applies."""
     return gaussian_taps(float(sigma)) if _smooths(sigma, H, W) else (1.0,)
 
 
@@ -110,7 +111,7 @@ def _cpu(u, step, sigma, coupling, groups, out=None):
     out = torch.empty_like(u) if out is None else out
     if out.numel():
         C.cpu_module().regularize_field(u.data_ptr(), step.data_ptr(), out.data_ptr(), N, Cc, H, W,
-                                        list(_taps_or_none(sigma, H, W)), float(coupling), int(groups),
+                                        list(_taps_for(sigma, H, W)), float(coupling), int(groups),
                                         C.num_threads())
     return out
 
@@ -119,7 +120,7 @@ def _triton(u, step, sigma, coupling, groups, out=None):
     N, Cc, H, W = u.shape
     out = torch.empty_like(u.contiguous()) if out is None else out
     if out.numel():
-        C.triton_module().regularize_field_forward(u, step, _taps_or_none(sigma, H, W), float(coupling),
+        C.triton_module().regularize_field_forward(u, step, _taps_for(sigma, H, W), float(coupling),
                                                    int(groups), out)
     return out
 
@@ -181,10 +182,7 @@ def regularize_field(u: Tensor, step: Tensor, sigma: float, coupling: float = 0.
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1 or u.shape[0] % groups:
         raise C.InputError(f"groups must be an int >= 1 that divides N={u.shape[0]}, got {groups!r}")
     if out is not None:
-        C.check_out("out", out, u)
-        for name, t in (("u", u), ("step", step)):
-            if C.overlaps(out, t):
-                raise C.InputError(f"out shares memory with {name}")
+        C.check_out("out", out, u, u=u, step=step)
     if check_finite:
         C.check_finite("u", u)
         C.check_finite("step", step)

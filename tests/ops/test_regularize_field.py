@@ -80,7 +80,7 @@ def test_cpu_kernel_writes_every_output_element():
     for sigma, coupling, groups in SETTINGS[:4]:
         out = poisoned((N, Cc, H, W), torch.float32)
         RF.C.cpu_module().regularize_field(u.data_ptr(), step.data_ptr(), out.data_ptr(), N, Cc, H, W,
-                                           list(RF._taps_or_none(sigma, H, W)), coupling, groups, 2)
+                                           list(RF._taps_for(sigma, H, W)), coupling, groups, 2)
         assert_close(out, regularize_field_reference(u, step, sigma, coupling, groups))
     with pytest.raises(ValueError):  # an even tap count is refused by the binding
         RF.C.cpu_module().regularize_field(u.data_ptr(), step.data_ptr(), out.data_ptr(), N, Cc, H, W,
@@ -96,7 +96,7 @@ def test_triton_interpreter_matches_reference():
                 groups = 1
             args = _inputs(*shape, seed=11)
             out = poisoned(shape, torch.float32)
-            tk.regularize_field_forward(*args, RF._taps_or_none(sigma, shape[2], shape[3]), coupling, groups, out)
+            tk.regularize_field_forward(*args, RF._taps_for(sigma, shape[2], shape[3]), coupling, groups, out)
             assert_close(out, regularize_field_reference(*args, sigma, coupling, groups))
 
 
