@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
+from ..checks import check_axis
 from ..errors import InputError, MaskError, ShapeError, SliceIndexError
 
 __all__ = [
@@ -89,17 +90,11 @@ def _pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
     return ma, mb
 
 
-def _check_axis(axis: int, ndim: int) -> int:
-    if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
-        raise InputError(f"axis {axis!r} is out of range for a {ndim}D mask")
-    return int(axis) % ndim
-
-
 def _slices_first(mask: np.ndarray, axis: int) -> np.ndarray:
     """3D bool -> contiguous uint8 ``(n_slices, H, W)`` with ``axis`` moved first."""
     if mask.ndim != 3:
         raise ShapeError(f"need a 3D mask, got shape {mask.shape}")
-    return np.ascontiguousarray(np.moveaxis(mask, _check_axis(axis, 3), 0), dtype=np.uint8)
+    return np.ascontiguousarray(np.moveaxis(mask, check_axis(axis, 3, what='mask'), 0), dtype=np.uint8)
 
 
 # --------------------------------------------------------------------------- Dice
@@ -122,7 +117,7 @@ def per_slice_dice(prediction: Any, target: Any, axis: int = 0,
     a, b = _pair(prediction, target)
     if a.ndim != 3:
         raise ShapeError(f"need 3D masks, got shape {a.shape}")
-    ax = _check_axis(axis, 3)
+    ax = check_axis(axis, 3, what='mask')
     other = tuple(i for i in range(3) if i != ax)
     inter = np.count_nonzero(a & b, axis=other).astype(np.float64)
     total = (np.count_nonzero(a, axis=other) + np.count_nonzero(b, axis=other)).astype(np.float64)

@@ -1,8 +1,8 @@
 """Read and write 2D/3D medical volumes: NIfTI, NRRD, MetaImage, npz and HDF5.
 
 :func:`read_volume` returns a :class:`Volume`; :func:`write_volume` writes one
-atomically (a temporary file in the destination folder, ``fsync``, then
-``os.replace``), so a reader never sees a half-written file.
+atomically (a temporary file in the destination folder, ``fsync``, then an
+atomic rename: :mod:`engine._files`), so a reader never sees a half-written file.
 
 Geometry, the same for every format
 -----------------------------------
@@ -66,17 +66,16 @@ missing key) raises :class:`~engine.errors.DataError` naming the path and reason
 
 from __future__ import annotations
 
-import contextlib
 import os
-import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .. import _files
 from ..errors import DataError, DTypeError, InputError, ShapeError
+from . import formats as F
 
 __all__ = [
     "Volume",
@@ -103,8 +102,6 @@ SUPPORTED_SUFFIXES: dict[str, str] = {
     ".hdf5": "h5",
 }
 
-_GEOMETRY_KEYS = ("spacing", "origin", "direction")
-_LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 #: dtypes each file format can store (npz/h5 store every bool/int/float dtype).
 _FILE_DTYPES = {
     "nifti": ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
@@ -175,10 +172,6 @@ def volume_format(path: PathLike) -> str:
 # --------------------------------------------------------------------------- geometry
 
 
-def _default_geometry(ndim: int) -> tuple[tuple[float, ...], tuple[float, ...], np.ndarray]:
-    return (1.0,) * ndim, (0.0,) * ndim, np.eye(ndim)
-
-
 def _check_array(array: Any) -> np.ndarray:
     if hasattr(array, "detach"):  # a torch tensor, possibly on a GPU or requiring grad
         array = array.detach().cpu().numpy()
@@ -218,7 +211,7 @@ def _check_geometry(
 def _resolve_geometry(
     arr: np.ndarray, like: Optional[Volume], spacing: Any, origin: Any, direction: Any
 ) -> tuple[tuple[float, ...], tuple[float, ...], np.ndarray]:
-    sp, og, dr = _default_geometry(arr.ndim)
+    sp, og, dr = F.default_geometry(arr.ndim)
     if like is not None:
         if not isinstance(like, Volume):
             raise InputError(f"like= must be a Volume, got {type(like).__name__}")
@@ -244,312 +237,16 @@ def _as_written(arr: np.ndarray, fmt: str) -> np.ndarray:
 # --------------------------------------------------------------------------- atomic write
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # some filesystems refuse directory fsync
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _new_file_mode(dest: Path) -> int:
-    """Mode for a replaced file: the old file's, else 0o666 minus the umask
-    (``mkstemp`` creates 0o600 files, which would hide results from other users)."""
-    with contextlib.suppress(OSError):
-        return stat.S_IMODE(os.stat(dest).st_mode)
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    return 0o644
-
-
 def atomic_write(path: PathLike, writer: Callable[[str], None]) -> Path:
     """Write ``path`` atomically: ``writer(tmp)`` fills a temporary file in the
     same folder (its name ends with the same suffix), which is fsynced and then
-    renamed over ``path``. On any error the temporary file is removed and
-    ``path`` is untouched. Returns ``path`` as a Path.
+    renamed over ``path`` (:func:`engine._files.atomic_write`). On any error the
+    temporary file is removed and ``path`` is untouched. Returns ``path`` as a Path.
     """
-    dest = Path(path)
-    folder = dest.parent if str(dest.parent) else Path(".")
-    if not folder.is_dir():
-        raise DataError(f"{dest}: folder {folder} does not exist")
-    _, suffix = split_name(dest)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{dest.name}.", suffix=suffix or ".tmp")
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.chmod(tmp, _new_file_mode(dest))
-        _fsync_file(Path(tmp))
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
-    return dest
-
-
-# --------------------------------------------------------------------------- NIfTI
-
-
-def _read_nifti(path: str) -> Volume:
-    import nibabel as nib
-
-    img = nib.load(path, mmap=False)  # a plain array, not a view of the file
-    arr = _squeeze_trailing(np.asarray(img.dataobj), path)
-    nd = arr.ndim
-    zooms = np.asarray(img.header.get_zooms()[:nd], dtype=np.float64)
-    if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
-        raise DataError(f"{path}: voxel sizes (pixdim) {zooms.tolist()} are not positive")
-    lin = _LPS_FROM_RAS @ np.asarray(img.affine[:3, :3], dtype=np.float64)
-    origin = _LPS_FROM_RAS @ np.asarray(img.affine[:3, 3], dtype=np.float64)
-    direction = lin[:nd, :nd] / zooms[None, :]
-    return Volume(arr, tuple(zooms.tolist()), tuple(origin[:nd].tolist()), direction, "nifti")
-
-
-def _write_nifti(path: str, arr: np.ndarray, sp, og, dr) -> None:
-    import nibabel as nib
-
-    nd = arr.ndim
-    lin = np.eye(3)
-    lin[:nd, :nd] = dr * np.asarray(sp)[None, :]
-    pos = np.zeros(3)
-    pos[:nd] = og
-    affine = np.eye(4)
-    affine[:3, :3] = _LPS_FROM_RAS @ lin
-    affine[:3, 3] = _LPS_FROM_RAS @ pos
-    img = nib.Nifti1Image(arr, affine, dtype=arr.dtype)
-    img.header.set_zooms(tuple(sp))
-    img.header.set_xyzt_units("mm")
-    nib.save(img, path)
-
-
-# --------------------------------------------------------------------------- NRRD
-
-#: NRRD anatomical space -> sign of each physical axis relative to LPS.
-_NRRD_SPACE_SIGNS = {
-    "right-anterior-superior": (-1.0, -1.0, 1.0), "ras": (-1.0, -1.0, 1.0),
-    "left-anterior-superior": (1.0, -1.0, 1.0), "las": (1.0, -1.0, 1.0),
-    "left-posterior-superior": (1.0, 1.0, 1.0), "lps": (1.0, 1.0, 1.0),
-}
-
-
-def _read_nrrd(path: str) -> Volume:
-    import nrrd
-
-    arr, header = nrrd.read(path)  # index_order="F": NRRD axis order, fastest first
-    arr = _squeeze_trailing(arr, path)
-    nd = arr.ndim
-    sp, og, dr = _default_geometry(nd)
-    if "space directions" in header:
-        vecs = np.asarray(header["space directions"], dtype=np.float64)[:nd]
-        if vecs.ndim != 2 or vecs.shape[1] < nd or not np.all(np.isfinite(vecs[:, :nd])):
-            raise DataError(f"{path}: cannot use 'space directions' {header['space directions']}")
-        lin = vecs.T  # column a = vector of axis a
-        og = np.asarray(header.get("space origin", np.zeros(lin.shape[0])), dtype=np.float64)
-        space = str(header.get("space", "")).lower()
-        if space in _NRRD_SPACE_SIGNS:  # other spaces (scanner-xyz, ...) are kept as they are
-            flip = np.diag(_NRRD_SPACE_SIGNS[space])
-            lin, og = flip @ lin, flip @ og
-        lin = lin[:nd, :nd]
-        norms = np.linalg.norm(lin, axis=0)
-        if np.any(norms == 0):
-            raise DataError(f"{path}: 'space directions' has a zero vector")
-        sp, og, dr = tuple(norms.tolist()), tuple(og[:nd].tolist()), lin / norms[None, :]
-    elif "spacings" in header:
-        sp = tuple(float(v) for v in np.asarray(header["spacings"], dtype=np.float64)[:nd])
-    return Volume(arr, sp, og, dr, "nrrd")
-
-
-def _write_nrrd(path: str, arr: np.ndarray, sp, og, dr) -> None:
-    import nrrd
-
-    header: dict[str, Any] = {
-        "encoding": "gzip",
-        "space directions": (dr * np.asarray(sp)[None, :]).T,
-        "space origin": np.asarray(og, dtype=np.float64),
-    }
-    if arr.ndim == 3:
-        header["space"] = "left-posterior-superior"
-    else:
-        header["space dimension"] = arr.ndim
-    nrrd.write(path, arr, header, compression_level=1)  # index_order="F"
-
-
-# --------------------------------------------------------------------------- MetaImage (itk)
-
-
-def _read_meta(path: str) -> Volume:
-    import itk
-
-    img = itk.imread(path)
-    arr = np.array(itk.array_view_from_image(img), copy=True)  # (z, y, x)
-    if arr.ndim not in (2, 3) or img.GetNumberOfComponentsPerPixel() != 1:
-        raise DataError(f"{path}: expected a scalar 2D/3D image, got shape {arr.shape}")
-    sp = tuple(float(v) for v in img.GetSpacing())[::-1]
-    og = tuple(float(v) for v in img.GetOrigin())
-    d_itk = np.asarray(itk.array_from_matrix(img.GetDirection()), dtype=np.float64)
-    return Volume(arr, sp, og, d_itk[:, ::-1].copy(), "meta")
-
-
-def _write_meta(path: str, arr: np.ndarray, sp, og, dr) -> None:
-    import itk
-
-    img = itk.image_from_array(np.ascontiguousarray(arr))
-    img.SetSpacing([float(v) for v in sp[::-1]])
-    img.SetOrigin([float(v) for v in og])
-    img.SetDirection(itk.matrix_from_array(np.ascontiguousarray(dr[:, ::-1])))
-    itk.imwrite(img, path, compression=True)
-
-
-def _write_mhd(dest: Path, arr: np.ndarray, sp, og, dr) -> Path:
-    """A .mhd header plus its .zraw data file: write both into a temporary folder
-    next to ``dest``, then move the data file and then the header into place."""
-    folder = dest.parent if str(dest.parent) else Path(".")
-    if not folder.is_dir():
-        raise DataError(f"{dest}: folder {folder} does not exist")
-    tmpdir = Path(tempfile.mkdtemp(dir=folder, prefix=f".{dest.name}."))
-    try:
-        _write_meta(str(tmpdir / dest.name), arr, sp, og, dr)
-        header = tmpdir / dest.name
-        for part in sorted(tmpdir.iterdir(), key=lambda p: p == header):  # header last
-            _fsync_file(part)
-            os.replace(part, folder / part.name)
-    finally:
-        for left in tmpdir.iterdir():
-            with contextlib.suppress(OSError):
-                left.unlink()
-        with contextlib.suppress(OSError):
-            tmpdir.rmdir()
-    _fsync_dir(folder)
-    return dest
-
-
-# --------------------------------------------------------------------------- containers
-
-
-def _pick_key(path: str, keys: Sequence[str], key: Optional[str]) -> str:
-    if key is not None:
-        if key not in keys:
-            raise DataError(f"{path}: no array {key!r} (has {sorted(keys)})")
-        return key
-    if "image" in keys:
-        return "image"
-    data = [k for k in keys if k not in _GEOMETRY_KEYS]
-    if len(data) == 1:
-        return data[0]
-    raise DataError(f"{path}: no 'image' array and not a single array (has {sorted(keys)})")
-
-
-def _container_geometry(path: str, nd: int, get: Callable[[str], Optional[np.ndarray]]):
-    sp, og, dr = _default_geometry(nd)
-    raw = {k: get(k) for k in _GEOMETRY_KEYS}
-    try:
-        if raw["spacing"] is not None:
-            sp = tuple(float(v) for v in np.asarray(raw["spacing"], dtype=np.float64).reshape(-1))
-        if raw["origin"] is not None:
-            og = tuple(float(v) for v in np.asarray(raw["origin"], dtype=np.float64).reshape(-1))
-        if raw["direction"] is not None:
-            dr = np.asarray(raw["direction"], dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{path}: unusable geometry arrays: {exc}") from exc
-    if len(sp) != nd or len(og) != nd or dr.shape != (nd, nd):
-        raise DataError(
-            f"{path}: geometry does not fit a {nd}D array "
-            f"(spacing {sp}, origin {og}, direction shape {dr.shape})"
-        )
-    return sp, og, dr
-
-
-def _read_npz_arrays(path: str, keys: Sequence[Optional[str]]) -> dict[str, Volume]:
-    out: dict[str, Volume] = {}
-    with np.load(path, allow_pickle=False) as z:
-        names = list(z.files)
-
-        def get(k: str) -> Optional[np.ndarray]:
-            return z[k] if k in names else None
-
-        for key in keys:
-            name = _pick_key(path, names, key)
-            arr = _squeeze_trailing(np.asarray(z[name]), path)
-            sp, og, dr = _container_geometry(path, arr.ndim, get)
-            out[name if key is None else key] = Volume(arr, sp, og, dr, "npz")
-    return out
-
-
-def _read_h5_arrays(path: str, keys: Sequence[Optional[str]]) -> dict[str, Volume]:
-    import h5py
-
-    out: dict[str, Volume] = {}
-    with h5py.File(path, "r") as f:
-        names = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
-
-        def get(k: str) -> Optional[np.ndarray]:
-            return np.asarray(f[k][()]) if k in names else None
-
-        for key in keys:
-            name = _pick_key(path, names, key)
-            arr = _squeeze_trailing(np.asarray(f[name][()]), path)
-            sp, og, dr = _container_geometry(path, arr.ndim, get)
-            out[name if key is None else key] = Volume(arr, sp, og, dr, "h5")
-    return out
-
-
-def _container_payload(
-    arr: np.ndarray, key: str, extra: Optional[Mapping[str, Any]], sp, og, dr
-) -> dict[str, np.ndarray]:
-    payload: dict[str, np.ndarray] = {key: arr}
-    for name, value in (extra or {}).items():
-        if name in payload or name in _GEOMETRY_KEYS:
-            raise InputError(f"extra array name {name!r} collides with {key!r} or geometry")
-        other = np.asarray(value)
-        if other.shape != arr.shape:
-            raise ShapeError(f"extra array {name!r} has shape {other.shape}, need {arr.shape}")
-        payload[name] = other
-    payload["spacing"] = np.asarray(sp, dtype=np.float64)
-    if any(og):
-        payload["origin"] = np.asarray(og, dtype=np.float64)
-    if not np.array_equal(dr, np.eye(arr.ndim)):
-        payload["direction"] = np.asarray(dr, dtype=np.float64)
-    return payload
-
-
-def _write_npz(path: str, payload: Mapping[str, np.ndarray]) -> None:
-    with open(path, "wb") as fh:
-        np.savez_compressed(fh, **payload)
-
-
-def _write_h5(path: str, payload: Mapping[str, np.ndarray]) -> None:
-    import h5py
-
-    with h5py.File(path, "w") as f:
-        for name, value in payload.items():
-            if name in _GEOMETRY_KEYS:
-                f.create_dataset(name, data=value)
-            else:
-                f.create_dataset(name, data=value, compression="gzip", compression_opts=4)
+    return _files.atomic_write(path, writer, suffix=split_name(path)[1] or None)
 
 
 # --------------------------------------------------------------------------- public API
-
-
-def _squeeze_trailing(arr: np.ndarray, path: str) -> np.ndarray:
-    while arr.ndim > 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3):
-        raise DataError(f"{path}: expected a 2D or 3D volume, got shape {arr.shape}")
-    return arr
 
 
 def _reason(exc: BaseException) -> str:
@@ -578,16 +275,13 @@ def read_arrays(path: PathLike, keys: Sequence[str] = ("image", "label")) -> dic
     spath, fmt = _checked_path(path)
     if fmt not in ("npz", "h5"):
         raise DataError(f"{spath}: read_arrays needs an npz or h5 container, not {fmt}")
-    reader = _read_npz_arrays if fmt == "npz" else _read_h5_arrays
     try:
-        vols = reader(spath, list(keys))
+        raw = F.CONTAINER_READERS[fmt](spath, list(keys))
     except DataError:
         raise
     except Exception as exc:  # any library failure means an unreadable file
         raise DataError(f"{spath}: cannot read {fmt} file: {_reason(exc)}") from exc
-    for vol in vols.values():
-        vol.path = spath
-    return vols
+    return {k: Volume(arr, sp, og, dr, fmt, spath) for k, (arr, sp, og, dr) in raw.items()}
 
 
 def read_volume(path: PathLike, key: Optional[str] = None) -> Volume:
@@ -608,15 +302,13 @@ def read_volume(path: PathLike, key: Optional[str] = None) -> Volume:
         return next(iter(read_arrays(spath, [key] if key is not None else [None]).values()))
     if key is not None:
         raise InputError(f"{spath}: key= applies to npz/h5 containers only, not {fmt}")
-    readers = {"nifti": _read_nifti, "nrrd": _read_nrrd, "meta": _read_meta}
     try:
-        vol = readers[fmt](spath)
+        arr, sp, og, dr = F.READERS[fmt](spath)
     except DataError:
         raise
     except Exception as exc:  # any library failure means an unreadable file
         raise DataError(f"{spath}: cannot read {fmt} file: {_reason(exc)}") from exc
-    vol.path = spath
-    return vol
+    return Volume(arr, sp, og, dr, fmt, spath)
 
 
 def write_volume(
@@ -658,10 +350,8 @@ def write_volume(
         names = ", ".join(_FILE_DTYPES[fmt])
         raise DTypeError(f"{dest}: {fmt} files cannot store {arr.dtype} (use one of {names})")
     if fmt == "meta" and dest.name.lower().endswith(".mhd"):
-        return _write_mhd(dest, arr, sp, og, dr)
+        return F.write_mhd(dest, arr, sp, og, dr)
     if fmt in ("npz", "h5"):
-        payload = _container_payload(arr, key, extra, sp, og, dr)
-        writer = _write_npz if fmt == "npz" else _write_h5
-        return atomic_write(dest, lambda tmp: writer(tmp, payload))
-    writers = {"nifti": _write_nifti, "nrrd": _write_nrrd, "meta": _write_meta}
-    return atomic_write(dest, lambda tmp: writers[fmt](tmp, arr, sp, og, dr))
+        payload = F.container_payload(arr, key, extra, sp, og, dr)
+        return atomic_write(dest, lambda tmp: F.CONTAINER_WRITERS[fmt](tmp, payload))
+    return atomic_write(dest, lambda tmp: F.WRITERS[fmt](tmp, arr, sp, og, dr))

@@ -24,7 +24,8 @@ from .losses import build_targets, extent_mask, weighted_bce_dice
 from .models import UNet3D, build_model, normalize_intensity, sliding_window_inference
 from .replay import ReplayBuffer
 from .sampler import PatchSampler, extract_patches, random_flip
-from .trainer import LearnConfig, Trainer
+from .config import LearnConfig
+from .trainer import Trainer
 
 __all__ = [
     "LearnConfig",

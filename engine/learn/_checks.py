@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DTypeError, InputError, NonFiniteError, ShapeError
+from ..checks import check_finite
+from ..errors import DTypeError, InputError, ShapeError
 
 
 def as_volume(
@@ -48,15 +49,9 @@ def check_same_shape(ref: torch.Tensor, ref_name: str, **others: torch.Tensor | 
             raise ShapeError(f"{name} has shape {tuple(t.shape)}, {ref_name} has {tuple(ref.shape)}")
 
 
-def check_finite(x: torch.Tensor, name: str) -> None:
-    """Raise :class:`NonFiniteError` if ``x`` holds NaN or Inf."""
-    if not bool(torch.isfinite(x).all()):
-        raise NonFiniteError(f"{name} holds NaN or Inf values")
-
-
 def check_range(x: torch.Tensor, name: str, lo: float, hi: float | None) -> None:
     """Raise :class:`InputError` unless ``lo <= x <= hi`` (and finite) everywhere."""
-    check_finite(x, name)
+    check_finite(name, x)
     bad = x < lo if hi is None else (x < lo) | (x > hi)
     if bool(bad.any()):
         span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"

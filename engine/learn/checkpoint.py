@@ -29,8 +29,8 @@ File layout (version 1)::
 
 Truncation or any flipped byte fails the length / SHA-256 check; the payload is
 read with ``torch.load(..., weights_only=True)``, so a checkpoint cannot run code.
-Writes go to a temporary file in the same folder, which is flushed and fsynced,
-then ``os.replace``-d over the target and the folder is fsynced: a save that fails
+Writes go through :func:`engine._files.atomic_write` (a temporary file in the same
+folder, fsynced, renamed over the target, the folder fsynced): a save that fails
 at any point leaves the previous checkpoint file untouched.
 """
 
@@ -41,13 +41,13 @@ import io
 import os
 import random
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._files import atomic_write
 from ..errors import CheckpointError, InputError
 from .replay import ReplayBuffer
 from .trainer import Trainer
@@ -125,37 +125,6 @@ def _check_plain(value: Any, where: str) -> None:
     raise InputError(f"{where} is a {type(value).__name__}; counters hold only plain values and tensors")
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, header: bytes, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
 def save(
     path: str | os.PathLike,
     trainer: Trainer,
@@ -201,8 +170,7 @@ def save(
     data = buf.getvalue()
     header = _HEADER.pack(MAGIC, VERSION, len(data), hashlib.sha256(data).digest())
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, header, data)
+        atomic_write(path, header + data, mkdir=True)
     except OSError as exc:
         raise CheckpointError(f"could not write checkpoint {path}: {exc}; the previous file is unchanged") from exc
     return path

@@ -26,7 +26,7 @@ size, so batches of two patches train stably and ``eval()`` changes nothing.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,14 +39,16 @@ __all__ = [
     "ARCHS",
     "NORMALIZE_MODES",
     "UNet3D",
+    "MODELS",
     "build_model",
+    "register_model",
     "normalize_intensity",
     "sliding_window_inference",
     "window_starts",
     "blend_weights",
 ]
 
-ARCHS = ("unet", "resunet")
+ARCHS = ("unet", "resunet")  # the built-in names of MODELS
 NORMS = ("instance", "group")
 NORMALIZE_MODES = ("robust_zscore", "zscore", "percentile", "none")
 BLENDS = ("gaussian", "linear", "constant")
@@ -165,11 +167,25 @@ class UNet3D(nn.Module):
         return x
 
 
-def build_model(arch: str = "unet", base_width: int = 8, depth: int = 3, norm: str = "instance") -> UNet3D:
-    """Build a segmenter by name: ``"unet"`` (plain) or ``"resunet"`` (residual)."""
-    if arch not in ARCHS:
-        raise InputError(f"arch must be one of {ARCHS}, got {arch!r}")
-    return UNet3D(1, base_width, depth, residual=(arch == "resunet"), norm=norm)
+#: Segmenters by name: ``builder(base_width, depth, norm) -> nn.Module`` mapping
+#: ``(N, 1, D, H, W)`` to logits ``(N, 1, D, H, W)`` for any spatial size.
+MODELS: dict[str, Callable[[int, int, str], nn.Module]] = {}
+
+
+def register_model(name: str, builder: Callable[[int, int, str], nn.Module]) -> None:
+    """Make a segmenter selectable as ``LearnConfig.arch = name`` (docs/contributing.md)."""
+    MODELS[name] = builder
+
+
+register_model("unet", lambda width, depth, norm: UNet3D(1, width, depth, residual=False, norm=norm))
+register_model("resunet", lambda width, depth, norm: UNet3D(1, width, depth, residual=True, norm=norm))
+
+
+def build_model(arch: str = "unet", base_width: int = 8, depth: int = 3, norm: str = "instance") -> nn.Module:
+    """Build a segmenter by name (:data:`MODELS`: ``"unet"`` plain, ``"resunet"`` residual)."""
+    if arch not in MODELS:
+        raise InputError(f"arch must be one of {tuple(MODELS)}, got {arch!r}")
+    return MODELS[arch](base_width, depth, norm)
 
 
 # ------------------------------------------------------------------ normalisation
