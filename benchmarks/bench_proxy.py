@@ -11,7 +11,7 @@ full label over the whole volume:
   demons) with linear / nearest contributor fusion;
 * ``elastix linear`` / ``elastix nearest``: engine.propagate, elastix B-spline backend
   (on a subset of cases: ``--elastix-cases``, evenly spread over the evaluated ones);
-* ``nearest copy``, ``signed distance``, ``ITK morph. contour``: engine.eval.baselines.
+* ``nearest copy``, ``signed distance``, ``ITK morph. contour``: engine.propagate.baselines.
 
 Also reported: the 10th percentile of Dice over cases, the annotation effort (drawn /
 object slices), the Dice of the unannotated slices in the outer 20 % of the object's
@@ -111,7 +111,7 @@ def end_zone_dice(pred: np.ndarray, gt: np.ndarray, lo: int, hi: int, slices: li
 # --- methods ---------------------------------------------------------------------------------
 
 def _baselines() -> dict[str, Callable]:
-    from engine.eval import baselines as B
+    from engine.propagate import baselines as B
 
     return {"nearest copy": B.nearest_slice_copy, "signed distance": B.signed_distance_interpolation,
             "ITK morph. contour": B.morphological_contour_interpolation}

@@ -38,8 +38,8 @@ def eng():
 
 
 def _snapshot(s):
-    return (dict((k, v.clone()) for k, v in s._annotations.items()), s.extent, len(s._history), s._stamp,
-            s._closed)
+    return (dict((k, v.clone()) for k, v in s._store.masks.items()), s.extent, s._store.history_length,
+            s._store.stamp, s.closed)
 
 
 def _same(a, b):
@@ -152,11 +152,11 @@ def test_undo_and_erase(eng):
     s.annotate(3, label[3])
     s.annotate(3, np.zeros_like(label[3]))
     s.undo()
-    assert torch.equal(s._annotations[(0, 3)], torch.from_numpy(label[3]))
+    assert torch.equal(s._store[(0, 3)], torch.from_numpy(label[3]))
     s.erase(3)
-    assert not s._annotations
+    assert not len(s._store)
     s.undo()
-    assert (0, 3) in s._annotations
+    assert (0, 3) in s._store
     s.set_extent(1, 8)
     s.undo()
     assert s.extent is None
@@ -299,24 +299,24 @@ def test_gate_collects_evidence_only_from_newly_drawn_slices():
     image, label = _case(7)
     s = eng.open(image)
     s.annotate(3, label[3])
-    assert s._evidence_rows() == []  # no proxy and no trained model yet
+    assert s.fusion_evidence == []  # no proxy and no trained model yet
     s.close()
     s = _two_round_case(eng, image, label)
-    rows = s._evidence_rows()
+    rows = s.fusion_evidence
     assert len(rows) == 2  # slices 4 and 7: drawn after proxy + trained prediction
     assert all(r[-1] == int(label[z].sum()) for r, z in zip(rows, (4, 7)))
     s.annotate(4, label[4])  # a redraw of slice 4 is not new evidence
-    assert len(s._evidence_rows()) == 2
+    assert len(s.fusion_evidence) == 2
     s.erase(7)
-    assert len(s._evidence_rows()) == 1  # an erased slice no longer counts
+    assert len(s.fusion_evidence) == 1  # an erased slice no longer counts
     s.undo()
-    assert len(s._evidence_rows()) == 2
+    assert len(s.fusion_evidence) == 2
     lam = s.fusion_weight
     from engine.api import fit_fusion_weight
 
-    assert lam == fit_fusion_weight(s._evidence_rows())
+    assert lam == fit_fusion_weight(s.fusion_evidence)
     s.commit()
-    assert eng._fusion_evidence == rows and eng.fusion_weight() == lam
+    assert eng.fusion_evidence == rows and eng.fusion_weight() == lam
 
 
 def test_result_is_the_proxy_without_evidence_and_the_paper_fusion_with_gate_none():
@@ -330,7 +330,7 @@ def test_result_is_the_proxy_without_evidence_and_the_paper_fusion_with_gate_non
         s.learn(2)
         p = s.predict()
         f = s.result(soft=True)
-        assert s._evidence_rows() == []
+        assert s.fusion_evidence == []
         if gate == "evidence":
             assert s.fusion_weight == 0.0
             np.testing.assert_allclose(f, q, atol=0)
@@ -348,10 +348,10 @@ def test_fusion_evidence_survives_save_load_and_window(tmp_path):
         image, label = _case(seed)
         s = _two_round_case(eng, image, label)
         s.commit()
-    assert len(eng._fusion_evidence) == 3  # 4 rows seen, the window keeps the newest 3
+    assert len(eng.fusion_evidence) == 3  # 4 rows seen, the window keeps the newest 3
     eng.save(tmp_path / "e")
     back = engine.Engine.load(tmp_path / "e")
-    assert back._fusion_evidence == eng._fusion_evidence
+    assert back.fusion_evidence == eng.fusion_evidence
     assert back.fusion_weight() == eng.fusion_weight()
     assert back.counters == eng.counters
 

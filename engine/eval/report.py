@@ -32,6 +32,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .._files import atomic_write
+
 __all__ = ["load_run", "summarize", "claims", "paired", "write_report", "headline_table"]
 
 
@@ -417,8 +419,6 @@ def _span(names: Optional[list]) -> str:
 
 def write_report(out: str | Path) -> list[Path]:
     """Write every report file of a run folder; returns their paths."""
-    from .stream import atomic_write
-
     out = Path(out)
     run = load_run(out)
     summary = summarize(run)

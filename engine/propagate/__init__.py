@@ -1,15 +1,18 @@
-"""Registration backends and contributor fusion: a 3D proxy mask from a few drawn slices.
+"""Proxy masks: a 3D mask from a few drawn slices (DESIGN.md §2 step 3).
 
-DESIGN.md §2 step 3. Register every adjacent slice pair of a case once
-(:class:`ProxyBuilder`, cached in a :class:`Registration`), then push the drawn masks
-through the chained fields in both directions and fuse the two contributors of each
-slice (``"linear"`` or ``"nearest"``) into the soft proxy mask ``Q`` and the confidence
-``C = 1 / (1 + d)`` (:class:`ProxyResult`). Only the propagation reruns when the
-annotations change.
+* :mod:`~engine.propagate.registration`: the backends behind one protocol
+  (:data:`BACKENDS`: ``native``, batched demons on CPU or GPU built on
+  :func:`engine.ops.warp2d`; ``elastix``, itk-elastix B-spline per pair, the CPU
+  reference) and :func:`register_volume`, which registers every adjacent slice pair
+  of a case once (:class:`Registration`).
+* :mod:`~engine.propagate.proxy`: :func:`assemble_proxy`, the one proxy assembly
+  (drawn masks pushed through the cached fields in both directions, the two
+  contributors of each slice fused ``"linear"`` or ``"nearest"`` into the soft proxy
+  ``Q``, the confidence ``C = 1 / (1 + d)``, the extent applied), and
+  :class:`ProxyBuilder`, one case's registration cache with input checks.
+* :mod:`~engine.propagate.baselines`: the registration-free proxies (nearest copy,
+  signed distance, ITK morphological contour interpolation) it is measured against.
 
-Backends: ``native`` (:mod:`engine.propagate.native`: batched demons over all pairs at
-once, on CPU or GPU, built on :func:`engine.ops.warp2d`) and ``elastix``
-(:mod:`engine.propagate.elastix`: itk-elastix B-spline per pair, the CPU reference).
 See docs/propagation.md for the algorithms, parameters and measurements.
 
     >>> from engine.propagate import ProxyBuilder
@@ -19,23 +22,13 @@ See docs/propagation.md for the algorithms, parameters and measurements.
 """
 
 from .native import NativeParams
-from .proxy import (BACKENDS, FUSIONS, ProxyBuilder, ProxyResult, Registration, build_proxy,
-                    normalize_intensity)
+from .proxy import FUSIONS, ProxyBuilder, ProxyResult, assemble_proxy, build_proxy, check_extent
+from .registration import (BACKENDS, Registration, RegistrationBackend, register_backend, register_volume,
+                           window_to_unit)
 
 __all__ = ["BACKENDS", "FUSIONS", "NativeParams", "ElastixParams", "ProxyBuilder", "ProxyResult", "Registration",
-           "build_proxy", "normalize_intensity", "register_pairs"]
-
-
-def register_pairs(image, backend: str = "native", extent=None, params=None) -> Registration:
-    """Register every adjacent slice pair of ``image`` ``[D, H, W]`` (annotation axis first).
-
-    The session API's entry point (:meth:`engine.Session.propagate`): intensity
-    normalisation over the object's ``extent`` when known, then the backend's stack
-    registration on the image's device. Returns the :class:`Registration` whose ``fwd``
-    / ``bwd`` ``[D-1, 2, H, W]`` fields feed :func:`engine.ops.propagate_chain`.
-    """
-    dev = image.device if hasattr(image, "device") else None
-    return ProxyBuilder(image, axis=0, backend=backend, extent=extent, device=dev, params=params).register()
+           "RegistrationBackend", "assemble_proxy", "build_proxy", "check_extent", "register_backend",
+           "register_volume", "window_to_unit"]
 
 
 def __getattr__(name: str):  # the elastix module imports itk lazily; keep its params importable from here

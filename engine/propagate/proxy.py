@@ -1,59 +1,150 @@
 """Proxy mask from a few drawn slices: register once per case, propagate per annotation.
 
-DESIGN.md §2 step 3. A :class:`ProxyBuilder` holds one case's image (annotation axis
-moved first, ``[D, H, W]``), registers every adjacent slice pair once (lazily, on the
-first :meth:`ProxyBuilder.propagate`, or explicitly with :meth:`ProxyBuilder.register`)
-and keeps the fields in a :class:`Registration`. Each :meth:`ProxyBuilder.propagate`
-call then only pushes the annotated masks through the cached fields with
-:func:`engine.ops.propagate_chain` (one call for the whole volume) and fuses the two
-contributors of every slice, so a new or corrected annotation costs milliseconds.
+DESIGN.md §2 step 3. :func:`assemble_proxy` is the one proxy assembly of the engine
+(the session, :class:`ProxyBuilder`, the CLI and the benchmarks all call it): it pushes
+the drawn masks of the annotation axis through a case's cached :class:`Registration`
+with :func:`engine.ops.propagate_chain` (one call for the whole extent), fuses the two
+contributors of every slice, writes the planes drawn on the other axes, and applies the
+object's extent:
 
-Outputs (:class:`ProxyResult`) come back in the image's own axis order:
-
-* ``proxy`` ``Q``: float32 in [0, 1]; annotated slices carry their own mask;
+* ``proxy`` ``Q``: float32 in [0, 1]; drawn slices carry their own mask;
 * ``confidence`` ``C = 1 / (1 + d)`` per voxel, ``d`` the slice distance to the nearest
-  annotated slice (1 on annotated slices);
+  drawn slice, the maximum over the annotated axes (1 on drawn slices);
 * with a known object ``extent = (first, last)`` (DESIGN §2 step 4: the person gives
-  it; the simulated annotator draws both end slices anyway), every slice outside it is
-  known background: ``Q = 0`` and ``C = 1`` there, and chains stop at the extent.
-  Without an extent, chains run on to the volume's ends and stop when the mask
-  vanishes (``min_mass``), as :func:`engine.ops.propagate_chain` does.
+  it), chains run only inside it and every slice outside it is known background:
+  ``Q = 0`` and ``C = 1`` there. Without an extent, chains run on to the volume's ends
+  and stop when the mask vanishes (``min_mass``), as :func:`engine.ops.propagate_chain`
+  does.
 
-Intensity preprocessing (:func:`normalize_intensity`): clip to the 1st-99th
-percentile of the case (over the extent's slices when it is known, else the whole
-volume) and scale to [0, 1]; both backends see the same normalised image.
+A :class:`ProxyBuilder` holds one case's image (any axis order), registers every
+adjacent slice pair once (lazily or with :meth:`ProxyBuilder.register`) through
+:func:`~engine.propagate.registration.register_volume`, and then each
+:meth:`ProxyBuilder.propagate` only re-assembles the proxy, so a new or corrected
+annotation costs milliseconds.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import BackendError, InputError, MaskError, NonFiniteError, ShapeError, SliceIndexError
-from ..ops import propagate_chain
-from .native import NativeParams, register_stack as native_register_stack
+from ..checks import check_axis, check_finite
+from ..errors import InputError, MaskError, ShapeError, SliceIndexError
+from ..ops import confidence_map, propagate_chain
+from .registration import Extent, Registration, check_params, register_volume
 
-__all__ = ["BACKENDS", "FUSIONS", "Registration", "ProxyResult", "ProxyBuilder", "normalize_intensity",
-           "build_proxy"]
+__all__ = ["FUSIONS", "ProxyResult", "ProxyBuilder", "assemble_proxy", "build_proxy", "check_extent"]
 
-BACKENDS = ("native", "elastix")
 FUSIONS = ("linear", "nearest")
 
 ArrayLike = Union[np.ndarray, Tensor]
-Extent = Optional[tuple[int, int]]
+Key = tuple[int, int]  # (internal axis, slice index)
 
 
-# --- helpers ------------------------------------------------------------------------------
+# --- the assembly -----------------------------------------------------------------------------
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+@dataclass
+class ProxyResult:
+    """One propagation.
 
+    ``proxy`` float32 in [0, 1]; ``confidence`` float32; ``annotated`` the drawn slices
+    of the annotation axis (sorted); ``from_below`` / ``from_above`` ``[D, H, W]`` the
+    two contributors before fusion and ``dist_below`` / ``dist_above`` ``[D]`` int32
+    their slice distances (-1: none), annotation axis first, zero / -1 outside the
+    extent; ``seconds`` per stage: ``normalize`` and ``register`` (0 when a cached
+    registration was reused), ``propagate`` and ``total``. From :func:`assemble_proxy`
+    every volume is annotation axis first; :class:`ProxyBuilder` returns ``proxy`` and
+    ``confidence`` in the image's own axis order.
+    """
+
+    proxy: Tensor
+    confidence: Tensor
+    annotated: tuple[int, ...]
+    fusion: str
+    extent: Extent
+    from_below: Tensor
+    from_above: Tensor
+    dist_below: Tensor
+    dist_above: Tensor
+    seconds: dict
+
+    def numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(proxy, confidence)`` as float32 numpy arrays."""
+        return self.proxy.detach().cpu().numpy(), self.confidence.detach().cpu().numpy()
+
+
+def assemble_proxy(registration: Optional[Registration], shape: Sequence[int], main: Mapping[int, Tensor],
+                   planes: Optional[Mapping[Key, Tensor]] = None, *, extent: Extent = None,
+                   fusion: str = "linear", min_mass: float = 0.02,
+                   device: Union[str, torch.device, None] = None) -> ProxyResult:
+    """The proxy mask and its confidence from drawn slices (module docstring).
+
+    Args:
+        registration: the case's fields (``[D-1, 2, H, W]``); may be None when no
+            slice of the annotation axis is drawn inside the extent.
+        shape: ``(D, H, W)``, annotation axis first.
+        main: ``{z: mask [H, W]}`` drawn on the annotation axis (binary, any dtype).
+        planes: ``{(1, y): mask [D, W], (2, x): mask [D, H]}`` drawn on the other axes:
+            known exactly, written into ``Q``.
+        extent: ``(first, last)`` on the annotation axis; background outside.
+        fusion: ``"linear"`` or ``"nearest"`` contributor fusion.
+        min_mass: a chain stops when its mass falls below this share of its source's.
+
+    The inputs are trusted (the session and :class:`ProxyBuilder` validate them where
+    they enter). Volumes come back annotation axis first on ``device`` (default: the
+    fields', else the masks' device).
+    """
+    D, H, W = (int(s) for s in shape)
+    planes = planes or {}
+    if device is None:
+        ref = registration.fwd if registration is not None else next(iter(main.values()), None)
+        ref = ref if ref is not None else next(iter(planes.values()), None)
+        device = ref.device if ref is not None else torch.device("cpu")
+    t0 = time.perf_counter()
+    lo, hi = extent if extent is not None else (0, D - 1)
+    inside = sorted(int(z) for z in main if lo <= z <= hi)
+    q = torch.zeros((D, H, W), dtype=torch.float32, device=device)
+    fb = torch.zeros_like(q)
+    fa = torch.zeros_like(q)
+    db = torch.full((D,), -1, dtype=torch.int32, device=device)
+    da = torch.full((D,), -1, dtype=torch.int32, device=device)
+    if inside:
+        if registration is None:
+            raise InputError("slices of the annotation axis are drawn inside the extent: a registration is needed")
+        vol = torch.zeros((hi - lo + 1, H, W), dtype=torch.float32, device=device)
+        for z in inside:
+            vol[z - lo] = main[z].float()
+        res = propagate_chain(vol, [z - lo for z in inside], registration.fwd[lo:hi], registration.bwd[lo:hi],
+                              min_mass=min_mass, fuse=fusion, check_inputs=False)
+        q[lo : hi + 1] = res.q
+        fb[lo : hi + 1] = res.from_below
+        fa[lo : hi + 1] = res.from_above
+        db[lo : hi + 1] = res.dist_below
+        da[lo : hi + 1] = res.dist_above
+    for (ia, idx), m in planes.items():  # drawn planes on the other axes are known exactly
+        if ia == 1:
+            q[:, idx, :] = m.float()
+        else:
+            q[:, :, idx] = m.float()
+    per_axis = [inside or None] + [sorted(i for (a, i) in planes if a == ax) or None for ax in (1, 2)]
+    c = confidence_map((D, H, W), per_axis, device=device)
+    if extent is not None:
+        outside = torch.ones(D, dtype=torch.bool, device=device)
+        outside[lo : hi + 1] = False
+        q[outside] = 0.0
+        c[outside] = 1.0
+    seconds = {"normalize": 0.0, "register": 0.0, "propagate": time.perf_counter() - t0}
+    seconds["total"] = seconds["propagate"]
+    return ProxyResult(proxy=q, confidence=c, annotated=tuple(sorted(int(z) for z in main)), fusion=fusion,
+                       extent=extent, from_below=fb, from_above=fa, dist_below=db, dist_above=da, seconds=seconds)
+
+
+# --- input checks (the builder's boundary) ----------------------------------------------------
 
 def _as_tensor(x: Any, name: str, device: Optional[torch.device] = None) -> Tensor:
     if isinstance(x, Tensor):
@@ -69,15 +160,8 @@ def _as_tensor(x: Any, name: str, device: Optional[torch.device] = None) -> Tens
     return t if device is None else t.to(device)
 
 
-def _check_axis(axis: int, ndim: int) -> int:
-    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
-        raise InputError(f"axis must be an int, got {type(axis).__name__}")
-    if not -ndim <= axis < ndim:
-        raise InputError(f"axis={axis} out of range for a {ndim}D volume")
-    return int(axis) % ndim
-
-
-def _check_extent(extent: Any, D: int) -> Extent:
+def check_extent(extent: Any, D: int) -> Extent:
+    """``(first, last)`` as ints with ``0 <= first <= last < D`` (None passes)."""
     if extent is None:
         return None
     try:
@@ -89,83 +173,15 @@ def _check_extent(extent: Any, D: int) -> Extent:
     return lo, hi
 
 
-def normalize_intensity(image: Tensor, extent: Extent = None, percentiles: tuple[float, float] = (1.0, 99.0)) -> Tensor:
-    """Clip ``image`` ``[D, H, W]`` to its ``percentiles`` and scale to [0, 1] (float32).
-
-    The percentiles are taken over the slices ``extent[0]..extent[1]`` when given, else
-    over the whole volume (nearest-rank, :func:`torch.kthvalue`: no full sort). A
-    constant image maps to 0.
-    """
-    x = image.to(torch.float32)
-    ref = x if extent is None else x[extent[0]: extent[1] + 1]
-    flat = ref.reshape(-1)
-    n = flat.numel()
-    if n == 0:
-        return torch.zeros_like(x)
-    k_lo = min(n, max(1, int(round(percentiles[0] / 100.0 * (n - 1))) + 1))
-    k_hi = min(n, max(1, int(round(percentiles[1] / 100.0 * (n - 1))) + 1))
-    if flat.device.type == "cpu":  # torch.kthvalue on CPU is a full sort per call; numpy partitions
-        part = np.partition(flat.numpy(), (k_lo - 1, k_hi - 1))
-        lo, hi = float(part[k_lo - 1]), float(part[k_hi - 1])
-        span = hi - lo
-        if span <= 0:
-            return torch.zeros_like(x)
-        return ((x - lo) / span).clamp_(0.0, 1.0)
-    lo_t = torch.kthvalue(flat, k_lo).values
-    hi_t = torch.kthvalue(flat, k_hi).values
-    span = (hi_t - lo_t).clamp_min(torch.finfo(torch.float32).tiny)
-    out = ((x - lo_t) / span).clamp_(0.0, 1.0)
-    return torch.where(hi_t > lo_t, out, torch.zeros_like(out))
-
-
-# --- results --------------------------------------------------------------------------------
-
-@dataclass
-class Registration:
-    """The adjacent-slice fields of one case along its annotation axis.
-
-    ``fwd`` / ``bwd`` ``[D-1, 2, H, W]`` float32 pixel displacements (channel 0 rows,
-    1 columns) in the conventions of :func:`engine.ops.propagate_chain`: ``fwd[z]``
-    pushes slice ``z`` to ``z+1``, ``bwd[z]`` slice ``z+1`` to ``z`` (pull-back).
-    ``seconds``: wall time of ``normalize`` and ``register`` (device-synchronised).
-    """
-
-    fwd: Tensor
-    bwd: Tensor
-    axis: int
-    backend: str
-    extent: Extent
-    params: dict
-    seconds: dict = field(default_factory=dict)
-
-    @property
-    def num_slices(self) -> int:
-        return int(self.fwd.shape[0]) + 1
-
-
-@dataclass
-class ProxyResult:
-    """One propagation: every volume in the image's own axis order and device.
-
-    ``proxy`` float32 in [0, 1]; ``confidence`` float32; ``annotated`` the drawn slices
-    (sorted); ``from_below`` / ``from_above`` (annotation axis first, ``[D, H, W]``) the
-    two contributors before fusion; ``seconds`` per stage: ``normalize`` and
-    ``register`` (0 when the cached registration was reused), ``propagate``
-    (chains + fusion + outputs) and ``total``.
-    """
-
-    proxy: Tensor
-    confidence: Tensor
-    annotated: tuple[int, ...]
-    fusion: str
-    extent: Extent
-    from_below: Tensor
-    from_above: Tensor
-    seconds: dict
-
-    def numpy(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(proxy, confidence)`` as float32 numpy arrays."""
-        return self.proxy.detach().cpu().numpy(), self.confidence.detach().cpu().numpy()
+def _binary(t: Tensor, name: str) -> Tensor:
+    if t.dtype == torch.bool:
+        return t.to(torch.float32)
+    if t.is_complex():
+        raise MaskError(f"{name} must be binary, got {t.dtype}")
+    if not bool(((t == 0) | (t == 1)).all()):
+        bad = t[(t != 0) & (t != 1)]
+        raise MaskError(f"{name} must be binary (0/1); found value {float(bad.reshape(-1)[0])}")
+    return t.to(torch.float32)
 
 
 # --- the builder ------------------------------------------------------------------------------
@@ -176,16 +192,15 @@ class ProxyBuilder:
     Args:
         image: ``3D`` array or tensor (any real dtype; finite).
         axis: the annotation axis of ``image`` (moved first internally).
-        backend: ``"native"`` (batched demons, :mod:`engine.propagate.native`; CPU or
-            GPU, follows ``device``) or ``"elastix"`` (itk-elastix B-spline,
-            :mod:`engine.propagate.elastix`; computed on CPU, fields moved to ``device``).
+        backend: a name of :data:`engine.propagate.BACKENDS`: ``"native"`` (batched
+            demons, :mod:`engine.propagate.native`; CPU or GPU, follows ``device``) or
+            ``"elastix"`` (itk-elastix B-spline, :mod:`engine.propagate.elastix`;
+            computed on CPU, fields moved to ``device``).
         extent: ``(first, last)`` slice of the object along ``axis`` when known: used
-            for the intensity percentiles and as the default extent of
-            :meth:`propagate`.
+            for the intensity window and as the default extent of :meth:`propagate`.
         device: where the fields and results live (default: the image tensor's
             device, CPU for numpy input).
-        params: :class:`~engine.propagate.native.NativeParams` or
-            :class:`~engine.propagate.elastix.ElastixParams` for the backend.
+        params: the backend's parameters (``NativeParams`` / ``ElastixParams``).
 
     Raises ShapeError (not 3D, empty), NonFiniteError (NaN/Inf), InputError (bad axis,
     backend or params), SliceIndexError (extent out of range), BackendError (itk-elastix
@@ -194,8 +209,7 @@ class ProxyBuilder:
 
     def __init__(self, image: ArrayLike, axis: int = 0, backend: str = "native", *, extent: Extent = None,
                  device: Union[str, torch.device, None] = None, params: Any = None) -> None:
-        if backend not in BACKENDS:
-            raise InputError(f"backend={backend!r}; expected one of {BACKENDS}")
+        params = check_params(backend, params)
         dev = torch.device(device) if device is not None else (image.device if isinstance(image, Tensor) else
                                                                 torch.device("cpu"))
         img = _as_tensor(image, "image", dev)
@@ -206,33 +220,15 @@ class ProxyBuilder:
         if img.dtype == torch.bool or img.is_complex():
             raise InputError(f"image must hold real numbers, got {img.dtype}")
         img = img.to(torch.float32)
-        if not bool(torch.isfinite(img).all()):
-            raise NonFiniteError("image holds NaN or Inf")
-        self.axis = _check_axis(axis, 3)
+        check_finite("image", img)
+        self.axis = check_axis(axis, 3)
         self.shape = tuple(int(s) for s in img.shape)
         self.image = img.movedim(self.axis, 0).contiguous()  # [D, H, W]
         self.device = dev
         self.backend = backend
-        self.extent = _check_extent(extent, self.image.shape[0])
-        self.params = self._check_params(params)
+        self.extent = check_extent(extent, self.image.shape[0])
+        self.params = params
         self._registration: Optional[Registration] = None
-
-    # -- registration --------------------------------------------------------------------
-
-    def _check_params(self, params: Any) -> Any:
-        if self.backend == "native":
-            if params is None:
-                return NativeParams()
-            if not isinstance(params, NativeParams):
-                raise InputError(f"backend 'native' takes NativeParams, got {type(params).__name__}")
-            return params
-        from .elastix import ElastixParams
-
-        if params is None:
-            return ElastixParams()
-        if not isinstance(params, ElastixParams):
-            raise InputError(f"backend 'elastix' takes ElastixParams, got {type(params).__name__}")
-        return params
 
     @property
     def registered(self) -> bool:
@@ -240,40 +236,21 @@ class ProxyBuilder:
 
     def register(self) -> Registration:
         """Register every adjacent slice pair (once; later calls return the cache)."""
-        if self._registration is not None:
-            return self._registration
-        t0 = time.perf_counter()
-        norm = normalize_intensity(self.image, self.extent)
-        _sync(self.device)
-        t1 = time.perf_counter()
-        if self.backend == "native":
-            fwd, bwd = native_register_stack(norm, self.params)
-        else:
-            from .elastix import register_stack as elastix_register_stack
-
-            f, b = elastix_register_stack(norm.cpu().numpy(), self.params)
-            fwd, bwd = torch.from_numpy(f).to(self.device), torch.from_numpy(b).to(self.device)
-        _sync(self.device)
-        t2 = time.perf_counter()
-        self._registration = Registration(fwd=fwd, bwd=bwd, axis=self.axis, backend=self.backend,
-                                          extent=self.extent, params=self.params.as_dict(),
-                                          seconds={"normalize": t1 - t0, "register": t2 - t1})
+        if self._registration is None:
+            self._registration = register_volume(self.image, self.backend, self.extent, self.params, axis=self.axis)
         return self._registration
 
     @property
     def registration(self) -> Registration:
         return self.register()
 
-    # -- propagation ---------------------------------------------------------------------
-
-    def _annotations(self, masks: Any, annotated: Optional[Sequence[int]]) -> tuple[Tensor, list[int]]:
-        """Masks ``[D, H, W]`` float32 (axis first) and the sorted annotated slices."""
+    def _annotations(self, masks: Any, annotated: Optional[Sequence[int]]) -> dict[int, Tensor]:
+        """``{slice: float32 [H, W] mask}`` along the annotation axis, validated."""
         D, H, W = self.image.shape
         if isinstance(masks, Mapping):
             if annotated is not None:
                 raise InputError("pass either a {slice: mask} mapping or masks + annotated, not both")
-            vol = torch.zeros((D, H, W), dtype=torch.float32, device=self.device)
-            idx = []
+            out = {}
             for z, m in masks.items():
                 if not isinstance(z, (int, np.integer)) or isinstance(z, bool):
                     raise SliceIndexError(f"slice keys must be ints, got {z!r}")
@@ -283,9 +260,8 @@ class ProxyBuilder:
                 t = _as_tensor(m, f"mask of slice {z}", self.device)
                 if tuple(t.shape) != (H, W):
                     raise ShapeError(f"mask of slice {z} has shape {tuple(t.shape)}, expected {(H, W)}")
-                vol[z] = self._binary(t, f"mask of slice {z}")
-                idx.append(z)
-            return vol, sorted(set(idx))
+                out[z] = _binary(t, f"mask of slice {z}")
+            return dict(sorted(out.items()))
         t = _as_tensor(masks, "masks", self.device)
         if tuple(t.shape) != self.shape:
             raise ShapeError(f"masks have shape {tuple(t.shape)}, the image {self.shape}")
@@ -301,22 +277,11 @@ class ProxyBuilder:
                     raise SliceIndexError(f"annotated slice {int(z)} out of range [0, {D}) on axis {self.axis}")
                 idx.append(int(z))
             idx = sorted(set(idx))
-        vol = torch.zeros((D, H, W), dtype=torch.float32, device=self.device)
-        if idx:
-            sel = torch.tensor(idx, device=self.device)
-            vol[sel] = self._binary(t.index_select(0, sel), "annotated masks")
-        return vol, idx
-
-    @staticmethod
-    def _binary(t: Tensor, name: str) -> Tensor:
-        if t.dtype == torch.bool:
-            return t.to(torch.float32)
-        if t.is_complex():
-            raise MaskError(f"{name} must be binary, got {t.dtype}")
-        if not bool(((t == 0) | (t == 1)).all()):
-            bad = t[(t != 0) & (t != 1)]
-            raise MaskError(f"{name} must be binary (0/1); found value {float(bad.reshape(-1)[0])}")
-        return t.to(torch.float32)
+        if not idx:
+            return {}
+        sel = torch.tensor(idx, device=self.device)
+        vol = _binary(t.index_select(0, sel), "annotated masks")
+        return {z: vol[i] for i, z in enumerate(idx)}
 
     def propagate(self, masks: Any, annotated: Optional[Sequence[int]] = None, *, fusion: str = "linear",
                   extent: Union[Extent, str] = "default", min_mass: float = 0.02) -> ProxyResult:
@@ -343,50 +308,32 @@ class ProxyBuilder:
         if fusion not in FUSIONS:
             raise InputError(f"fusion={fusion!r}; expected one of {FUSIONS}")
         D = self.image.shape[0]
-        ext = self.extent if (isinstance(extent, str) and extent == "default") else _check_extent(extent, D)
-        t0 = time.perf_counter()
-        vol, idx = self._annotations(masks, annotated)
-        if not idx:
+        ext = self.extent if (isinstance(extent, str) and extent == "default") else check_extent(extent, D)
+        main = self._annotations(masks, annotated)
+        if not main:
             raise MaskError("no annotated slice: draw at least one slice (or pass annotated=)")
         if ext is not None:
-            outside = [z for z in idx if not ext[0] <= z <= ext[1] and bool(vol[z].any())]
+            outside = [z for z, m in main.items() if not ext[0] <= z <= ext[1] and bool(m.any())]
             if outside:
                 raise SliceIndexError(f"drawn slices {outside} hold foreground outside the extent {ext}")
-        fresh = self._registration is None
-        reg = self.register()
-        t1 = time.perf_counter()
         lo, hi = (0, D - 1) if ext is None else ext
-        sub_idx = [z - lo for z in idx if lo <= z <= hi]
-        _, H, W = self.image.shape
-        q = torch.zeros((D, H, W), dtype=torch.float32, device=self.device)
-        fb = torch.zeros_like(q)
-        fa = torch.zeros_like(q)
-        conf = torch.ones((D,), dtype=torch.float32, device=self.device)
-        if sub_idx:
-            res = propagate_chain(vol[lo: hi + 1], sub_idx, reg.fwd[lo:hi], reg.bwd[lo:hi], min_mass=min_mass,
-                                  fuse=fusion, check_inputs=False)
-            q[lo: hi + 1] = res.q
-            fb[lo: hi + 1] = res.from_below
-            fa[lo: hi + 1] = res.from_above
-            conf[lo: hi + 1] = res.confidence
-        else:  # every drawn slice is an empty one outside the extent: the extent is all we know
-            conf[lo: hi + 1] = 0.0
-        for z in idx:  # a drawn slice is known exactly, inside or outside the extent
-            q[z] = vol[z]
-            conf[z] = 1.0
-        cvol = conf.view(D, 1, 1).expand(D, H, W)
-        proxy = q.movedim(0, self.axis).contiguous()
-        confidence = cvol.movedim(0, self.axis).contiguous()
-        _sync(self.device)
-        t2 = time.perf_counter()
-        seconds = {
-            "normalize": reg.seconds["normalize"] if fresh else 0.0,
-            "register": reg.seconds["register"] if fresh else 0.0,
-            "propagate": t2 - t1 + (t1 - t0 - (sum(reg.seconds.values()) if fresh else 0.0)),
-        }
+        fresh = self._registration is None
+        needs = any(lo <= z <= hi for z in main)
+        reg = self.register() if needs else self._registration
+        t1 = time.perf_counter()
+        res = assemble_proxy(reg, self.image.shape, main, extent=ext, fusion=fusion, min_mass=min_mass,
+                             device=self.device)
+        proxy = res.proxy.movedim(0, self.axis).contiguous()
+        confidence = res.confidence.movedim(0, self.axis).contiguous()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = {"normalize": 0.0, "register": 0.0}
+        if fresh and reg is not None:
+            seconds = {k: reg.seconds[k] for k in ("normalize", "register")}
+        seconds["propagate"] = time.perf_counter() - t1
         seconds["total"] = seconds["normalize"] + seconds["register"] + seconds["propagate"]
-        return ProxyResult(proxy=proxy, confidence=confidence, annotated=tuple(idx), fusion=fusion, extent=ext,
-                           from_below=fb, from_above=fa, seconds=seconds)
+        res.proxy, res.confidence, res.seconds = proxy, confidence, seconds
+        return res
 
 
 def build_proxy(image: ArrayLike, masks: Any, annotated: Optional[Sequence[int]] = None, *, axis: int = 0,

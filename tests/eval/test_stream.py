@@ -5,35 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import engine.propagate
 from engine.errors import InputError
 from engine.eval import stream as S
 from engine.eval.presets import StreamConfig, preset
-
-
-def _identity_registration(image, backend="native", extent=None):
-    d, h, w = image.shape
-    z = torch.zeros((d - 1, 2, h, w), dtype=torch.float32, device=image.device)
-    return types.SimpleNamespace(fwd=z, bwd=z.clone())
-
-
-def _stand_in(mp) -> None:
-    """The harness is tested, not the registration: where the registration hook is
-    not there yet, identity fields stand in (linear blending of drawn slices)."""
-    if not hasattr(engine.propagate, "register_pairs"):
-        mp.setattr(engine.propagate, "register_pairs", _identity_registration, raising=False)
-
-
-@pytest.fixture(autouse=True)
-def _registration(monkeypatch):
-    _stand_in(monkeypatch)
+from engine.guide import plan_slices
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -73,13 +54,8 @@ def tiny_run(tmp_path_factory):
     """One tiny run of four methods, shared by the field and output tests."""
     out = tmp_path_factory.mktemp("tiny")
     cfg = _tiny(methods=("ours", "proxy_even", "online_full", "offline_full", "signed_distance_even"))
-    mp = pytest.MonkeyPatch()
-    _stand_in(mp)
     lines: list[str] = []
-    try:
-        logs = S.run_stream(cfg, out, device="cpu", log=lines.append, progress=False)
-    finally:
-        mp.undo()
+    logs = S.run_stream(cfg, out, device="cpu", log=lines.append, progress=False)
     return cfg, out, logs, lines
 
 
@@ -122,7 +98,7 @@ def test_protocol_logs_every_field(tiny_run):
     # evenly spaced: ends of the extent included, the set split over rounds
     for c in logs["proxy_even"]["cases"]:
         got = sorted(z for row in c["rounds"] for z in row["slices"])
-        assert got == sorted(sum(S.plan_slices("even_set", *c["extent"], sizes), []))
+        assert got == sorted(sum(plan_slices("even", *c["extent"], sizes), []))
         assert c["extent"][0] in got and c["extent"][1] in got
     # same stream, same seeds: the first case's round-1 slices agree across methods
     assert logs["ours"]["cases"][0]["rounds"][0]["slices"] == logs["proxy_even"]["cases"][0]["rounds"][0]["slices"]
@@ -217,11 +193,11 @@ def test_method_names_and_schedules():
     cfg = _tiny(accept_dice=0.9)
     assert S.parse_method("ours", cfg).rule == "residual"
     assert S.parse_method("proxy_guided", cfg).rule == "gap"
-    assert S.parse_method("ours_even", cfg).schedule == "even_set"
+    assert S.parse_method("ours_even", cfg).plan == "even"
     spec = S.parse_method("ours_noreplay_warm", cfg)
     assert spec.warm and not spec.replay
     assert S.parse_method("ours_accept", cfg).accept
-    assert S.parse_method("proxy@cheb", cfg).schedule == "cheb_set"
+    assert S.parse_method("proxy@cheb", cfg).plan == "cheb"
     assert S.parse_method("ours@residual_gap", cfg).rule == "residual_gap"
     assert S.parse_method("morph_contour_even", cfg).kind == "baseline"
     assert S.parse_method("ours", cfg).gate and not S.parse_method("ours@cells_fixed", cfg).gate
@@ -232,13 +208,13 @@ def test_method_names_and_schedules():
     for bad in ("nope", "proxy@residual", "online_full_warm", "ours@xyz", "proxy_even_fixed"):
         with pytest.raises(InputError):
             S.parse_method(bad, cfg)
-    assert S.plan_slices("even_set", 0, 30, [3, 3]) == [[0, 12, 30], [6, 18, 24]]
-    cheb = sum(S.plan_slices("cheb_set", 0, 30, [3, 3]), [])
+    assert plan_slices("even", 0, 30, [3, 3]) == [[0, 12, 30], [6, 18, 24]]
+    cheb = sum(plan_slices("cheb", 0, 30, [3, 3]), [])
     assert sorted(cheb) == [0, 3, 10, 20, 27, 30]  # denser at both ends
-    assert S.plan_slices("even_set", 5, 6, [2, 2]) == [[5, 6], []]  # tiny extents: no repeats
-    mid = S.plan_slices("mid_set", 0, 30, [3, 3])
+    assert plan_slices("even", 5, 6, [2, 2]) == [[5, 6], []]  # tiny extents: no repeats
+    mid = plan_slices("mid", 0, 30, [3, 3])
     assert sorted(sum(mid, [])) == [3, 8, 13, 17, 22, 27]  # cell centres, symmetric, no end slice
-    assert S.parse_method("proxy@mid", cfg).schedule == "mid_set"
+    assert S.parse_method("proxy@mid", cfg).plan == "mid"
 
 
 def test_cli_runs_end_to_end(tmp_path, capsys):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from engine.errors import MaskError, ShapeError, SliceIndexError
-from engine.eval.baselines import (BASELINES, morphological_contour_interpolation, nearest_slice_copy,
+from engine.propagate.baselines import (BASELINES, morphological_contour_interpolation, nearest_slice_copy,
                                    signed_distance_2d, signed_distance_interpolation)
 
 from ._util import dice, disc

@@ -114,3 +114,36 @@ def test_errors(tmp_path, case, capsys):
     _err(capsys)
     # nothing was written on failure
     assert not (tmp_path / "p.nii.gz").exists()
+
+
+def test_cli_proxy_equals_session_proxy_on_real_la_cases(tmp_path):
+    """One proxy assembly: ``dilseg propagate ... --extent A,B`` and
+    ``Session.propagate()`` after ``set_extent(A, B)`` give the same volume."""
+    from engine.io import default_data_dir, la_folder
+
+    if default_data_dir() is None:
+        pytest.skip("the shared left-atrium data is not here")
+    import engine
+    from engine.guide import even_slices
+
+    folder = la_folder()
+    eng = engine.Engine(engine.Config(device="cpu"))
+    for name in ("la_003", "la_042"):
+        c = folder[name]
+        zs = np.nonzero(c.label.any((0, 1)))[0]
+        lo, hi = int(zs[0]), int(zs[-1])
+        picks = even_slices(lo, hi, 4)
+        ip, dp, out = tmp_path / f"{name}.npz", tmp_path / f"{name}_drawn.npz", tmp_path / f"{name}_proxy.npz"
+        write_volume(ip, c.image)
+        write_volume(dp, _drawn(c.label, picks))
+        assert _run([str(ip), str(dp), "-o", str(out), "--axis", "2", "--extent", f"{lo},{hi}", "-q"]) == 0
+        cli_q = read_volume(out).array
+        s = eng.open(c.image, spacing=c.spacing, axis=2)
+        s.set_extent(lo, hi)
+        for z in picks:
+            s.annotate(z, c.label[:, :, z])
+        q, _ = s.propagate()
+        s.close()
+        assert np.abs(cli_q - q).max() <= 1e-6
+        assert dice(q, c.label) > 0.8
+    eng.close()

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+
+from engine.errors import InputError
 import torch
 
 from engine.ops import warp2d
@@ -40,7 +42,7 @@ def test_elastix_stack_shapes_and_proxy_backend():
     lab[0, 10:20, 8:16] = 1
     res = ProxyBuilder(img, backend="elastix", params=QUICK).propagate(lab, [0])
     assert res.proxy.shape == img.shape and res.seconds["register"] > 0
-    with pytest.raises(Exception):
+    with pytest.raises(InputError):
         ElastixParams(direction="up")
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine.errors import InputError, MaskError, NonFiniteError, ShapeError, SliceIndexError
-from engine.propagate import NativeParams, ProxyBuilder, build_proxy, normalize_intensity
+from engine.propagate import NativeParams, ProxyBuilder, build_proxy, window_to_unit
 
 from ._util import dice, disc, moving_disc_volume, smooth_texture
 
@@ -37,7 +37,7 @@ def test_moving_object_high_dice_and_beats_copy():
     drawn[ann] = lab[ann]
     res = ProxyBuilder(img, axis=0).propagate(drawn)
     assert dice(res.proxy.numpy(), lab) > 0.95
-    from engine.eval.baselines import nearest_slice_copy
+    from engine.propagate.baselines import nearest_slice_copy
 
     assert dice(res.proxy.numpy(), lab) > dice(nearest_slice_copy(drawn, ann), lab) + 0.02
 
@@ -115,14 +115,14 @@ def test_mapping_input_and_soft_outputs():
     assert isinstance(p, np.ndarray) and p.shape == lab.shape
 
 
-def test_normalize_intensity():
+def test_window_to_unit():
     x = torch.arange(1000, dtype=torch.float32).reshape(10, 10, 10)
-    n = normalize_intensity(x)
+    n = window_to_unit(x)
     assert float(n.min()) == 0.0 and float(n.max()) == 1.0
     assert float(n.reshape(-1)[500]) == pytest.approx(0.5, abs=0.01)
-    sub = normalize_intensity(x, extent=(2, 3))  # percentiles over slices 2..3 only
+    sub = window_to_unit(x, extent=(2, 3))  # percentiles over slices 2..3 only
     assert float(sub[:2].max()) == 0.0 and float(sub[4:].min()) == 1.0
-    assert float(normalize_intensity(torch.ones(3, 4, 4)).abs().max()) == 0.0
+    assert float(window_to_unit(torch.ones(3, 4, 4)).abs().max()) == 0.0
 
 
 def test_typed_errors():

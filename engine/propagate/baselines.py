@@ -1,7 +1,9 @@
-"""Proxy-mask baselines: what the registration-based proxy (engine.propagate) must beat.
+"""Registration-free proxy masks: what the registration-based proxy must beat.
 
-Not in the product path: the evaluation harness and benchmarks/bench_proxy.py run them
-on the same drawn slices as the proxy. Every function takes a label volume in which
+Not in the product path: the evaluation harness (``*_even`` methods) and
+benchmarks/bench_proxy.py run them on the same drawn slices as the proxy; they live
+beside the registration backends because they answer the same question (a 3D mask
+from a few drawn slices) without fields. :data:`BASELINES` maps a name to each. Every function takes a label volume in which
 the drawn slices carry their binary mask, the drawn slice indices along ``axis`` and
 an optional object ``extent = (first, last)`` along that axis (outside it everything
 is background, as for the proxy), and returns a float32 volume of the label's shape
@@ -30,7 +32,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import InputError, MaskError, ShapeError, SliceIndexError
+from ..checks import check_axis
+from ..errors import MaskError, ShapeError, SliceIndexError
 
 __all__ = ["nearest_slice_copy", "signed_distance_interpolation", "morphological_contour_interpolation",
            "signed_distance_2d", "BASELINES"]
@@ -41,9 +44,7 @@ def _prepare(label: np.ndarray, annotated: Sequence[int], axis: int,
     lab = np.asarray(label)
     if lab.ndim != 3:
         raise ShapeError(f"label must be 3D, got shape {lab.shape}")
-    if not -3 <= axis < 3:
-        raise InputError(f"axis={axis} out of range for a 3D volume")
-    lab = np.moveaxis(lab, axis, 0)
+    lab = np.moveaxis(lab, check_axis(axis, 3), 0)
     D = lab.shape[0]
     idx = sorted(set(int(z) for z in annotated))
     if not idx:

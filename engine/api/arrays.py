@@ -1,0 +1,74 @@
+"""Array interop at the API boundary: NumPy / PyTorch / CuPy / DLPack in, the
+caller's own type out, and the checks an image gets where it enters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import errors as E
+from ..checks import check_finite
+
+__all__ = ["ArrayKind", "as_tensor", "check_image"]
+
+
+class ArrayKind:
+    """Remembers the caller's array type so results go back the way they came."""
+
+    def __init__(self, x: Any) -> None:
+        mod = type(x).__module__.split(".")[0]
+        if isinstance(x, torch.Tensor):
+            self.kind = "torch"
+        elif isinstance(x, np.ndarray):
+            self.kind = "numpy"
+        elif mod == "cupy":
+            self.kind = "cupy"
+        elif hasattr(x, "__dlpack__"):
+            self.kind = "dlpack"
+        else:
+            self.kind = "numpy"  # lists and scalars: NumPy out
+
+    def out(self, t: torch.Tensor) -> Any:
+        if self.kind == "torch":
+            return t
+        if self.kind == "cupy" and t.is_cuda:
+            import cupy
+
+            return cupy.from_dlpack(t.contiguous())
+        return t.detach().cpu().numpy()
+
+
+def as_tensor(x: Any, name: str, device: torch.device) -> torch.Tensor:
+    """NumPy / PyTorch / CuPy / DLPack → tensor on ``device`` (no copy when it is
+    already there)."""
+    if isinstance(x, torch.Tensor):
+        t = x
+    elif isinstance(x, np.ndarray):
+        if x.dtype == np.bool_:
+            x = x.astype(np.uint8)
+        if x.dtype.byteorder == ">":
+            x = x.astype(x.dtype.newbyteorder("="))
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    elif hasattr(x, "__dlpack__"):
+        t = torch.from_dlpack(x)
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(x))
+        except Exception as exc:  # noqa: BLE001
+            raise E.InputError(f"{name} must be an array (NumPy, PyTorch, CuPy), got {type(x).__name__}") from exc
+    return t.to(device)
+
+
+def check_image(t: torch.Tensor) -> torch.Tensor:
+    """A 3D intensity volume (at least 2 voxels per axis, finite) as float32."""
+    if t.dim() != 3:
+        raise E.ShapeError(f"image must be a 3D volume, got shape {tuple(t.shape)}")
+    if min(t.shape) < 2:
+        raise E.ShapeError(f"image must have at least 2 voxels along every axis, got {tuple(t.shape)}")
+    if t.dtype == torch.bool or t.is_complex():
+        raise E.DTypeError(f"image dtype {t.dtype} is not an intensity type")
+    t = t.float()
+    check_finite("image", t)
+    return t

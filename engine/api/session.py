@@ -1,0 +1,442 @@
+"""``Session``: one case of the stream. It validates what the caller hands in and
+orchestrates; the work is delegated: drawings to the
+:class:`~engine.api.annotations.AnnotationStore`, registration and the proxy to
+:mod:`engine.propagate`, proposals to the :mod:`engine.guide` registry, targets to
+:mod:`engine.learn`, the fused result to the :mod:`~engine.api.fusion` gate.
+
+The annotation axis ``axis`` is moved first internally; every index and mask the
+caller passes is in the caller's own layout. A session's own state (annotations,
+proxy, extent) is guarded by the session lock; a second ``learn`` on a session whose
+learning is still running raises :class:`~engine.errors.BusyError`.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .. import errors as E
+from ..checks import check_axis
+from ..guide import REGISTRY, ProposalContext, residual_scores
+from ..learn.losses import build_targets
+from ..propagate import ProxyResult, Registration, assemble_proxy, register_volume
+from .annotations import AnnotationStore
+from .arrays import ArrayKind, as_tensor, check_image
+from .fusion import SessionEvidence, fuse
+from .timing import Timer
+
+if TYPE_CHECKING:  # the engine opens sessions; a session only holds its engine
+    from .engine import Engine
+
+__all__ = ["Session"]
+
+
+class Session:
+    """One case of the stream: annotations, proxy mask, learning and the result.
+
+    Methods raise typed :mod:`engine.errors` exceptions and leave the session
+    unchanged on bad input.
+    """
+
+    def __init__(self, engine: "Engine", image: Any, spacing: Optional[Sequence[float]] = None, axis: int = 0) -> None:
+        self.engine = engine
+        self.axis = check_axis(axis, negative=False)
+        self._kind = ArrayKind(image)
+        t = check_image(as_tensor(image, "image", engine.device))
+        self.shape = tuple(t.shape)
+        if spacing is not None:
+            sp = tuple(float(s) for s in spacing)
+            if len(sp) != 3 or not all(np.isfinite(sp)) or min(sp) <= 0:
+                raise E.InputError(f"spacing must be three positive numbers, got {spacing!r}")
+            self.spacing = sp
+        else:
+            self.spacing = (1.0, 1.0, 1.0)
+        self.image = t.movedim(self.axis, 0).contiguous()  # (D, H, W), D = annotation axis
+        self.D = self.image.shape[0]
+        self._others = [d for d in range(3) if d != self.axis]
+        self._lock = threading.RLock()
+        self._store = AnnotationStore()
+        self._evidence = SessionEvidence()
+        self._registration: Optional[Registration] = None  # once per case (and extent)
+        self._proxy: Optional[ProxyResult] = None
+        self._proxy_stamp = -1
+        self._proxy_keys: frozenset = frozenset()  # annotations the cached proxy was built from
+        self._pred: Optional[torch.Tensor] = None
+        self._pred_version = -1
+        self._pred_trained = False
+        self._p0: Optional[torch.Tensor] = None  # prediction before any interaction
+        self._target: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self._learning: Optional[Future] = None
+        self._closed = False
+        self.rounds = 0
+        self.timings: dict[str, dict[str, float]] = {}
+
+    # --- helpers ---------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise E.SessionClosedError("the session is closed (committed or closed); open a new one")
+
+    def _internal_axis(self, axis: Optional[int]) -> int:
+        if axis is None:
+            return 0
+        axis = check_axis(axis, negative=False)
+        return 0 if axis == self.axis else 1 + self._others.index(axis)
+
+    def _caller_axis(self, ia: int) -> int:
+        return self.axis if ia == 0 else self._others[ia - 1]
+
+    def _record(self, call: str, timer: Timer) -> dict[str, float]:
+        t = timer.result()
+        self.timings[call] = t
+        return t
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session was committed or closed."""
+        return self._closed
+
+    @property
+    def extent(self) -> Optional[tuple[int, int]]:
+        """The object's first and last slice on the annotation axis, or None."""
+        return self._store.extent
+
+    @property
+    def annotated(self) -> dict[int, list[int]]:
+        """Annotated slice indices per caller axis."""
+        out: dict[int, list[int]] = {}
+        for ia, idx in sorted(self._store.keys()):
+            out.setdefault(self._caller_axis(ia), []).append(idx)
+        return out
+
+    def annotations(self) -> dict[tuple[int, int], Any]:
+        """The drawn masks ``{(caller axis, index): 2D mask}`` in the caller's layout
+        and array type (copies; the session keeps its own)."""
+        with self._lock:
+            out = {}
+            for (ia, idx), m in sorted(self._store.masks.items()):
+                ca = self._caller_axis(ia)
+                if ia != 0:
+                    rest = [d for d in range(3) if d not in (ca, self.axis)][0]
+                    if self.axis > rest:
+                        m = m.t()
+                out[(ca, idx)] = self._kind.out(m.clone())
+            return out
+
+    # --- interaction -------------------------------------------------------------------
+    def set_extent(self, first: int, last: int) -> None:
+        """The object's first and last slice along the annotation axis (inclusive).
+        Outside it every voxel is known background for learning and fusion."""
+        with self._lock:
+            self._check_open()
+            for name, v in (("first", first), ("last", last)):
+                if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+                    raise E.SliceIndexError(f"{name} must be an int slice index, got {v!r}")
+                if not 0 <= int(v) < self.D:
+                    raise E.SliceIndexError(f"{name}={v} outside [0, {self.D - 1}] on axis {self.axis}")
+            if int(first) > int(last):
+                raise E.SliceIndexError(f"extent first={first} > last={last}")
+            self._store.set_extent((int(first), int(last)))
+
+    def _check_mask(self, index: Any, mask: Any, axis: Optional[int]) -> tuple[tuple[int, int], torch.Tensor]:
+        """Validate one drawn slice at the boundary: ``(key, uint8 mask)`` in the
+        internal layout."""
+        ia = self._internal_axis(axis)
+        size = self.image.shape[ia]
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+            raise E.SliceIndexError(f"index must be an int, got {index!r}")
+        index = int(index)
+        if not 0 <= index < size:
+            raise E.SliceIndexError(f"slice {index} outside [0, {size - 1}] on axis {self._caller_axis(ia)}")
+        m = as_tensor(mask, "mask", self.engine.device)
+        caller_axis = self._caller_axis(ia)
+        plane = tuple(s for d, s in enumerate(self.shape) if d != caller_axis)  # caller's layout
+        if m.dim() != 2 or tuple(m.shape) != plane:
+            raise E.ShapeError(f"mask must have shape {plane} for a slice on axis {caller_axis}, "
+                               f"got {tuple(m.shape)}")
+        if ia != 0:
+            # internal planes of the other axes are (annotation axis, remaining axis);
+            # the caller's plane keeps its own axis order
+            rest = [d for d in range(3) if d not in (caller_axis, self.axis)][0]
+            if self.axis > rest:
+                m = m.t()
+        if m.is_floating_point() and not bool(torch.isfinite(m).all()):
+            raise E.NonFiniteError("mask holds NaN or Inf")
+        if m.is_complex() or not bool(((m == 0) | (m == 1)).all()):
+            raise E.MaskError("mask must be binary (0/1 or bool)")
+        return (ia, index), m.to(torch.uint8).contiguous()
+
+    def annotate(self, index: int, mask: Any, axis: Optional[int] = None) -> None:
+        """The person's binary 2D mask of slice ``index`` on ``axis`` (default: the
+        session's annotation axis). An all-zero mask declares an empty slice."""
+        with self._lock:
+            self._check_open()
+            key, m = self._check_mask(index, mask, axis)
+            proxy = None if self._proxy is None else (self._proxy.proxy, self._proxy.confidence)
+            self._evidence.note(key, proxy, self._proxy_keys, self._pred, self._pred_trained,
+                                self._store.ever_drawn(key), self.extent)
+            self._store.put(key, m)
+
+    def _evidence_rows(self) -> list[list[int]]:
+        return self._evidence.rows(self._store.masks)
+
+    @property
+    def fusion_evidence(self) -> list[list[int]]:
+        """This session's evidence rows for the fusion gate (slices drawn after a proxy
+        and a trained prediction of them existed; against their current drawing)."""
+        with self._lock:
+            return self._evidence_rows()
+
+    @property
+    def fusion_weight(self) -> float:
+        """The model's weight ``lam`` in :meth:`result`'s fusion now (``Config.fusion_gate``)."""
+        with self._lock:
+            return self.engine.fusion_weight(self._evidence_rows())
+
+    def erase(self, index: int, axis: Optional[int] = None) -> None:
+        """Remove the annotation of slice ``index`` (on ``axis``)."""
+        with self._lock:
+            self._check_open()
+            self._store.erase((self._internal_axis(axis), index))
+
+    def undo(self) -> None:
+        """Revert the last annotate / erase / set_extent."""
+        with self._lock:
+            self._check_open()
+            self._store.undo()
+
+    # --- back end ------------------------------------------------------------------------
+    def predict(self, return_timings: bool = False) -> Any:
+        """Back-end probabilities from the last finished weights (caller's array type)."""
+        with self._lock:
+            self._check_open()
+            timer = Timer(self.engine.device)
+            with timer.stage("predict"):
+                p = self._prediction()
+            out = self._kind.out(p.movedim(0, self.axis))
+            t = self._record("predict", timer)
+        return (out, t) if return_timings else out
+
+    def _prediction(self) -> torch.Tensor:
+        version = self.engine.counters["weights_version"]
+        if self._pred is None or self._pred_version != version:
+            self._pred = self.engine._predict_volume(self.image)
+            self._pred_version = version
+            self._pred_trained = self.engine.trained
+            if self._p0 is None:
+                self._p0 = self._pred
+        return self._pred
+
+    def propose(self, k: int, extent: Optional[tuple[int, int]] = None, rule: Optional[str] = None,
+                return_timings: bool = False) -> Any:
+        """The next ``k`` slices to draw on the annotation axis (a list of ints).
+
+        ``rule`` (default ``Config.proposal``) is a name of :data:`engine.guide.REGISTRY`
+        (the product's :data:`~engine.guide.RULES` and the experimental ones). The
+        model-guided rules (``residual``, ``residual_gap``) fall back to evenly spaced
+        slices over the extent (``extent=(first, last)`` sets it) or the whole axis
+        while the model is untrained or nothing is drawn, and to the gap rule while only
+        the model is missing; the other rules apply from the first call.
+        """
+        with self._lock:
+            self._check_open()
+            if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+                raise E.InputError(f"k must be an int >= 1, got {k!r}")
+            if extent is not None:
+                self.set_extent(*extent)
+            rule = rule or self.engine.config.proposal
+            if rule not in REGISTRY:
+                raise E.InputError(f"rule must be one of {tuple(REGISTRY)}, got {rule!r}")
+            timer = Timer(self.engine.device)
+            cfg = self.engine.config
+
+            def scores() -> torch.Tensor:
+                res = self._proxy_result(timer)
+                p = self._prediction()
+                w = (1.0 - res.confidence) if cfg.residual_weighting else None
+                return residual_scores(res.proxy, p, w)
+
+            ctx = ProposalContext(
+                self.D, self._store.indices(0), self.extent, cfg.min_gap,
+                torch.Generator().manual_seed(cfg.seed + self._store.stamp),
+                model_ready=self.engine.trained and len(self._store) > 0,
+                scores=scores, contributors=lambda: self._proxy_result(timer))
+            with timer.stage("propose"):
+                out = REGISTRY[rule].choose(ctx, int(k))
+            t = self._record("propose", timer)
+        return (out, t) if return_timings else out
+
+    # --- proxy mask --------------------------------------------------------------------------
+    def _register(self, timer: Timer) -> Registration:
+        # the intensity window follows the extent, so a new extent means a new registration
+        if self._registration is None or self._registration.extent != self.extent:
+            with timer.stage("register"):
+                self._registration = register_volume(self.image, self.engine.config.registration, self.extent,
+                                                     axis=self.axis)
+        return self._registration
+
+    def _proxy_result(self, timer: Timer) -> ProxyResult:
+        if self._proxy is not None and self._proxy_stamp == self._store.stamp:
+            return self._proxy
+        if not len(self._store):
+            raise E.StateError("nothing annotated yet: annotate at least one slice before propagating")
+        cfg = self.engine.config
+        masks = self._store.masks
+        main = {z: m for (ia, z), m in masks.items() if ia == 0}
+        planes = {k: m for k, m in masks.items() if k[0] != 0}
+        ext = self.extent
+        lo, hi = ext if ext is not None else (0, self.D - 1)
+        reg = self._register(timer) if any(lo <= z <= hi for z in main) else None  # its own stage
+        with timer.stage("propagate"):
+            res = assemble_proxy(reg, self.image.shape, main, planes, extent=ext, fusion=cfg.fusion,
+                                 min_mass=cfg.min_mass, device=self.image.device)
+        self._proxy, self._proxy_stamp = res, self._store.stamp
+        self._proxy_keys = self._store.keys()
+        return res
+
+    def propagate(self, return_timings: bool = False) -> Any:
+        """Proxy mask ``Q`` (soft, [0,1]) and confidence ``C`` from the annotations.
+
+        Registration of the adjacent slice pairs runs once per case; later calls only
+        re-propagate. Returns ``(Q, C)`` in the caller's layout and array type.
+        """
+        with self._lock:
+            self._check_open()
+            timer = Timer(self.engine.device)
+            res = self._proxy_result(timer)
+            out = (self._kind.out(res.proxy.movedim(0, self.axis)),
+                   self._kind.out(res.confidence.movedim(0, self.axis)))
+            t = self._record("propagate", timer)
+        return (out, t) if return_timings else out
+
+    def contributors(self) -> ProxyResult:
+        """The current proxy with its two propagation contributors (``from_below`` /
+        ``from_above`` and their slice distances), annotation axis first, as torch
+        tensors on the engine's device (what the ``disagree`` rule reads)."""
+        with self._lock:
+            self._check_open()
+            return self._proxy_result(Timer(self.engine.device))
+
+    # --- learning ------------------------------------------------------------------------------
+    def _learn_inputs(self, timer: Timer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg = self.engine.config
+        res = self._proxy_result(timer)
+        q, c = res.proxy, res.confidence
+        with timer.stage("predict"):
+            p = self._prediction()  # the residual |Q - P| steers where patches are drawn
+        p0 = self._p0 if self._p0 is not None else p  # the model's belief before this case
+        target, weight = build_targets(q, c, self.extent, 0, p0=p0, smoothing=cfg.smoothing, eps=cfg.smoothing_eps)
+        residual = (q - p).abs()
+        return target, weight, residual
+
+    def _run_learning(self, steps: int, target, weight, residual, timer: Timer) -> dict[str, float]:
+        eng = self.engine
+        with eng._train_lock:
+            with timer.stage("learn"):
+                eng.trainer.train_case(self.image, target, weight, steps, replay=eng.replay,
+                                       replay_ratio=eng.config.replay_ratio, residual=residual)
+                eng.counters["steps"] += steps
+                eng.counters["rounds"] += 1
+            eng.publish()
+        return timer.result()
+
+    def learn(self, steps: Optional[int] = None, return_timings: bool = False) -> Any:
+        """Train the shared segmenter ``steps`` steps on this case's proxy mask (blocking)."""
+        fut = self.learn_async(steps)
+        t = fut.result()
+        return t if return_timings else None
+
+    def learn_async(self, steps: Optional[int] = None) -> Future:
+        """Start learning in the background; returns a Future of the timing dict.
+
+        The session stays usable: ``predict()`` answers from the last finished
+        weights until this job completes. A second learn on this session while one
+        runs raises :class:`~engine.errors.BusyError`.
+        """
+        with self._lock:
+            self._check_open()
+            steps = self.engine.config.steps if steps is None else steps
+            if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 0:
+                raise E.InputError(f"steps must be an int >= 0, got {steps!r}")
+            if self._learning is not None and not self._learning.done():
+                raise E.BusyError("this session is already learning; wait for its future first")
+            timer = Timer(self.engine.device)
+            target, weight, residual = self._learn_inputs(timer)
+            self._target = (target, weight)
+            self.rounds += 1
+            fut = self.engine._pool.submit(self._run_learning, int(steps), target, weight, residual, timer)
+            self._learning = fut
+
+            def _done(f: Future) -> None:
+                if f.exception() is None:
+                    self.timings["learn"] = f.result()
+
+            fut.add_done_callback(_done)
+            return fut
+
+    # --- front end ---------------------------------------------------------------------------
+    def result(self, return_timings: bool = False, soft: bool = False) -> Any:
+        """The fused front-end mask ``F = Q + lam (1 - C) (P - Q)`` inside the extent,
+        background outside, thresholded at 0.5 (uint8; ``soft=True``: float32 F).
+        ``lam`` is :attr:`fusion_weight` (1 with ``Config.fusion_gate="none"``: the
+        paper's ``F = C Q + (1 - C) P``). With nothing annotated: the prediction alone."""
+        with self._lock:
+            self._check_open()
+            timer = Timer(self.engine.device)
+            with timer.stage("predict"):
+                p = self._prediction()
+            if len(self._store):
+                res = self._proxy_result(timer)
+                with timer.stage("fuse"):
+                    lam = self.engine.fusion_weight(self._evidence_rows())
+                    f = fuse(res.proxy, res.confidence, p, lam)
+                    if self.extent is not None:
+                        lo, hi = self.extent
+                        f[:lo] = 0.0
+                        f[hi + 1 :] = 0.0
+            else:
+                f = p
+            out = f if soft else (f >= 0.5).to(torch.uint8)
+            res_out = self._kind.out(out.movedim(0, self.axis))
+            t = self._record("result", timer)
+        return (res_out, t) if return_timings else res_out
+
+    def commit(self) -> None:
+        """Store the case (patches, final target, weights) in the replay buffer, move
+        the stream counters on, and close the session."""
+        with self._lock:
+            self._check_open()
+            if self._learning is not None:
+                self._learning.result()
+            eng = self.engine
+            if len(self._store):
+                timer = Timer(eng.device)
+                target, weight, residual = self._learn_inputs(timer)
+            rows = self._evidence_rows()
+            with eng._train_lock:  # counters and the buffer change under the engine's train lock
+                if len(self._store):
+                    eng.replay.add_case(self.image, target, weight, eng.config.replay_patches_per_case,
+                                        residual=residual)
+                eng._gate.commit(rows)
+                eng.counters["cases"] += 1
+            self._closed = True
+
+    def close(self) -> None:
+        """Close without committing (waits for a running learning job)."""
+        with self._lock:
+            if self._learning is not None:
+                try:
+                    self._learning.result()
+                finally:
+                    self._learning = None
+            self._closed = True
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self._closed:
+            self.close()

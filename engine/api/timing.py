@@ -1,0 +1,45 @@
+"""Stage timings of API calls: CUDA events on the GPU (read lazily), perf_counter
+on the CPU."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+
+__all__ = ["Timer"]
+
+
+class Timer:
+    """Collects ``stage(name)`` spans; :meth:`result` sums them per name, in ms."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self._marks: list[tuple[str, Any, Any]] = []
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            yield
+            b.record()
+            self._marks.append((name, a, b))
+        else:
+            t0 = time.perf_counter()
+            yield
+            self._marks.append((name, t0, time.perf_counter()))
+
+    def result(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, a, b in self._marks:
+            if self.cuda:
+                b.synchronize()  # timings are read after the work, never inside it
+                ms = a.elapsed_time(b)
+            else:
+                ms = (b - a) * 1e3
+            out[name] = out.get(name, 0.0) + ms
+        out["total"] = sum(out.values())
+        return out

@@ -1,0 +1,189 @@
+"""Registration backends behind one small protocol, and the registration of a case.
+
+A backend registers every adjacent slice pair of a ``[D, H, W]`` volume whose
+intensities were windowed to [0, 1] (:func:`window_to_unit`) and returns the pull-back
+fields ``(fwd, bwd)``, each ``[D-1, 2, H, W]`` float32 (the conventions of
+:func:`engine.ops.propagate_chain`). Backends register themselves by name in
+:data:`BACKENDS`; :func:`register_volume` is the one entry everything calls (the
+session, :class:`~engine.propagate.ProxyBuilder`, the CLI, the benchmarks).
+
+Adding a backend (docs/contributing.md): a class with ``name``, ``params_type`` and
+``register(volume01, params) -> (fwd, bwd)``, then ``register_backend(MyBackend())``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import InputError
+
+__all__ = ["BACKENDS", "RegistrationBackend", "Registration", "register_backend", "register_volume",
+           "window_to_unit", "Extent"]
+
+Extent = Optional[tuple[int, int]]
+
+
+class RegistrationBackend(Protocol):
+    """What a registration backend provides."""
+
+    #: the name ``Config.registration`` / ``--backend`` selects it by
+    name: str
+    #: the frozen dataclass of its parameters (with ``as_dict()``); ``params_type()``
+    #: gives the defaults
+    params_type: type
+
+    def register(self, volume: Tensor, params: Any) -> tuple[Tensor, Tensor]:
+        """``(fwd, bwd)`` ``[D-1, 2, H, W]`` float32 on ``volume``'s device for a
+        ``[D, H, W]`` float32 volume in [0, 1]."""
+        ...
+
+
+#: name -> backend; :func:`register_backend` adds one.
+BACKENDS: dict[str, RegistrationBackend] = {}
+
+
+def register_backend(backend: RegistrationBackend) -> RegistrationBackend:
+    """Make ``backend`` selectable by its ``name`` (replacing one of the same name)."""
+    for attr in ("name", "params_type", "register"):
+        if not hasattr(backend, attr):
+            raise InputError(f"a registration backend needs .{attr}; {type(backend).__name__} has none")
+    BACKENDS[backend.name] = backend
+    return backend
+
+
+class _Native:
+    """Batched demons over all pairs at once on the volume's device
+    (:mod:`engine.propagate.native`)."""
+
+    name = "native"
+
+    @property
+    def params_type(self) -> type:
+        from .native import NativeParams
+
+        return NativeParams
+
+    def register(self, volume: Tensor, params: Any) -> tuple[Tensor, Tensor]:
+        from .native import register_stack
+
+        return register_stack(volume, params)
+
+
+class _Elastix:
+    """itk-elastix B-spline per pair on the CPU, fields moved back to the volume's
+    device (:mod:`engine.propagate.elastix`; imports itk on first use)."""
+
+    name = "elastix"
+
+    @property
+    def params_type(self) -> type:
+        from .elastix import ElastixParams
+
+        return ElastixParams
+
+    def register(self, volume: Tensor, params: Any) -> tuple[Tensor, Tensor]:
+        from .elastix import register_stack
+
+        f, b = register_stack(volume.cpu().numpy(), params)
+        return torch.from_numpy(f).to(volume.device), torch.from_numpy(b).to(volume.device)
+
+
+register_backend(_Native())
+register_backend(_Elastix())
+
+
+def check_params(backend: str, params: Any) -> Any:
+    """``params`` for ``backend`` (its defaults for None); InputError for a wrong type."""
+    if backend not in BACKENDS:
+        raise InputError(f"backend={backend!r}; expected one of {tuple(BACKENDS)}")
+    kind = BACKENDS[backend].params_type
+    if params is None:
+        return kind()
+    if not isinstance(params, kind):
+        raise InputError(f"backend {backend!r} takes {kind.__name__}, got {type(params).__name__}")
+    return params
+
+
+def window_to_unit(image: Tensor, extent: Extent = None, percentiles: tuple[float, float] = (1.0, 99.0)) -> Tensor:
+    """Clip ``image`` ``[D, H, W]`` to its ``percentiles`` and scale to [0, 1] (float32):
+    the intensity window both registration backends see.
+
+    The percentiles are taken over the slices ``extent[0]..extent[1]`` when given, else
+    over the whole volume (nearest-rank, :func:`torch.kthvalue`: no full sort). A
+    constant image maps to 0. (Not the segmenter's normalisation:
+    :func:`engine.learn.normalize_intensity` z-scores.)
+    """
+    x = image.to(torch.float32)
+    ref = x if extent is None else x[extent[0] : extent[1] + 1]
+    flat = ref.reshape(-1)
+    n = flat.numel()
+    if n == 0:
+        return torch.zeros_like(x)
+    k_lo = min(n, max(1, int(round(percentiles[0] / 100.0 * (n - 1))) + 1))
+    k_hi = min(n, max(1, int(round(percentiles[1] / 100.0 * (n - 1))) + 1))
+    if flat.device.type == "cpu":  # torch.kthvalue on CPU is a full sort per call; numpy partitions
+        part = np.partition(flat.numpy(), (k_lo - 1, k_hi - 1))
+        lo, hi = float(part[k_lo - 1]), float(part[k_hi - 1])
+        span = hi - lo
+        if span <= 0:
+            return torch.zeros_like(x)
+        return ((x - lo) / span).clamp_(0.0, 1.0)
+    lo_t = torch.kthvalue(flat, k_lo).values
+    hi_t = torch.kthvalue(flat, k_hi).values
+    span = (hi_t - lo_t).clamp_min(torch.finfo(torch.float32).tiny)
+    out = ((x - lo_t) / span).clamp_(0.0, 1.0)
+    return torch.where(hi_t > lo_t, out, torch.zeros_like(out))
+
+
+@dataclass
+class Registration:
+    """The adjacent-slice fields of one case along its annotation axis.
+
+    ``fwd`` / ``bwd`` ``[D-1, 2, H, W]`` float32 pixel displacements (channel 0 rows,
+    1 columns) in the conventions of :func:`engine.ops.propagate_chain`: ``fwd[z]``
+    pushes slice ``z`` to ``z+1``, ``bwd[z]`` slice ``z+1`` to ``z`` (pull-back).
+    ``extent``: the slices the intensity window was taken over (a new extent means a
+    new registration). ``seconds``: wall time of ``normalize`` and ``register``
+    (device-synchronised).
+    """
+
+    fwd: Tensor
+    bwd: Tensor
+    axis: int
+    backend: str
+    extent: Extent
+    params: dict
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def num_slices(self) -> int:
+        return int(self.fwd.shape[0]) + 1
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def register_volume(volume: Tensor, backend: str = "native", extent: Extent = None, params: Any = None,
+                    axis: int = 0) -> Registration:
+    """Register every adjacent slice pair of ``volume`` ``[D, H, W]`` (annotation axis
+    first, float32, finite: validated by the caller) with ``backend``, after windowing
+    its intensities over the object's ``extent`` when known. ``axis`` is only recorded
+    (the caller's annotation axis). Returns the :class:`Registration`."""
+    params = check_params(backend, params)
+    t0 = time.perf_counter()
+    norm = window_to_unit(volume, extent)
+    _sync(volume.device)
+    t1 = time.perf_counter()
+    fwd, bwd = BACKENDS[backend].register(norm, params)
+    _sync(volume.device)
+    t2 = time.perf_counter()
+    return Registration(fwd=fwd, bwd=bwd, axis=axis, backend=backend, extent=extent, params=params.as_dict(),
+                        seconds={"normalize": t1 - t0, "register": t2 - t1})
