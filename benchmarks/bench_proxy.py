@@ -49,7 +49,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-DEFAULT_DATA = Path(os.environ.get("DILSEG_LA_DATA", "/work/shared/data/la_lgemri_2018_half"))
 KS = (3, 5, 8)
 AXIS = 2
 END_FRACTION = 0.2
@@ -57,11 +56,9 @@ END_FRACTION = 0.2
 
 # --- data and the simulated annotator ------------------------------------------------------
 
-def load_case(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    from engine.io.volumes import read_arrays
-
-    vols = read_arrays(path, ("image", "label"))
-    return np.ascontiguousarray(vols["image"].array, dtype=np.float32), np.ascontiguousarray(vols["label"].array)
+def load_case(case) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """(image, label, spacing) of an engine.io.Case."""
+    return np.ascontiguousarray(case.image, dtype=np.float32), np.ascontiguousarray(case.label), tuple(case.spacing)
 
 
 def object_extent(label: np.ndarray, axis: int = AXIS) -> tuple[int, int]:
@@ -117,7 +114,7 @@ def _baselines() -> dict[str, Callable]:
             "ITK morph. contour": B.morphological_contour_interpolation}
 
 
-def run_registration_method(image, label, backend: str, params, ks=KS, repeats: int = 1):
+def run_registration_method(image, label, backend: str, params, ks=KS, repeats: int = 1, spacing=None):
     """Dice per (k, fusion) and per-stage seconds for one case with one backend."""
     import torch
 
@@ -126,8 +123,8 @@ def run_registration_method(image, label, backend: str, params, ks=KS, repeats: 
     lo, hi = object_extent(label)
     res: dict = {"dice": {}, "ends": {}, "time": {}}
     totals, regs = [], []
-    for r in range(max(1, repeats)):
-        pb = ProxyBuilder(image, axis=AXIS, backend=backend, extent=(lo, hi), params=params)
+    for _ in range(max(1, repeats)):
+        pb = ProxyBuilder(image, axis=AXIS, backend=backend, extent=(lo, hi), params=params, spacing=spacing)
         t0 = time.perf_counter()
         pb.register()
         t1 = time.perf_counter()
@@ -151,6 +148,24 @@ def run_registration_method(image, label, backend: str, params, ks=KS, repeats: 
             res["ends"][(k, fusion)] = end_zone_dice(q, label, lo, hi, slices)
     res["time"]["propagate"] = statistics.median(props)
     return res
+
+
+def session_propagate_seconds(eng, image, label, spacing, repeats: int = 1) -> float:
+    """The path users call: ``Session.propagate()`` (registration of the case + the
+    proxy from 5 evenly spaced drawn slices) in a warm engine, median seconds."""
+    lo, hi = object_extent(label)
+    slices = even_slices(lo, hi, 5)
+    times = []
+    for _ in range(max(1, repeats)):
+        s = eng.open(image, spacing=spacing, axis=AXIS)
+        s.set_extent(lo, hi)
+        for z in slices:
+            s.annotate(z, np.take(label, z, axis=AXIS))
+        t0 = time.perf_counter()
+        s.propagate()
+        times.append(time.perf_counter() - t0)
+        s.close()
+    return statistics.median(times)
 
 
 def run_baselines(label, ks=KS):
@@ -209,18 +224,22 @@ def _fmt(x, nd=3):
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--cases", type=int, default=100, help="first N cases (la_000 ...)")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="an LA folder (npz or h5 cases; default: engine.io.default_data_dir(), the 1.25 mm data; "
+                         "../shared/data/la_lgemri_2018_full for 0.625 mm)")
+    ap.add_argument("--cases", type=int, default=100, help="first N cases")
     ap.add_argument("--elastix-cases", type=int, default=10, help="elastix on this many cases spread evenly (0: none)")
     ap.add_argument("--timing-repeats", type=int, default=3, help="native timings per case (median taken)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--out", type=Path, default=None, help="markdown report (default benchmarks/results/proxy_<date>.md)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                    help="override a NativeParams field, e.g. --set sigma_field=1.0 (repeatable)")
+                    help="override a NativeParams field, e.g. --set sigma_field_mm=1.25 (repeatable)")
     args = ap.parse_args(argv)
 
     import torch
 
+    import engine
+    from engine.io import CaseFolder, default_data_dir
     from engine.propagate import ElastixParams, NativeParams
 
     if args.threads:
@@ -232,10 +251,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             (val if key in ("force", "direction") else float(val) if "." in val else int(val))
     nparams = NativeParams(**overrides)
     eparams = ElastixParams()
-    files = sorted(args.data.glob("la_*.npz"))[: args.cases]
-    if not files:
-        print(f"no la_*.npz files in {args.data}", file=sys.stderr)
+    data = args.data or default_data_dir()
+    if data is None:
+        print("no LA data: pass --data DIR", file=sys.stderr)
         return 2
+    folder = CaseFolder(data, axis=AXIS)
+    files = folder.names[: args.cases]
     n = len(files)
     ne = min(args.elastix_cases, n)
     ela_idx = set(np.linspace(0, n - 1, ne).round().astype(int).tolist()) if ne else set()
@@ -243,9 +264,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     start = time.time()
 
     # warm-up: extension loading, first-call costs
-    img0, lab0 = load_case(files[0])
-    run_registration_method(img0, lab0, "native", nparams, ks=(3,))
+    img0, lab0, sp0 = load_case(folder[files[0]])
+    run_registration_method(img0, lab0, "native", nparams, ks=(3,), spacing=sp0)
     run_baselines(lab0, ks=(3,))
+    eng = engine.Engine(engine.Config(device="cpu"))
+    session_propagate_seconds(eng, img0, lab0, sp0)
+    session_times = []
 
     rows: dict[str, dict] = {}
 
@@ -262,11 +286,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     effort = {k: [] for k in KS}
     native_reg, native_prop = [], []
     for i, f in enumerate(files):
-        image, label = load_case(f)
+        image, label, spacing = load_case(folder[f])
         lo, hi = object_extent(label)
         for k in KS:
             effort[k].append(len(even_slices(lo, hi, k)) / (hi - lo + 1))
-        nat = run_registration_method(image, label, "native", nparams, repeats=args.timing_repeats)
+        nat = run_registration_method(image, label, "native", nparams, repeats=args.timing_repeats, spacing=spacing)
+        session_times.append(session_propagate_seconds(eng, image, label, spacing, repeats=args.timing_repeats))
         native_reg.append(nat["time"]["register"])
         native_prop.append(nat["time"]["propagate"])
         for fusion in ("linear", "nearest"):
@@ -279,7 +304,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for fusion in ("linear", "nearest"):
                 add(f"elastix {fusion}", i, {k: ela["dice"][(k, fusion)] for k in KS},
                     {k: ela["ends"][(k, fusion)] for k in KS}, ela["time"]["case"])
-        print(f"[{i + 1}/{n}] {f.name}: native k3/5/8 " + " ".join(_fmt(nat["dice"][(k, 'linear')]) for k in KS)
+        print(f"[{i + 1}/{n}] {f}: native k3/5/8 " + " ".join(_fmt(nat["dice"][(k, 'linear')]) for k in KS)
               + f"  {nat['time']['case'] * 1e3:.0f} ms  load {loadavg()}", flush=True)
     elapsed = time.time() - start
     load_end = loadavg()
@@ -288,7 +313,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     date = _dt.date.today().isoformat()
     out = args.out or ROOT / "benchmarks" / "results" / f"proxy_{date}.md"
     L = []
-    L.append(f"# Proxy mask from k drawn slices — {n} LA cases ({date})\n")
+    L.append(f"# Proxy mask from k drawn slices — {n} LA cases of {data.name} ({date})\n")
     L.append(f"Machine: {machine()}. Load average (1/5/15 min) at start {load_start}, at end {load_end} "
              f"(the CPU is shared: times are comparable within this run only). Wall time {elapsed / 60:.1f} min.\n")
     L.append(f"Command: `{' '.join([Path(sys.executable).name, 'benchmarks/bench_proxy.py'] + (argv if argv is not None else sys.argv[1:]))}`\n")
@@ -343,7 +368,10 @@ def main(argv: Optional[list[str]] = None) -> int:
              f"(p90 {np.percentile(native_reg, 90) * 1e3:.1f} ms)")
     L.append(f"- one propagation (chains + fusion + outputs): {statistics.median(native_prop) * 1e3:.1f} ms")
     L.append(f"- register + one propagation: {statistics.median(rows['native linear']['time']) * 1e3:.1f} ms "
-             f"(p90 {np.percentile(rows['native linear']['time'], 90) * 1e3:.1f} ms)\n")
+             f"(p90 {np.percentile(rows['native linear']['time'], 90) * 1e3:.1f} ms)")
+    L.append(f"- the path users call, `Session.propagate()` with its registration (5 drawn slices, warm engine): "
+             f"{statistics.median(session_times) * 1e3:.1f} ms median (p90 "
+             f"{np.percentile(session_times, 90) * 1e3:.1f} ms)\n")
     text = "\n".join(L)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
@@ -355,8 +383,16 @@ def main(argv: Optional[list[str]] = None) -> int:
 # --- pytest-benchmark: a few cases, for `make bench` ------------------------------------------------
 
 def _bench_cases(n: int = 3):
-    files = sorted(DEFAULT_DATA.glob("la_*.npz"))[:n]
-    return [load_case(f) for f in files]
+    from engine.io import la_folder
+
+    folder = la_folder()
+    return [load_case(folder[i]) for i in range(n)]
+
+
+def _have_data() -> bool:
+    from engine.io import default_data_dir
+
+    return default_data_dir() is not None
 
 
 try:
@@ -365,8 +401,7 @@ except ImportError:  # pragma: no cover - the script does not need pytest
     pytest = None
 
 if pytest is not None:
-    _needs_data = pytest.mark.skipif(not any(DEFAULT_DATA.glob("la_*.npz")),
-                                     reason=f"no LA data in {DEFAULT_DATA} (set DILSEG_LA_DATA)")
+    _needs_data = pytest.mark.skipif(not _have_data(), reason="no LA data (set DILSEG_DATA)")
 
     @pytest.fixture(scope="module")
     def la_cases():
@@ -379,25 +414,26 @@ if pytest is not None:
         from engine.propagate import ProxyBuilder
 
         prepared = []
-        for image, label in la_cases:
+        for image, label, spacing in la_cases:
             lo, hi = object_extent(label)
             sl = even_slices(lo, hi, 5)
-            prepared.append((image, label, (lo, hi), sl, drawn_volume(label, sl)))
+            prepared.append((image, label, (lo, hi), sl, drawn_volume(label, sl), spacing))
         if method == "native propagate only":
-            builders = [ProxyBuilder(im, axis=AXIS, extent=ext) for im, _, ext, _, _ in prepared]
+            builders = [ProxyBuilder(im, axis=AXIS, extent=ext, spacing=sp) for im, _, ext, _, _, sp in prepared]
             for b in builders:
                 b.register()
 
             def fn():
-                return [b.propagate(d, sl) for b, (_, _, _, sl, d) in zip(builders, prepared)]
+                return [b.propagate(d, sl) for b, (_, _, _, sl, d, _) in zip(builders, prepared)]
         elif method == "native register+propagate":
             def fn():
-                return [ProxyBuilder(im, axis=AXIS, extent=ext).propagate(d, sl) for im, _, ext, sl, d in prepared]
+                return [ProxyBuilder(im, axis=AXIS, extent=ext, spacing=sp).propagate(d, sl)
+                        for im, _, ext, sl, d, sp in prepared]
         else:
             f = _baselines()[method]
 
             def fn():
-                return [f(d, sl, axis=AXIS, extent=ext) for _, _, ext, sl, d in prepared]
+                return [f(d, sl, axis=AXIS, extent=ext) for _, _, ext, sl, d, _ in prepared]
         benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
         ratios.record(f"proxy, {len(prepared)} LA cases, k=5", method, benchmark, baseline="native register+propagate")
 

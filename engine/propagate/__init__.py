@@ -23,10 +23,10 @@ See docs/propagation.md for the algorithms, parameters and measurements.
 
 from .native import NativeParams
 from .proxy import FUSIONS, ProxyBuilder, ProxyResult, assemble_proxy, build_proxy, check_extent
-from .registration import (BACKENDS, Registration, RegistrationBackend, register_backend, register_volume,
-                           window_to_unit)
+from .registration import (BACKENDS, REGISTER_MARGIN, Registration, RegistrationBackend, register_backend,
+                           register_volume, window_to_unit)
 
-__all__ = ["BACKENDS", "FUSIONS", "NativeParams", "ElastixParams", "ProxyBuilder", "ProxyResult", "Registration",
+__all__ = ["BACKENDS", "REGISTER_MARGIN", "FUSIONS", "NativeParams", "ElastixParams", "ProxyBuilder", "ProxyResult", "Registration",
            "RegistrationBackend", "assemble_proxy", "build_proxy", "check_extent", "register_backend",
            "register_volume", "window_to_unit"]
 

@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
             if len(args.extent) != 2:
                 raise InputError(f"--extent takes FIRST,LAST, got {args.extent}")
             extent = (args.extent[0], args.extent[1])
-        builder = ProxyBuilder(image.array, axis=axis, backend=args.backend, extent=extent, device=args.device)
+        builder = ProxyBuilder(image.array, axis=axis, backend=args.backend, extent=extent, device=args.device,
+                               spacing=image.spacing)
         if args.slices is not None:
             D = label.shape[builder.axis]
             stray = np.nonzero(np.moveaxis(label != 0, builder.axis, 0).reshape(D, -1).any(1))[0]

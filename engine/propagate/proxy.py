@@ -36,7 +36,7 @@ from torch import Tensor
 from ..checks import check_axis, check_finite
 from ..errors import InputError, MaskError, ShapeError, SliceIndexError
 from ..ops import confidence_map, propagate_chain
-from .registration import Extent, Registration, check_params, register_volume
+from .registration import REGISTER_MARGIN, Extent, Registration, check_params, register_volume
 
 __all__ = ["FUSIONS", "ProxyResult", "ProxyBuilder", "assemble_proxy", "build_proxy", "check_extent"]
 
@@ -119,8 +119,9 @@ def assemble_proxy(registration: Optional[Registration], shape: Sequence[int], m
         vol = torch.zeros((hi - lo + 1, H, W), dtype=torch.float32, device=device)
         for z in inside:
             vol[z - lo] = main[z].float()
-        res = propagate_chain(vol, [z - lo for z in inside], registration.fwd[lo:hi], registration.bwd[lo:hi],
-                              min_mass=min_mass, fuse=fusion, check_inputs=False)
+        fwd, bwd = registration.pairs(lo, hi)
+        res = propagate_chain(vol, [z - lo for z in inside], fwd, bwd, min_mass=min_mass, fuse=fusion,
+                              check_inputs=False)
         q[lo : hi + 1] = res.q
         fb[lo : hi + 1] = res.from_below
         fa[lo : hi + 1] = res.from_above
@@ -201,6 +202,12 @@ class ProxyBuilder:
         device: where the fields and results live (default: the image tensor's
             device, CPU for numpy input).
         params: the backend's parameters (``NativeParams`` / ``ElastixParams``).
+        spacing: the voxel size (mm) per axis of ``image``, for backends with physical
+            parameters (``native`` registers on a grid of about 1.25 mm); default: unknown
+            (the native backend then takes a pixel for 1.25 mm).
+
+    With an extent, only its slices (and :data:`REGISTER_MARGIN` beyond each end) are
+    registered; a later :meth:`propagate` that needs more registers the whole volume.
 
     Raises ShapeError (not 3D, empty), NonFiniteError (NaN/Inf), InputError (bad axis,
     backend or params), SliceIndexError (extent out of range), BackendError (itk-elastix
@@ -208,7 +215,8 @@ class ProxyBuilder:
     """
 
     def __init__(self, image: ArrayLike, axis: int = 0, backend: str = "native", *, extent: Extent = None,
-                 device: Union[str, torch.device, None] = None, params: Any = None) -> None:
+                 device: Union[str, torch.device, None] = None, params: Any = None,
+                 spacing: Optional[Sequence[float]] = None) -> None:
         params = check_params(backend, params)
         dev = torch.device(device) if device is not None else (image.device if isinstance(image, Tensor) else
                                                                 torch.device("cpu"))
@@ -228,16 +236,29 @@ class ProxyBuilder:
         self.backend = backend
         self.extent = check_extent(extent, self.image.shape[0])
         self.params = params
+        self.spacing = None
+        if spacing is not None:
+            sp = [float(v) for v in spacing]
+            if len(sp) != 3 or not all(np.isfinite(sp)) or min(sp) <= 0:
+                raise InputError(f"spacing must be three positive numbers, got {spacing!r}")
+            others = [a for a in range(3) if a != self.axis]
+            self.spacing = (sp[self.axis], sp[others[0]], sp[others[1]])
         self._registration: Optional[Registration] = None
 
     @property
     def registered(self) -> bool:
         return self._registration is not None
 
-    def register(self) -> Registration:
-        """Register every adjacent slice pair (once; later calls return the cache)."""
-        if self._registration is None:
-            self._registration = register_volume(self.image, self.backend, self.extent, self.params, axis=self.axis)
+    def register(self, lo: Optional[int] = None, hi: Optional[int] = None) -> Registration:
+        """Register the adjacent slice pairs (once; later calls return the cache unless
+        it lacks the pairs between slices ``lo`` and ``hi``: then every pair)."""
+        reg = self._registration
+        if reg is not None and (lo is None or reg.covers(lo, hi)):
+            return reg
+        whole = reg is not None
+        margin = None if whole or self.extent is None else REGISTER_MARGIN
+        self._registration = register_volume(self.image, self.backend, self.extent, self.params, axis=self.axis,
+                                             spacing=self.spacing, margin=margin)
         return self._registration
 
     @property
@@ -317,9 +338,10 @@ class ProxyBuilder:
             if outside:
                 raise SliceIndexError(f"drawn slices {outside} hold foreground outside the extent {ext}")
         lo, hi = (0, D - 1) if ext is None else ext
-        fresh = self._registration is None
+        before = self._registration
         needs = any(lo <= z <= hi for z in main)
-        reg = self.register() if needs else self._registration
+        reg = self.register(lo, hi) if needs else self._registration
+        fresh = reg is not None and reg is not before
         t1 = time.perf_counter()
         res = assemble_proxy(reg, self.image.shape, main, extent=ext, fusion=fusion, min_mass=min_mass,
                              device=self.device)
@@ -338,7 +360,8 @@ class ProxyBuilder:
 
 def build_proxy(image: ArrayLike, masks: Any, annotated: Optional[Sequence[int]] = None, *, axis: int = 0,
                 backend: str = "native", fusion: str = "linear", extent: Extent = None,
-                device: Union[str, torch.device, None] = None, params: Any = None) -> ProxyResult:
+                device: Union[str, torch.device, None] = None, params: Any = None,
+                spacing: Optional[Sequence[float]] = None) -> ProxyResult:
     """One-shot :class:`ProxyBuilder` ``(image, axis, backend).propagate(masks, ...)``."""
-    return ProxyBuilder(image, axis, backend, extent=extent, device=device, params=params).propagate(
-        masks, annotated, fusion=fusion)
+    return ProxyBuilder(image, axis, backend, extent=extent, device=device, params=params,
+                        spacing=spacing).propagate(masks, annotated, fusion=fusion)

@@ -24,9 +24,12 @@ from torch import Tensor
 from ..errors import InputError
 
 __all__ = ["BACKENDS", "RegistrationBackend", "Registration", "register_backend", "register_volume",
-           "window_to_unit", "Extent"]
+           "window_to_unit", "Extent", "REGISTER_MARGIN"]
 
 Extent = Optional[tuple[int, int]]
+
+#: With a known extent, slices registered beyond each of its ends (the cost follows the object).
+REGISTER_MARGIN = 1
 
 
 class RegistrationBackend(Protocol):
@@ -38,9 +41,11 @@ class RegistrationBackend(Protocol):
     #: gives the defaults
     params_type: type
 
-    def register(self, volume: Tensor, params: Any) -> tuple[Tensor, Tensor]:
+    def register(self, volume: Tensor, params: Any, spacing: Optional[tuple[float, float, float]] = None
+                 ) -> tuple[Tensor, Tensor]:
         """``(fwd, bwd)`` ``[D-1, 2, H, W]`` float32 on ``volume``'s device for a
-        ``[D, H, W]`` float32 volume in [0, 1]."""
+        ``[D, H, W]`` float32 volume in [0, 1]; ``spacing`` (mm, annotation axis first)
+        when known, for backends whose parameters are physical."""
         ...
 
 
@@ -69,10 +74,11 @@ class _Native:
 
         return NativeParams
 
-    def register(self, volume: Tensor, params: Any) -> tuple[Tensor, Tensor]:
+    def register(self, volume: Tensor, params: Any, spacing: Optional[tuple[float, float, float]] = None
+                 ) -> tuple[Tensor, Tensor]:
         from .native import register_stack
 
-        return register_stack(volume, params)
+        return register_stack(volume, params, None if spacing is None else tuple(spacing[1:]))
 
 
 class _Elastix:
@@ -87,8 +93,9 @@ class _Elastix:
 
         return ElastixParams
 
-    def register(self, volume: Tensor, params: Any) -> tuple[Tensor, Tensor]:
-        from .elastix import register_stack
+    def register(self, volume: Tensor, params: Any, spacing: Optional[tuple[float, float, float]] = None
+                 ) -> tuple[Tensor, Tensor]:
+        from .elastix import register_stack  # parameters in pixels (the CPU reference)
 
         f, b = register_stack(volume.cpu().numpy(), params)
         return torch.from_numpy(f).to(volume.device), torch.from_numpy(b).to(volume.device)
@@ -149,8 +156,9 @@ class Registration:
     1 columns) in the conventions of :func:`engine.ops.propagate_chain`: ``fwd[z]``
     pushes slice ``z`` to ``z+1``, ``bwd[z]`` slice ``z+1`` to ``z`` (pull-back).
     ``extent``: the slices the intensity window was taken over (a new extent means a
-    new registration). ``seconds``: wall time of ``normalize`` and ``register``
-    (device-synchronised).
+    new registration). ``z0``: the first registered slice (only slices ``z0 ..
+    z0 + num_slices - 1`` were registered: the extent and a slice beyond each end).
+    ``seconds``: wall time of ``normalize`` and ``register`` (device-synchronised).
     """
 
     fwd: Tensor
@@ -160,10 +168,22 @@ class Registration:
     extent: Extent
     params: dict
     seconds: dict = field(default_factory=dict)
+    z0: int = 0
 
     @property
     def num_slices(self) -> int:
         return int(self.fwd.shape[0]) + 1
+
+    def covers(self, lo: int, hi: int) -> bool:
+        """Whether the fields of every pair between slices ``lo`` and ``hi`` are here."""
+        return self.z0 <= lo and hi <= self.z0 + self.num_slices - 1
+
+    def pairs(self, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+        """``(fwd, bwd)`` of the pairs ``(z, z+1)`` for ``lo <= z < hi``."""
+        if not self.covers(lo, hi):
+            raise InputError(f"slices {lo}..{hi} are not all registered (registered: {self.z0}.."
+                             f"{self.z0 + self.num_slices - 1})")
+        return self.fwd[lo - self.z0 : hi - self.z0], self.bwd[lo - self.z0 : hi - self.z0]
 
 
 def _sync(device: torch.device) -> None:
@@ -172,18 +192,27 @@ def _sync(device: torch.device) -> None:
 
 
 def register_volume(volume: Tensor, backend: str = "native", extent: Extent = None, params: Any = None,
-                    axis: int = 0) -> Registration:
-    """Register every adjacent slice pair of ``volume`` ``[D, H, W]`` (annotation axis
+                    axis: int = 0, spacing: Optional[tuple[float, float, float]] = None,
+                    margin: Optional[int] = None) -> Registration:
+    """Register the adjacent slice pairs of ``volume`` ``[D, H, W]`` (annotation axis
     first, float32, finite: validated by the caller) with ``backend``, after windowing
-    its intensities over the object's ``extent`` when known. ``axis`` is only recorded
-    (the caller's annotation axis). Returns the :class:`Registration`."""
+    its intensities over the object's ``extent`` when known. ``spacing``: the voxel size
+    (mm, that order) for backends with physical parameters. ``margin``: with an extent,
+    register only its slices and ``margin`` more beyond each end (the cost follows the
+    object; None: every slice). ``axis`` is only recorded (the caller's annotation
+    axis). Returns the :class:`Registration`."""
     params = check_params(backend, params)
+    D = int(volume.shape[0])
+    z0, z1 = 0, D
+    if extent is not None and margin is not None:
+        z0, z1 = max(0, extent[0] - margin), min(D, extent[1] + 1 + margin)
     t0 = time.perf_counter()
-    norm = window_to_unit(volume, extent)
+    sub = volume[z0:z1]
+    norm = window_to_unit(sub, None if extent is None else (extent[0] - z0, extent[1] - z0))
     _sync(volume.device)
     t1 = time.perf_counter()
-    fwd, bwd = BACKENDS[backend].register(norm, params)
+    fwd, bwd = BACKENDS[backend].register(norm, params, spacing)
     _sync(volume.device)
     t2 = time.perf_counter()
     return Registration(fwd=fwd, bwd=bwd, axis=axis, backend=backend, extent=extent, params=params.as_dict(),
-                        seconds={"normalize": t1 - t0, "register": t2 - t1})
+                        seconds={"normalize": t1 - t0, "register": t2 - t1}, z0=z0)

@@ -134,7 +134,7 @@ def test_cli_proxy_equals_session_proxy_on_real_la_cases(tmp_path):
         lo, hi = int(zs[0]), int(zs[-1])
         picks = even_slices(lo, hi, 4)
         ip, dp, out = tmp_path / f"{name}.npz", tmp_path / f"{name}_drawn.npz", tmp_path / f"{name}_proxy.npz"
-        write_volume(ip, c.image)
+        write_volume(ip, c.image, spacing=c.spacing)
         write_volume(dp, _drawn(c.label, picks))
         assert _run([str(ip), str(dp), "-o", str(out), "--axis", "2", "--extent", f"{lo},{hi}", "-q"]) == 0
         cli_q = read_volume(out).array

@@ -108,7 +108,7 @@ def test_params_and_input_validation():
     with pytest.raises(InputError):
         NativeParams(iterations=())
     with pytest.raises(InputError):
-        NativeParams(max_step=0)
+        NativeParams(max_step_mm=0)
     with pytest.raises(InputError):
         NativeParams(direction="sideways")
     with pytest.raises(InputError):
