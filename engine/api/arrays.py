@@ -3,7 +3,7 @@ caller's own type out, and the checks an image gets where it enters."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -11,7 +11,7 @@ import torch
 from .. import errors as E
 from ..checks import check_finite
 
-__all__ = ["ArrayKind", "as_tensor", "check_image"]
+__all__ = ["ArrayKind", "as_tensor", "check_image", "internal_spacing"]
 
 
 class ArrayKind:
@@ -72,3 +72,18 @@ def check_image(t: torch.Tensor) -> torch.Tensor:
     t = t.float()
     check_finite("image", t)
     return t
+
+
+def internal_spacing(spacing: Optional[Sequence[float]], axis: int) -> Optional[tuple[float, float, float]]:
+    """A caller-order spacing validated and moved to the internal order (annotation axis
+    first); None stays None."""
+    if spacing is None:
+        return None
+    try:
+        sp = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError) as exc:
+        raise E.InputError(f"spacing must be three positive numbers, got {spacing!r}") from exc
+    if len(sp) != 3 or not all(np.isfinite(sp)) or min(sp) <= 0:
+        raise E.InputError(f"spacing must be three positive numbers, got {spacing!r}")
+    others = [d for d in range(3) if d != axis]
+    return (sp[axis], sp[others[0]], sp[others[1]])

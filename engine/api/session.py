@@ -23,10 +23,11 @@ from .. import errors as E
 from ..checks import check_axis
 from ..guide import REGISTRY, ProposalContext, residual_scores
 from ..learn.losses import build_targets
-from ..propagate import ProxyResult, Registration, assemble_proxy, register_volume
+from ..propagate import REGISTER_MARGIN, ProxyResult, Registration, assemble_proxy, register_volume
 from .annotations import AnnotationStore
-from .arrays import ArrayKind, as_tensor, check_image
+from .arrays import ArrayKind, as_tensor, check_image, internal_spacing
 from .fusion import SessionEvidence, fuse
+from .roi import Box, ModelView, bbox2d, drawn_boxes
 from .timing import Timer
 
 if TYPE_CHECKING:  # the engine opens sessions; a session only holds its engine
@@ -48,13 +49,8 @@ class Session:
         self._kind = ArrayKind(image)
         t = check_image(as_tensor(image, "image", engine.device))
         self.shape = tuple(t.shape)
-        if spacing is not None:
-            sp = tuple(float(s) for s in spacing)
-            if len(sp) != 3 or not all(np.isfinite(sp)) or min(sp) <= 0:
-                raise E.InputError(f"spacing must be three positive numbers, got {spacing!r}")
-            self.spacing = sp
-        else:
-            self.spacing = (1.0, 1.0, 1.0)
+        self._spacing = internal_spacing(spacing, self.axis)  # annotation axis first; None: unknown
+        self.spacing = (1.0, 1.0, 1.0) if spacing is None else tuple(float(v) for v in spacing)
         self.image = t.movedim(self.axis, 0).contiguous()  # (D, H, W), D = annotation axis
         self.D = self.image.shape[0]
         self._others = [d for d in range(3) if d != self.axis]
@@ -72,8 +68,13 @@ class Session:
         self._target: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self._learning: Optional[Future] = None
         self._closed = False
+        self._observed = False  # this case's object is in the engine's fingerprint
+        self._view = ModelView(engine, self.image, self._spacing)  # the region of interest on the planned grid
+        self._boxes: dict[int, Optional[tuple[int, int, int, int]]] = {}  # id(mask) -> its in-plane bbox
+        self._pred_stamp = -1  # annotation stamp the prediction's region was built from
         self.rounds = 0
         self.timings: dict[str, dict[str, float]] = {}
+        engine.observe(self.image, self._spacing or (1.0, 1.0, 1.0))
 
     # --- helpers ---------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -220,15 +221,41 @@ class Session:
             t = self._record("predict", timer)
         return (out, t) if return_timings else out
 
+    def _region(self) -> Box:
+        boxes = drawn_boxes(self._store.masks, self._boxes)
+        if boxes and self._pred is not None and self._pred_trained:  # and where the model sees the object
+            lo, hi = self.extent if self.extent is not None else (0, self.D - 1)
+            b = bbox2d((self._pred[lo : hi + 1] >= 0.5).any(0))
+            if b is not None:
+                boxes.append(b)
+        return self._view.region(self.extent, boxes)
+
     def _prediction(self) -> torch.Tensor:
-        version = self.engine.counters["weights_version"]
-        if self._pred is None or self._pred_version != version:
-            self._pred = self.engine._predict_volume(self.image)
+        eng = self.engine
+        version = eng.counters["weights_version"]
+        stale = self._pred is None or self._pred_version != version
+        if not stale and eng.planned and self._pred_stamp != self._store.stamp:
+            # new drawings: predict again when they reach outside the region
+            new, old = self._region(), self._view.box
+            stale = any(n.start < o.start or n.stop > o.stop for n, o in zip(new, old))
+            self._pred_stamp = self._store.stamp
+        if stale:
+            if eng.planned:
+                self._pred = self._view.predict(self._region())
+            else:  # nothing learned yet: background
+                self._pred = torch.zeros(self.image.shape, dtype=torch.float32, device=self.image.device)
             self._pred_version = version
-            self._pred_trained = self.engine.trained
+            self._pred_stamp = self._store.stamp
+            self._pred_trained = eng.trained
             if self._p0 is None:
                 self._p0 = self._pred
         return self._pred
+
+    @property
+    def region(self) -> tuple[tuple[int, int], ...]:
+        """The region of interest of the last prediction, ``((z0, z1), (y0, y1), (x0,
+        x1))`` half-open, in the session's internal order (annotation axis first)."""
+        return tuple((b.start, b.stop) for b in self._view.box)
 
     def propose(self, k: int, extent: Optional[tuple[int, int]] = None, rule: Optional[str] = None,
                 return_timings: bool = False) -> Any:
@@ -273,9 +300,10 @@ class Session:
     def _register(self, timer: Timer) -> Registration:
         # the intensity window follows the extent, so a new extent means a new registration
         if self._registration is None or self._registration.extent != self.extent:
-            with timer.stage("register"):
+            with timer.stage("register"):  # the extent's slices only: the cost follows the object
                 self._registration = register_volume(self.image, self.engine.config.registration, self.extent,
-                                                     axis=self.axis)
+                                                     axis=self.axis, spacing=self._spacing,
+                                                     margin=REGISTER_MARGIN)
         return self._registration
 
     def _proxy_result(self, timer: Timer) -> ProxyResult:
@@ -332,14 +360,27 @@ class Session:
         residual = (q - p).abs()
         return target, weight, residual
 
+    def _observe_object(self) -> None:
+        """This case's drawn object into the engine's fingerprint (once per session)."""
+        if not self._observed:
+            main = {z: m for (ia, z), m in self._store.masks.items() if ia == 0}
+            self.engine.observe(self.image, self._spacing or (1.0, 1.0, 1.0), masks=main, extent=self.extent)
+            self._observed = True
+
     def _run_learning(self, steps: int, target, weight, residual, timer: Timer) -> dict[str, float]:
         eng = self.engine
         with eng._train_lock:
+            if not eng.planned:
+                self._observe_object()
+                eng._ensure_plan()
             with timer.stage("learn"):
-                eng.trainer.train_case(self.image, target, weight, steps, replay=eng.replay,
-                                       replay_ratio=eng.config.replay_ratio, residual=residual)
+                image_m, target_m, weight_m, residual_m = self._view.training(target, weight, residual)
+                eng.trainer.train_case(image_m, target_m, weight_m, steps, replay=eng.replay,
+                                       replay_ratio=eng.config.replay_ratio, residual=residual_m,
+                                       check_values=False, normalized=True)
                 eng.counters["steps"] += steps
                 eng.counters["rounds"] += 1
+                eng._sync_counters()
             eng.publish()
         return timer.result()
 
@@ -397,6 +438,10 @@ class Session:
                         lo, hi = self.extent
                         f[:lo] = 0.0
                         f[hi + 1 :] = 0.0
+                    if self.engine.planned and self._pred_trained:  # background outside the region of interest
+                        keep = torch.zeros_like(f, dtype=torch.bool)
+                        keep[self._view.box] = True
+                        f = torch.where(keep, f, torch.zeros((), device=f.device))
             else:
                 f = p
             out = f if soft else (f >= 0.5).to(torch.uint8)
@@ -418,10 +463,14 @@ class Session:
             rows = self._evidence_rows()
             with eng._train_lock:  # counters and the buffer change under the engine's train lock
                 if len(self._store):
-                    eng.replay.add_case(self.image, target, weight, eng.config.replay_patches_per_case,
-                                        residual=residual)
+                    self._observe_object()
+                    eng._ensure_plan()
+                    image_m, target_m, weight_m, residual_m = self._view.training(target, weight, residual)
+                    eng.replay.add_case(image_m, target_m, weight_m, eng.config.replay_patches_per_case,
+                                        residual=residual_m, normalized=True)
                 eng._gate.commit(rows)
                 eng.counters["cases"] += 1
+                eng._sync_counters()
             self._closed = True
 
     def close(self) -> None:

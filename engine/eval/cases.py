@@ -171,9 +171,10 @@ def full_case(eng, cfg: StreamConfig, case, axis: int, index: int) -> dict:
     """One case of online learning with full labels (``R * steps`` steps, then commit)."""
     label = as_mask(case.label, "label")
     t0 = time.perf_counter()
-    p0 = eng.predict(case.image, axis=axis)
+    p0 = eng.predict(case.image, axis=axis, spacing=case.spacing)
     before = float(dice(p0 >= 0.5, label))
-    eng.learn_labelled(case.image, label.astype(np.float32), cfg.rounds * cfg.steps, axis=axis, prior=p0)
+    eng.learn_labelled(case.image, label.astype(np.float32), cfg.rounds * cfg.steps, axis=axis, prior=p0,
+                       spacing=case.spacing)
     seconds = time.perf_counter() - t0
     person = SimulatedAnnotator(label, axis=axis, seed=cfg.seed)
     eff = person.effort()
@@ -188,6 +189,6 @@ def heldout(eng, data, progress: bool) -> list[float]:
     out = []
     tests = data.test_cases()
     for c in bar(tests, progress and len(tests) > 4, desc="held-out", leave=False):
-        p = eng.predict(c.image, axis=data.axis)
+        p = eng.predict(c.image, axis=data.axis, spacing=c.spacing)
         out.append(float(dice(p >= 0.5, c.label)))
     return out

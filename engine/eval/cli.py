@@ -44,6 +44,8 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--test-cases", type=int, default=None, help="held-out cases (default: the preset's)")
     p.add_argument("--steps", type=int, default=None, help="learning steps per round")
     p.add_argument("--axis", type=int, default=None, choices=(0, 1, 2), help="annotation axis of --data cases")
+    p.add_argument("--variant", default=None, metavar="SPEC",
+                   help="derive every case in code, e.g. thick:4 (4 slices averaged into one along the annotation axis)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override any StreamConfig field, e.g. --set k=[3,2] --set eval_every=5 "
                         "--set learn={'base_width':16}")
@@ -80,6 +82,8 @@ def build_config(args: argparse.Namespace):
         cfg.steps = args.steps
     if args.axis is not None:
         cfg.axis = args.axis
+    if args.variant is not None:
+        cfg.variant = args.variant
     names = {f for f in StreamConfig.__dataclass_fields__}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -152,7 +156,8 @@ def _run(args: argparse.Namespace) -> int:
               "using a generated phantom stream", flush=True)
     elif args.preset == "demo":
         print(f"demo: using the {data.kind} data in {data.where}", flush=True)
-    out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-{data.kind}"
+    suffix = "" if cfg.variant == "none" else "-" + cfg.variant.replace(":", "")
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-{data.kind}{suffix}"
     t0 = time.perf_counter()
     run_stream(cfg, out, device=device, progress=not args.no_progress)
     report = out / "report.md"

@@ -25,12 +25,14 @@ class StreamData:
     test_names: list[str]
     folder: Any = None  # engine.io.CaseFolder, or None for phantoms
     phantom: Optional[tuple] = None  # (seed, shape, axis) of a phantom stream
+    variant: str = "none"  # engine.io.variants spec applied to every case
 
     def __post_init__(self) -> None:
         self._test_cache: Optional[list] = None
 
     def describe(self) -> str:
-        return (f"{self.kind} data ({self.where}): {len(self.train_names)} stream cases "
+        variant = "" if self.variant == "none" else f", variant {self.variant}"
+        return (f"{self.kind} data ({self.where}{variant}): {len(self.train_names)} stream cases "
                 f"{self.train_names[0]}..{self.train_names[-1]}, {len(self.test_names)} held-out "
                 f"{self.test_names[0]}..{self.test_names[-1]}, annotation axis {self.axis}")
 
@@ -43,6 +45,10 @@ class StreamData:
             seed, shape, axis = self.phantom
             idx = int(name.rsplit("_", 1)[1])
             case = phantom_case((seed + (1 if test else 0), idx), shape, axis)
+        if self.variant != "none":
+            from ..io.variants import apply_variant
+
+            case = apply_variant(case, self.variant, self.axis)
         if not np.any(case.label):
             raise DataError(f"case {name}: the label is empty; a stream case needs an object")
         return case
@@ -56,8 +62,11 @@ class StreamData:
         return self._test_cache
 
     def meta(self) -> dict[str, Any]:
-        return {"kind": self.kind, "where": self.where, "axis": self.axis, "train": list(self.train_names),
-                "test": list(self.test_names)}
+        out = {"kind": self.kind, "where": self.where, "axis": self.axis, "train": list(self.train_names),
+               "test": list(self.test_names)}
+        if self.variant != "none":
+            out["variant"] = self.variant
+        return out
 
 
 def load_stream_data(cfg: StreamConfig) -> StreamData:
@@ -96,11 +105,11 @@ def load_stream_data(cfg: StreamConfig) -> StreamData:
         train = [f"phantom_{cfg.seed}_{i}" for i in range(cfg.n_train)]
         test = [f"phantom_{cfg.seed + 1}_{i}" for i in range(cfg.n_test)]
         return StreamData("phantom", f"generated, seeds {cfg.seed}/{cfg.seed + 1}, shape {tuple(dims)}", axis,
-                          train, test, phantom=(cfg.seed, tuple(dims), axis))
+                          train, test, phantom=(cfg.seed, tuple(dims), axis), variant=cfg.variant)
     names = folder.names
     if len(names) < cfg.n_train + cfg.n_test:
         raise DataError(f"{folder.path}: {len(names)} cases, the preset needs {cfg.n_train} stream + "
                         f"{cfg.n_test} held-out cases (use --cases N)")
     axis = cfg.axis if cfg.axis is not None else (folder.axis if folder.axis is not None else 0)
     return StreamData(kind, str(folder.path), axis, names[: cfg.n_train], names[len(names) - cfg.n_test:],
-                      folder=folder)
+                      folder=folder, variant=cfg.variant)

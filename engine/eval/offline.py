@@ -30,8 +30,11 @@ def train_offline(state: MethodState, eng, cfg: StreamConfig, data: StreamData, 
     labelled = []
     for i in bar(cases, progress, desc=f"{tag}: load", leave=False):
         c = data.train_case(i)
-        labelled.append((c.image, c.label.astype(np.float32)))
+        labelled.append((c.image, c.label.astype(np.float32), c.spacing))
     pool = eng.labelled_pool(labelled, axis=data.axis)
+    if "plan" not in state.log:
+        state.log["plan"] = eng.plan.to_dict()
+        write(log, progress, f"{tag}: {eng.plan.describe()}")
     done = int(state.log.get("steps_done", 0))
     n_chunks = math.ceil(total / chunk)
     first = done // chunk
@@ -72,7 +75,7 @@ def pretrained(out: Path, cfg: StreamConfig, data: StreamData, device: str, log:
                   eval_heldout=False)
     for i in cases:
         c = data.train_case(i)
-        eng.learn_labelled(c.image, c.label.astype(np.float32), 0, axis=data.axis)
+        eng.learn_labelled(c.image, c.label.astype(np.float32), 0, axis=data.axis, spacing=c.spacing)
     state.log["finished"] = True
     state.save(eng)
     return state.slot_path

@@ -62,6 +62,10 @@ class StreamConfig:
             and held-out cases (the last ``n_test`` names). For phantoms: streams
             of seeds ``seed`` and ``seed + 1``.
         axis: annotation axis; ``None``: the source's (LA: 2, phantoms: 0), else 0.
+        variant: a derived variant of every case, made in code
+            (:func:`engine.io.variants.apply_variant`): ``"none"``, or ``"thick:N"``
+            (N slices averaged into one along the annotation axis; ``"thick:4"`` turns
+            the 1.25 mm LA data into 5 mm slices).
         phantom_shape: phantom volume shape with the annotation axis first.
     Protocol:
         rounds: R rounds per case; ``k``: slices drawn per round (an int, or one
@@ -96,6 +100,7 @@ class StreamConfig:
     n_train: int = 10
     n_test: int = 4
     axis: Optional[int] = None
+    variant: str = "none"
     phantom_shape: tuple[int, int, int] = (40, 72, 64)
     rounds: int = 2
     k: Any = 3
@@ -152,6 +157,9 @@ class StreamConfig:
             raise InputError(f"guided_rule must be one of {RULES}, got {self.guided_rule!r}")
         if self.axis not in (None, 0, 1, 2):
             raise InputError(f"axis must be 0, 1, 2 or None, got {self.axis!r}")
+        from ..io.variants import parse_variant
+
+        parse_variant(self.variant)
         if self.accept_dice is not None and not 0.0 < float(self.accept_dice) <= 1.0:
             raise InputError(f"accept_dice must be in (0, 1], got {self.accept_dice!r}")
 
@@ -182,6 +190,8 @@ class StreamConfig:
         d = self.to_dict()
         d.pop("methods")
         d.pop("name")
+        if d.get("variant") == "none":  # fields added later keep the digests of older runs
+            d.pop("variant")
         return d
 
     def digest(self) -> str:
@@ -201,7 +211,7 @@ PRESETS: dict[str, StreamConfig] = {
     ),
     "demo": StreamConfig(
         name="demo", data="auto", n_train=16, n_test=4, rounds=2, k=(3, 2), steps=20, eval_every=4,
-        learn={"patch": [24, 48, 48]},
+        learn={"patch_voxels": 24 * 48 * 48},  # the CPU time budget of a patch; the plan spends it
         methods=("ours", "ours@cells", "proxy_even", "online_full"),
     ),
     "paper": StreamConfig(

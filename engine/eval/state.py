@@ -90,7 +90,10 @@ def check_run_folder(out: Path, cfg: StreamConfig, data) -> None:
     if old is None:
         atomic_write(path, json.dumps(meta, indent=1), mkdir=True)
         return
-    mine, theirs = cfg.identity(), {k: v for k, v in old.get("stream", {}).items() if k not in ("name", "methods")}
+    mine = cfg.identity()
+    theirs = {k: v for k, v in old.get("stream", {}).items() if k not in ("name", "methods")}
+    if theirs.get("variant", "none") == "none":  # as StreamConfig.identity: absent means "none"
+        theirs.pop("variant", None)
     diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
     if diff or old.get("data", {}).get("train") != data.meta()["train"] \
             or old.get("data", {}).get("test") != data.meta()["test"]:

@@ -97,6 +97,9 @@ def run_method(name: str, cfg: StreamConfig, data: StreamData, out: Path, device
             rec = baseline_case(spec, cfg, case, data.axis, i)
         else:
             rec = sparse_case(eng, spec, cfg, case, data.axis, i)
+        if eng.planned and "plan" not in state.log:  # what the segmenter configured itself to, and why
+            state.log["plan"] = eng.plan.to_dict()
+            write(log, progress, f"{name}: {eng.plan.describe()}")
         state.log["cases"].append(rec)
         state.log["cases_done"] = j + 1
         state.log["train_seconds"] += rec["seconds"]

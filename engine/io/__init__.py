@@ -7,6 +7,7 @@ itk above all) load on first use of a name.
 * :mod:`engine.io.dataset`   ``CaseFolder``, ``Case``, ``default_data_dir``, ``la_folder``
 * :mod:`engine.io.phantoms`  ``phantom_case``, ``phantom_stream``
 * :mod:`engine.io.download`  ``download_la2018``
+* :mod:`engine.io.variants`  ``thick_slices``, ``apply_variant`` (derived variants, made in code)
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ _EXPORTS = {
     "phantom_case": "phantoms",
     "phantom_stream": "phantoms",
     "download_la2018": "download",
+    "thick_slices": "variants",
+    "apply_variant": "variants",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -43,6 +43,8 @@ __all__ = [
     "build_model",
     "register_model",
     "normalize_intensity",
+    "intensity_stats",
+    "apply_intensity",
     "sliding_window_inference",
     "window_starts",
     "blend_weights",
@@ -50,7 +52,7 @@ __all__ = [
 
 ARCHS = ("unet", "resunet")  # the built-in names of MODELS
 NORMS = ("instance", "group")
-NORMALIZE_MODES = ("robust_zscore", "zscore", "percentile", "none")
+NORMALIZE_MODES = ("robust_zscore", "zscore", "percentile", "ct", "none")
 BLENDS = ("gaussian", "linear", "constant")
 
 # torch.quantile refuses inputs above 2**24 elements; larger volumes are subsampled
@@ -67,19 +69,33 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.GroupNorm(groups, channels)
 
 
+Triple = tuple[int, int, int]
+
+
+def _triples(name: str, value: Sequence[Sequence[int]] | None, n: int, default: Triple) -> list[Triple]:
+    if value is None:
+        return [default] * n
+    out = [tuple(int(v) for v in t) for t in value]
+    if len(out) != n or any(len(t) != 3 or min(t) < 1 for t in out):
+        raise InputError(f"{name} must be {n} triples of positive ints, got {value!r}")
+    return out  # type: ignore[return-value]
+
+
 class ConvBlock(nn.Module):
-    """Two 3x3x3 conv + norm + LeakyReLU; optionally residual.
+    """Two convolutions (``kernel``, e.g. 3x3x3, or 1x3x3 across thick slices) + norm
+    + LeakyReLU; optionally residual.
 
     Input ``(N, in_ch, D, H, W)`` -> output ``(N, out_ch, D, H, W)``.
     The residual form adds the (1x1x1-projected when the widths differ) input before
     the second activation.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, norm: str, residual: bool) -> None:
+    def __init__(self, in_ch: int, out_ch: int, norm: str, residual: bool, kernel: Triple = (3, 3, 3)) -> None:
         super().__init__()
-        self.conv1 = nn.Conv3d(in_ch, out_ch, 3, padding=1, bias=False)
+        pad = tuple(k // 2 for k in kernel)
+        self.conv1 = nn.Conv3d(in_ch, out_ch, kernel, padding=pad, bias=False)
         self.norm1 = _norm(norm, out_ch)
-        self.conv2 = nn.Conv3d(out_ch, out_ch, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv3d(out_ch, out_ch, kernel, padding=pad, bias=False)
         self.norm2 = _norm(norm, out_ch)
         self.act = nn.LeakyReLU(0.01, inplace=True)
         self.residual = residual
@@ -101,15 +117,23 @@ class UNet3D(nn.Module):
     Args:
         in_channels: input channels (1 for a single MR/CT volume).
         base_width: channels at full resolution; level ``i`` has ``base_width * 2**i``.
-        depth: number of 2x down-sampling steps (strided 2x2x2 convolutions); the
-            up-path uses 2x2x2 transposed convolutions and concatenated skips.
+        depth: number of down-sampling steps (strided convolutions whose kernel is
+            their stride); the up-path uses transposed convolutions of the same
+            strides and concatenated skips.
         residual: residual blocks instead of plain double convolutions.
         norm: ``"instance"`` or ``"group"``.
+        strides: ``depth`` per-axis strides, e.g. ``[(1, 2, 2), (2, 2, 2), (2, 2, 2)]``
+            (no pooling across thick slices until the spacings are comparable);
+            default 2 along every axis at every level.
+        kernels: ``depth + 1`` per-axis convolution kernels of the levels, e.g.
+            ``(1, 3, 3)`` where the slices are much thicker than the pixels (a
+            2D-like level); default 3x3x3 everywhere.
 
     ``forward(x)``: ``x`` is ``(N, in_channels, D, H, W)``; returns logits
-    ``(N, 1, D, H, W)``. Spatial sizes that are not multiples of ``2**depth`` are
-    zero-padded at the far end and cropped off the output (inputs that would leave a
-    single bottleneck voxel get ``2**depth`` more slices of padding along D).
+    ``(N, 1, D, H, W)``. Spatial sizes that are not multiples of
+    :attr:`size_multiples` are zero-padded at the far end and cropped off the output
+    (inputs that would leave a single bottleneck voxel get one more multiple of
+    padding along the first axis that is pooled).
     """
 
     def __init__(
@@ -119,6 +143,8 @@ class UNet3D(nn.Module):
         depth: int = 3,
         residual: bool = False,
         norm: str = "instance",
+        strides: Sequence[Sequence[int]] | None = None,
+        kernels: Sequence[Sequence[int]] | None = None,
     ) -> None:
         super().__init__()
         check_int("in_channels", in_channels, 1)
@@ -126,32 +152,43 @@ class UNet3D(nn.Module):
         check_int("depth", depth, 1)
         if norm not in NORMS:
             raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
+        self.strides = _triples("strides", strides, depth, (2, 2, 2))
+        self.kernels = _triples("kernels", kernels, depth + 1, (3, 3, 3))
+        if any(k % 2 == 0 for t in self.kernels for k in t):
+            raise InputError(f"kernels must be odd, got {self.kernels}")
         widths = [base_width * 2**i for i in range(depth + 1)]
         self.depth = depth
-        self.enc = nn.ModuleList([ConvBlock(in_channels, widths[0], norm, residual)])
+        self.enc = nn.ModuleList([ConvBlock(in_channels, widths[0], norm, residual, self.kernels[0])])
         self.down = nn.ModuleList()
         self.up = nn.ModuleList()
         self.dec = nn.ModuleList()
         for i in range(depth):
-            self.down.append(nn.Conv3d(widths[i], widths[i], 2, stride=2, bias=False))
-            self.enc.append(ConvBlock(widths[i], widths[i + 1], norm, residual))
-            self.up.append(nn.ConvTranspose3d(widths[i + 1], widths[i], 2, stride=2, bias=False))
-            self.dec.append(ConvBlock(2 * widths[i], widths[i], norm, residual))
+            s = self.strides[i]
+            self.down.append(nn.Conv3d(widths[i], widths[i], s, stride=s, bias=False))
+            self.enc.append(ConvBlock(widths[i], widths[i + 1], norm, residual, self.kernels[i + 1]))
+            self.up.append(nn.ConvTranspose3d(widths[i + 1], widths[i], s, stride=s, bias=False))
+            self.dec.append(ConvBlock(2 * widths[i], widths[i], norm, residual, self.kernels[i]))
         self.head = nn.Conv3d(widths[0], 1, 1)
 
     @property
+    def size_multiples(self) -> Triple:
+        """Per-axis sizes that need no internal padding are multiples of these."""
+        return tuple(math.prod(s[a] for s in self.strides) for a in range(3))  # type: ignore[return-value]
+
+    @property
     def size_multiple(self) -> int:
-        """Spatial sizes that need no internal padding are multiples of this."""
-        return 2**self.depth
+        """The largest of :attr:`size_multiples` (``2**depth`` for isotropic strides)."""
+        return max(self.size_multiples)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5:
             raise ShapeError(f"UNet3D expects (N, C, D, H, W), got shape {tuple(x.shape)}")
         size = x.shape[2:]
-        m = self.size_multiple
-        pad = [(-s) % m for s in size]
-        if all(s + p == m for s, p in zip(size, pad)):
-            pad[0] += m  # InstanceNorm needs more than one voxel at the bottleneck
+        ms = self.size_multiples
+        pad = [(-s) % m for s, m in zip(size, ms)]
+        if all(s + p == m for s, p, m in zip(size, pad, ms)):
+            a = next((i for i in range(3) if ms[i] > 1), 0)
+            pad[a] += ms[a]  # InstanceNorm needs more than one voxel at the bottleneck
         if any(pad):
             x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))
         skips = []
@@ -167,33 +204,83 @@ class UNet3D(nn.Module):
         return x
 
 
-#: Segmenters by name: ``builder(base_width, depth, norm) -> nn.Module`` mapping
-#: ``(N, 1, D, H, W)`` to logits ``(N, 1, D, H, W)`` for any spatial size.
-MODELS: dict[str, Callable[[int, int, str], nn.Module]] = {}
+#: Segmenters by name: ``builder(base_width, depth, norm, strides, kernels) -> nn.Module``
+#: mapping ``(N, 1, D, H, W)`` to logits ``(N, 1, D, H, W)`` for any spatial size
+#: (``strides``: ``depth`` per-axis triples, ``kernels``: ``depth + 1``; None: isotropic).
+MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_model(name: str, builder: Callable[[int, int, str], nn.Module]) -> None:
+def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
     """Make a segmenter selectable as ``LearnConfig.arch = name`` (docs/contributing.md)."""
     MODELS[name] = builder
 
 
-register_model("unet", lambda width, depth, norm: UNet3D(1, width, depth, residual=False, norm=norm))
-register_model("resunet", lambda width, depth, norm: UNet3D(1, width, depth, residual=True, norm=norm))
+register_model("unet", lambda width, depth, norm, strides=None, kernels=None: UNet3D(
+    1, width, depth, residual=False, norm=norm, strides=strides, kernels=kernels))
+register_model("resunet", lambda width, depth, norm, strides=None, kernels=None: UNet3D(
+    1, width, depth, residual=True, norm=norm, strides=strides, kernels=kernels))
 
 
-def build_model(arch: str = "unet", base_width: int = 8, depth: int = 3, norm: str = "instance") -> nn.Module:
+def build_model(arch: str = "unet", base_width: int = 8, depth: int = 3, norm: str = "instance",
+                strides: Sequence[Sequence[int]] | None = None,
+                kernels: Sequence[Sequence[int]] | None = None) -> nn.Module:
     """Build a segmenter by name (:data:`MODELS`: ``"unet"`` plain, ``"resunet"`` residual)."""
     if arch not in MODELS:
         raise InputError(f"arch must be one of {tuple(MODELS)}, got {arch!r}")
-    return MODELS[arch](base_width, depth, norm)
+    return MODELS[arch](base_width, depth, norm, strides=strides, kernels=kernels)
 
 
 # ------------------------------------------------------------------ normalisation
+def intensity_stats(
+    image: torch.Tensor,
+    mode: str = "robust_zscore",
+    low: float = 0.5,
+    high: float = 99.5,
+    window: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """The statistics :func:`normalize_intensity` uses for ``image``: a ``[4]`` float32
+    device tensor ``(clip_lo, clip_hi, mean, std)`` (no host read). Computed once per
+    case, they normalise any crop of it the same way (:func:`apply_intensity`)."""
+    if mode not in NORMALIZE_MODES:
+        raise InputError(f"normalize mode must be one of {NORMALIZE_MODES}, got {mode!r}")
+    if not (0.0 <= low < high <= 100.0):
+        raise InputError(f"need 0 <= low < high <= 100, got low={low}, high={high}")
+    x = image.float()
+    inf = torch.tensor([float("-inf"), float("inf")], device=x.device)
+    if mode == "none":
+        return torch.cat([inf, torch.tensor([0.0, 1.0], device=x.device)])
+    if mode == "ct":
+        if window is None or len(window) != 4:
+            raise InputError("normalize mode 'ct' needs window=(clip_lo, clip_hi, mean, std)")
+        return torch.tensor([float(v) for v in window], dtype=torch.float32, device=x.device)
+    q = inf
+    if mode in ("robust_zscore", "percentile"):
+        flat = x.reshape(-1)
+        if flat.numel() > _QUANTILE_MAX_ELEMENTS:
+            flat = flat[:: math.ceil(flat.numel() / _QUANTILE_MAX_ELEMENTS)]
+        q = torch.quantile(flat, torch.tensor([low / 100.0, high / 100.0], device=x.device))
+        x = torch.minimum(torch.maximum(x, q[0]), q[1])
+    if mode == "percentile":
+        return torch.stack([q[0], q[1], q[0], (q[1] - q[0]).clamp_min(1e-8)])
+    return torch.stack([q[0], q[1], x.mean(), x.std(unbiased=False).clamp_min(1e-8)])
+
+
+def apply_intensity(image: torch.Tensor, mode: str, stats: torch.Tensor) -> torch.Tensor:
+    """``image`` normalised with ``stats`` of :func:`intensity_stats` (float32)."""
+    x = image.float()
+    if mode == "none":
+        return x.clone()
+    if mode != "zscore":
+        x = torch.minimum(torch.maximum(x, stats[0]), stats[1])
+    return (x - stats[2]) / stats[3]
+
+
 def normalize_intensity(
     image: torch.Tensor,
     mode: str = "robust_zscore",
     low: float = 0.5,
     high: float = 99.5,
+    window: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Per-case intensity normalisation shared by training and inference.
 
@@ -202,30 +289,15 @@ def normalize_intensity(
         mode: ``"robust_zscore"``: clip to the ``[low, high]`` percentiles, then
             subtract the mean and divide by the std of the clipped values;
             ``"zscore"``: plain mean/std; ``"percentile"``: clip to the percentiles
-            and scale to ``[0, 1]``; ``"none"``: float32 copy.
+            and scale to ``[0, 1]``; ``"ct"``: clip to ``window[0:2]`` and z-score with
+            ``window[2:4]`` (dataset-wide values from the plan, the same for every
+            image); ``"none"``: float32 copy.
         low, high: percentiles in ``[0, 100]`` for the clipping modes.
 
     Returns:
         float32 tensor, same shape and device. Constant images map to zeros.
     """
-    if mode not in NORMALIZE_MODES:
-        raise InputError(f"normalize mode must be one of {NORMALIZE_MODES}, got {mode!r}")
-    if not (0.0 <= low < high <= 100.0):
-        raise InputError(f"need 0 <= low < high <= 100, got low={low}, high={high}")
-    x = image.float()
-    if mode == "none":
-        return x.clone()
-    if mode in ("robust_zscore", "percentile"):
-        flat = x.reshape(-1)
-        if flat.numel() > _QUANTILE_MAX_ELEMENTS:
-            flat = flat[:: math.ceil(flat.numel() / _QUANTILE_MAX_ELEMENTS)]
-        q = torch.quantile(flat, torch.tensor([low / 100.0, high / 100.0], device=x.device))
-        x = torch.minimum(torch.maximum(x, q[0]), q[1])
-        if mode == "percentile":
-            return (x - q[0]) / (q[1] - q[0]).clamp_min(1e-8)
-    mean = x.mean()
-    std = x.std(unbiased=False)
-    return (x - mean) / std.clamp_min(1e-8)
+    return apply_intensity(image, mode, intensity_stats(image, mode, low, high, window))
 
 
 # --------------------------------------------------------------- sliding window

@@ -57,6 +57,7 @@ class ReplayBuffer:
         device: where storage lives (the model's device).
         policy: ``"reservoir"`` or ``"fifo"``.
         normalize: intensity normalisation mode used by :meth:`add_case`.
+        window: the ``(clip_lo, clip_hi, mean, std)`` of ``normalize="ct"``.
         storage_dtype: ``torch.float32`` (default), ``torch.bfloat16`` or
             ``torch.float16`` to halve memory; samples are returned as float32.
         fg_fraction: foreground share of the patches :meth:`add_case` draws.
@@ -70,6 +71,7 @@ class ReplayBuffer:
         device: torch.device | str = "cpu",
         policy: str = "reservoir",
         normalize: str = "robust_zscore",
+        window: Sequence[float] | None = None,
         storage_dtype: torch.dtype = torch.float32,
         fg_fraction: float = 0.5,
         seed: int = 0,
@@ -84,6 +86,7 @@ class ReplayBuffer:
             raise InputError(f"storage_dtype must be float32, bfloat16 or float16, got {storage_dtype}")
         self.policy = policy
         self.normalize = normalize
+        self.window = None if window is None else tuple(float(v) for v in window)
         self.fg_fraction = check_float("fg_fraction", fg_fraction, 0.0, 1.0)
         self.device = torch.device(device)
         self.storage_dtype = storage_dtype
@@ -147,7 +150,7 @@ class ReplayBuffer:
         self.seen += n
         self.size = min(self.capacity, self.size + n)
 
-    def add_case(self, image, target, weight, n_patches: int, residual=None) -> None:
+    def add_case(self, image, target, weight, n_patches: int, residual=None, normalized: bool = False) -> None:
         """Normalise a raw case and store ``n_patches`` patches drawn from it.
 
         Args:
@@ -157,6 +160,8 @@ class ReplayBuffer:
             n_patches: patches to draw (foreground-balanced; residual-weighted when
                 ``residual`` is given).
             residual: optional ``(D, H, W)`` residual map ``|Q - P|``.
+            normalized: ``image`` is already normalised (a crop normalised with its
+                whole case's statistics).
 
         Validates everything before changing the buffer.
         """
@@ -169,7 +174,7 @@ class ReplayBuffer:
         check_range(target, "target", 0.0, 1.0)
         check_range(weight, "weight", 0.0, None)
         sampler = PatchSampler(
-            normalize_intensity(image, self.normalize),
+            image if normalized else normalize_intensity(image, self.normalize, window=self.window),
             target,
             weight,
             self.patch,
@@ -204,6 +209,7 @@ class ReplayBuffer:
             "patch": list(self.patch),
             "policy": self.policy,
             "normalize": self.normalize,
+            "window": None if self.window is None else list(self.window),
             "storage_dtype": str(self.storage_dtype).replace("torch.", ""),
             "fg_fraction": self.fg_fraction,
             "size": self.size,
@@ -247,6 +253,8 @@ class ReplayBuffer:
         self.weights[:size] = state["weights"].to(self.device, self.storage_dtype)
         self.generator.set_state(state["generator"].cpu())
         self.normalize = state["normalize"]
+        window = state.get("window")
+        self.window = None if window is None else tuple(float(v) for v in window)
         self.fg_fraction = float(state["fg_fraction"])
         self.size = size
         self.seen = int(state["seen"])

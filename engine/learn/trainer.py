@@ -45,9 +45,10 @@ import torch
 from ..checks import check_finite
 from ..errors import CheckpointError, InputError, ShapeError
 from ._checks import as_volume, check_float, check_int, check_range, check_same_shape
-from .config import ARCH_FIELDS, OPTIMIZERS, PRECISIONS, LearnConfig
+from ._state import check_trainer_state, restore, snapshot
+from .config import OPTIMIZERS, PRECISIONS, LearnConfig
 from .losses import weighted_bce_dice
-from .models import build_model, normalize_intensity, sliding_window_inference
+from .models import apply_intensity, build_model, intensity_stats, normalize_intensity, sliding_window_inference
 from .replay import POLICIES, ReplayBuffer
 from .sampler import PatchSampler, random_flip
 
@@ -69,6 +70,7 @@ class Trainer:
         if not isinstance(config, LearnConfig):
             raise InputError(f"config must be a LearnConfig, got {type(config).__name__}")
         config.validate()
+        config = config.concrete()  # fields no plan filled take their fixed defaults
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise InputError("device is cuda but torch.cuda.is_available() is False")
@@ -85,7 +87,8 @@ class Trainer:
         self.use_graph = bool(config.cuda_graph and on_gpu)
         with torch.random.fork_rng(devices=[]):  # seeded init, global RNG untouched
             torch.manual_seed(config.seed)
-            model = build_model(config.arch, config.base_width, config.depth, config.norm)
+            model = build_model(config.arch, config.base_width, config.depth, config.norm, config.strides,
+                                config.kernels)
         self.model = model.to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
@@ -94,6 +97,11 @@ class Trainer:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(config.seed)
         self.steps_done = 0
+        #: steps whose loss or gradient was not finite: skipped, nothing changed
+        self.steps_skipped = 0
+        #: learning calls whose weights ended non-finite: restored to the call's start
+        self.calls_restored = 0
+        self._skipped_dev: torch.Tensor | None = None  # CUDA: counted on the device, read once per call
         self._forward = torch.compile(self.model) if config.compile else self.model
         self._graph: Any = None
         self._static: dict[str, torch.Tensor] = {}
@@ -107,7 +115,12 @@ class Trainer:
                 params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay
             )
         cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        extra = {"capturable": True} if self.use_graph else {}
+        if self.use_graph:
+            extra = {"capturable": True}
+        elif self.device.type == "cuda":
+            extra = {"fused": True}  # honours `found_inf`: a non-finite step is skipped on the device, no sync
+        else:
+            extra = {}
         return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
 
     def make_replay(
@@ -123,6 +136,7 @@ class Trainer:
             device=self.device,
             policy=policy,
             normalize=cfg.normalize,
+            window=cfg.ct_window,
             storage_dtype=storage_dtype,
             fg_fraction=cfg.fg_fraction,
             seed=cfg.seed + 1,
@@ -145,9 +159,28 @@ class Trainer:
             logits = self._forward(image)
         return weighted_bce_dice(logits, target, weight, cfg.bce_weight, cfg.dice_weight, cfg.dice_smooth)
 
-    def _update(self, loss: torch.Tensor) -> None:
+    def normalize(self, image: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+        """The intensity normalisation of this trainer's config (training and inference);
+        ``stats`` (:meth:`intensity`): normalise a crop as its whole case."""
+        if stats is None:
+            return normalize_intensity(image, self.config.normalize, window=self.config.ct_window)
+        return apply_intensity(image, self.config.normalize, stats)
+
+    def intensity(self, image: torch.Tensor) -> torch.Tensor:
+        """The normalisation statistics of a whole case (see :meth:`normalize`)."""
+        return intensity_stats(image, self.config.normalize, window=self.config.ct_window)
+
+    def _nonfinite(self, loss: torch.Tensor) -> torch.Tensor:
+        """0-d bool on the device: the loss or any gradient holds NaN / Inf."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        total = loss.detach().float()
+        if grads:
+            total = total + torch.stack(torch._foreach_norm(grads)).float().sum()
+        return ~torch.isfinite(total)
+
+    def _update(self, loss: torch.Tensor, guard: bool = False) -> None:
         clip = self.config.grad_clip
-        if self.scaler is not None:
+        if self.scaler is not None:  # GradScaler skips non-finite steps itself
             self.scaler.scale(loss).backward()
             if clip is not None:
                 self.scaler.unscale_(self.optimizer)
@@ -156,6 +189,24 @@ class Trainer:
             self.scaler.update()
             return
         loss.backward()
+        if guard:
+            bad = self._nonfinite(loss)
+            if self.device.type == "cuda" and getattr(self.optimizer, "defaults", {}).get("fused"):
+                # the fused optimizer skips the whole update (and its step count) where found_inf is 1
+                found = bad.float().reshape(1)
+                self._skipped_dev = found.clone() if self._skipped_dev is None else self._skipped_dev + found
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
+                self.optimizer.found_inf = found
+                try:
+                    self.optimizer.step()
+                finally:
+                    del self.optimizer.found_inf
+                return
+            if bool(bad):  # CPU (and SGD on CUDA): the check costs nothing worth avoiding
+                self.steps_skipped += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                return
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
         self.optimizer.step()
@@ -163,7 +214,7 @@ class Trainer:
     def _eager_step(self, image: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self._loss(image, target, weight)
-        self._update(loss)
+        self._update(loss, guard=True)
         return loss.detach()
 
     def _check_batch(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -200,28 +251,12 @@ class Trainer:
         return loss
 
     # ------------------------------------------------------------- CUDA graphs
-    def _snapshot(self) -> tuple[list[torch.Tensor], dict[int, dict[str, Any]]]:
-        params = [p.detach().clone() for p in self.model.parameters()]
-        state = {
-            id(p): {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
-            for p, s in self.optimizer.state.items()
-        }
-        return params, state
+    def _snapshot(self):
+        return snapshot(self.model, self.optimizer)
 
-    def _restore(self, snapshot: tuple[list[torch.Tensor], dict[int, dict[str, Any]]]) -> None:
-        """Undo the warm-up steps in place (the graph keeps the same tensors)."""
-        params, state = snapshot
-        with torch.no_grad():
-            for p, saved in zip(self.model.parameters(), params):
-                p.copy_(saved)
-            for p, s in self.optimizer.state.items():
-                saved = state.get(id(p))
-                for k, v in s.items():
-                    if isinstance(v, torch.Tensor):
-                        if saved is None:
-                            v.zero_()
-                        else:
-                            v.copy_(saved[k])
+    def _restore(self, snap) -> None:
+        """Undo steps in place (a captured CUDA graph keeps the same tensors)."""
+        restore(self.model, self.optimizer, snap)
 
     def _capture(self) -> None:
         """Capture forward + backward + optimizer step as one CUDA graph."""
@@ -254,19 +289,26 @@ class Trainer:
         return self._static["loss"].clone()
 
     # --------------------------------------------------------------- train a case
-    def _prepare_case(self, image, target, weight, residual):
+    def _prepare_case(self, image, target, weight, residual, check_values: bool = True):
         image = as_volume(image, "image", device=self.device)
         target = as_volume(target, "target", device=self.device)
         weight = as_volume(weight, "weight", device=self.device)
         check_same_shape(image, "image", target=target, weight=weight)
-        check_finite("image", image)
-        check_range(target, "target", 0.0, 1.0)
-        check_range(weight, "weight", 0.0, None)
+        if check_values:
+            check_finite("image", image)
+            check_range(target, "target", 0.0, 1.0)
+            check_range(weight, "weight", 0.0, None)
         if residual is not None:
             residual = as_volume(residual, "residual", device=self.device)
             check_same_shape(image, "image", residual=residual)
-            check_range(residual, "residual", 0.0, None)
+            if check_values:
+                check_range(residual, "residual", 0.0, None)
         return image, target, weight, residual
+
+    def _params_finite(self) -> bool:
+        """Whether every weight is finite (one read back from the device)."""
+        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
+        return bool(torch.isfinite(torch.stack(norms).sum()))
 
     def replay_share(self, step: int, ratio: float) -> int:
         """Replay patches in the batch of global step ``step`` for ``ratio``."""
@@ -282,6 +324,8 @@ class Trainer:
         replay: ReplayBuffer | None = None,
         replay_ratio: float | None = None,
         residual=None,
+        check_values: bool = True,
+        normalized: bool = False,
     ) -> torch.Tensor:
         """Train ``steps`` steps on one case, mixing in replay patches.
 
@@ -295,6 +339,17 @@ class Trainer:
             replay_ratio: replay share of each batch (default ``config.replay_ratio``).
             residual: optional ``(D, H, W)`` residual ``|Q - P|`` that weights where
                 current-case patches are centred.
+            check_values: scan the inputs' values (finite image, target in [0, 1],
+                weights and residual >= 0); the engine passes False for the volumes it
+                built itself (checked where the data entered).
+            normalized: ``image`` is already normalised (:meth:`normalize`), e.g. a
+                crop normalised with its whole case's statistics.
+
+        A step whose loss or gradient is not finite is skipped: weights and optimiser
+        state stay as they were, :attr:`steps_skipped` counts it (on CUDA the fused
+        optimiser skips it on the device; the count is read once at the end). If the
+        weights are not finite at the end of the call, they and the optimiser state are
+        restored to the call's start (:attr:`calls_restored`).
 
         Returns:
             ``(steps,)`` float32 losses on the device (read them when convenient;
@@ -312,13 +367,14 @@ class Trainer:
                 raise ShapeError(f"replay patch {replay.patch} differs from the trainer's {self.patch}")
             if replay.device != self.device:
                 raise InputError(f"replay buffer is on {replay.device}, the trainer on {self.device}")
-        image, target, weight, residual = self._prepare_case(image, target, weight, residual)
+        image, target, weight, residual = self._prepare_case(image, target, weight, residual, check_values)
         losses = torch.zeros(steps, dtype=torch.float32, device=self.device)
         if steps == 0:
             return losses
+        snapshot = self._snapshot()
         cfg = self.config
         sampler = PatchSampler(
-            normalize_intensity(image, cfg.normalize),
+            image if normalized else self.normalize(image),
             target,
             weight,
             self.patch,
@@ -338,6 +394,12 @@ class Trainer:
             batch = [torch.cat(ts) if len(ts) > 1 else ts[0] for ts in zip(*parts)]
             batch = random_flip(batch, self.generator, cfg.flip_axes)
             losses[i] = self.step(batch)
+        if self._skipped_dev is not None:  # CUDA: the one read of the call
+            self.steps_skipped += int(self._skipped_dev.item())
+            self._skipped_dev = None
+        if not self._params_finite():
+            self._restore(snapshot)
+            self.calls_restored += 1
         return losses
 
     def warmup(self) -> None:
@@ -379,7 +441,7 @@ class Trainer:
         try:
             return sliding_window_inference(
                 self.model,
-                normalize_intensity(image, cfg.normalize),
+                self.normalize(image),
                 self.patch,
                 overlap=cfg.sw_overlap,
                 blend=cfg.sw_blend,
@@ -404,28 +466,7 @@ class Trainer:
 
     def check_state_dict(self, state: dict[str, Any]) -> None:
         """Raise :class:`CheckpointError` unless ``state`` can load into this trainer."""
-        try:
-            saved = state["config"]
-            for name in ARCH_FIELDS:
-                if saved.get(name) != getattr(self.config, name):
-                    raise CheckpointError(
-                        f"checkpoint {name}={saved.get(name)!r} does not match the trainer's "
-                        f"{getattr(self.config, name)!r}"
-                    )
-            mine = self.model.state_dict()
-            theirs = state["model"]
-            if set(mine) != set(theirs):
-                raise CheckpointError("checkpoint model parameters do not match the model's")
-            for key, value in mine.items():
-                if not isinstance(theirs[key], torch.Tensor) or theirs[key].shape != value.shape:
-                    raise CheckpointError(f"checkpoint parameter {key} has the wrong shape")
-            groups = state["optimizer"]["param_groups"]
-            if [len(g["params"]) for g in groups] != [len(g["params"]) for g in self.optimizer.param_groups]:
-                raise CheckpointError("checkpoint optimizer groups do not match the model's parameters")
-            if not isinstance(state["generator"], torch.Tensor) or int(state["steps_done"]) < 0:
-                raise CheckpointError("checkpoint trainer generator / step counter is invalid")
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"checkpoint trainer state is malformed ({exc!r})") from None
+        check_trainer_state(self, state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output; validated first, so failures change nothing.

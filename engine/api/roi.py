@@ -1,0 +1,117 @@
+"""One case as the segmenter sees it: its region of interest on the planned grid.
+
+A round's cost follows the object, not the volume (DESIGN §5): prediction, learning
+and the replay patches of a session run inside the **region of interest**, the
+object's extent along the annotation axis and the in-plane bounding box of the drawn
+masks and of the last prediction, each grown by a margin in mm (at least
+:data:`ROI_MARGIN_MM`, at least half the patch, so windows and patches see context).
+Outside it the session's prediction is background. The region is resampled to the
+segmenter's planned grid and normalised with the statistics of the *whole* case
+(computed once), so a crop is normalised exactly as the whole volume is for
+``Engine.predict`` and held-out evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import torch
+
+from ..learn.resample import resample
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = ["ModelView", "ROI_MARGIN_MM", "Box", "bbox2d", "drawn_boxes"]
+
+#: The region of interest grows by at least this much around what is known (mm).
+ROI_MARGIN_MM = 16.0
+
+Box = tuple[slice, slice, slice]
+
+
+def bbox2d(mask: torch.Tensor) -> Optional[tuple[int, int, int, int]]:
+    """``(r0, r1, c0, c1)`` (inclusive) of a 2D mask's foreground, or None (one read back)."""
+    rows = torch.nonzero(mask.any(1)).reshape(-1)
+    if rows.numel() == 0:
+        return None
+    cols = torch.nonzero(mask.any(0)).reshape(-1)
+    r = torch.stack([rows[0], rows[-1], cols[0], cols[-1]]).tolist()
+    return int(r[0]), int(r[1]), int(r[2]), int(r[3])
+
+
+def drawn_boxes(masks: dict, cache: dict) -> list[tuple[int, int, int, int]]:
+    """In-plane bounding boxes ``(r0, r1, c0, c1)`` of a session's drawings ``{(internal
+    axis, index): mask}`` (``cache``: id(mask) -> box; one read back per new mask)."""
+    out = []
+    for (ia, idx), m in masks.items():
+        key = id(m)
+        if key not in cache:
+            b = bbox2d(m.bool())
+            if b is not None and ia == 1:  # a plane at row idx: (D, W)
+                b = (idx, idx, b[2], b[3])
+            elif b is not None and ia == 2:  # a plane at column idx: (D, H)
+                b = (b[2], b[3], idx, idx)
+            cache[key] = b
+        if cache[key] is not None:
+            out.append(cache[key])
+    return out
+
+
+class ModelView:
+    """A case ``image`` ``(D, H, W)`` (annotation axis first) at ``spacing`` (that order;
+    None: the planned spacing) on ``engine``'s planned grid."""
+
+    def __init__(self, engine: "Engine", image: torch.Tensor, spacing: Optional[Sequence[float]]) -> None:
+        self.engine = engine
+        self.image = image
+        self.spacing = spacing
+        self._stats: Optional[torch.Tensor] = None
+        self.box: Box = (slice(0, image.shape[0]), slice(0, image.shape[1]), slice(0, image.shape[2]))
+
+    @property
+    def stats(self) -> torch.Tensor:
+        """The case's normalisation statistics on the planned grid (computed once)."""
+        if self._stats is None:
+            whole = resample(self.image, self.engine.grid(self.image.shape, self.spacing))
+            self._stats = self.engine.trainer.intensity(whole)
+        return self._stats
+
+    def region(self, extent: Optional[tuple[int, int]], boxes: Sequence[tuple[int, int, int, int]]) -> Box:
+        """The region of interest: ``extent`` (slices; None: all) and the union of the
+        in-plane ``boxes`` ``(r0, r1, c0, c1)`` (none: the whole slice), with margins."""
+        D, H, W = self.image.shape
+        sp = self.spacing or self.engine.plan.learn.target_spacing or (1.0, 1.0, 1.0)
+        lc = self.engine.plan.learn
+        tsp = lc.target_spacing or sp
+        margin = [math.ceil(max(ROI_MARGIN_MM, 0.5 * p * t) / s) for p, t, s in zip(lc.patch, tsp, sp)]
+        lo, hi = extent if extent is not None else (0, D - 1)
+        z = slice(max(0, lo - margin[0]), min(D, hi + 1 + margin[0]))
+        if not boxes:
+            return (z, slice(0, H), slice(0, W))
+        r0, r1 = min(b[0] for b in boxes), max(b[1] for b in boxes)
+        c0, c1 = min(b[2] for b in boxes), max(b[3] for b in boxes)
+        return (z, slice(max(0, r0 - margin[1]), min(H, r1 + 1 + margin[1])),
+                slice(max(0, c0 - margin[2]), min(W, c1 + 1 + margin[2])))
+
+    def _grid(self, box: Box) -> tuple[int, ...]:
+        shape = tuple(s.stop - s.start for s in box)
+        return self.engine.grid(shape, self.spacing)
+
+    def predict(self, box: Box) -> torch.Tensor:
+        """Probabilities ``(D, H, W)`` of the whole case: the segmenter inside ``box``,
+        background outside."""
+        self.box = box
+        out = torch.zeros(self.image.shape, dtype=torch.float32, device=self.image.device)
+        crop = self.image[box]
+        out[box] = self.engine._predict_crop(crop, self._grid(box), self.stats)
+        return out
+
+    def training(self, *volumes: torch.Tensor) -> list[torch.Tensor]:
+        """The normalised image and ``volumes`` (whole-case, native) inside the current
+        region, on the planned grid: what learning and the replay buffer take."""
+        box = self.box
+        size = self._grid(box)
+        image = self.engine.trainer.normalize(resample(self.image[box], size), self.stats)
+        return [image] + [resample(v[box], size) for v in volumes]
