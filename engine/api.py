@@ -787,25 +787,48 @@ class Session:
             t = self._record("result", timer)
         return (res, t) if return_timings else res
 
-    def commit(self) -> None:
+    def commit(self, final_mask: Any = None) -> None:
         """Store the case (patches, final target, weights) in the replay buffer, move
-        the stream counters on, and close the session."""
+        the stream counters on, and close the session.
+
+        ``final_mask``: the person's corrected 3D mask (caller's layout, the image's
+        shape, binary, finite; NumPy / torch / CuPy). When given it is the case's
+        final training target with confidence 1 everywhere, instead of the proxy
+        mask and its confidence. Bad input raises a typed error and leaves the
+        session open and unchanged."""
         with self._lock:
             self._check_open()
+            final = self._check_final_mask(final_mask) if final_mask is not None else None
             if self._learning is not None:
                 self._learning.result()
             eng = self.engine
-            if self._annotations:
+            if final is not None:
+                p = self._prediction()  # the residual |T - P| steers where patches are drawn
+                target, weight, residual = final, torch.ones_like(final), (final - p).abs()
+            elif self._annotations:
                 timer = _Timer(eng.device)
                 target, weight, residual = self._learn_inputs(timer)
             rows = self._evidence_rows()
             with eng._train_lock:  # counters and the buffer change under the engine's train lock
-                if self._annotations:
+                if final is not None or self._annotations:
                     eng.replay.add_case(self.image, target, weight, eng.config.replay_patches_per_case,
                                         residual=residual)
                 eng._fusion_evidence = (eng._fusion_evidence + rows)[-eng.config.fusion_window:]
                 eng.counters["cases"] += 1
             self._closed = True
+
+    def _check_final_mask(self, mask: Any) -> torch.Tensor:
+        """A final 3D mask in the caller's layout -> float32 (D, H, W) on the device."""
+        m = as_tensor(mask, "final_mask", self.engine.device)
+        if tuple(m.shape) != self.shape:
+            raise E.ShapeError(f"final_mask must have the image's shape {self.shape}, got {tuple(m.shape)}")
+        if m.is_complex():
+            raise E.MaskError("final_mask must be binary (0/1 or bool), got a complex array")
+        if m.is_floating_point() and not bool(torch.isfinite(m).all()):
+            raise E.NonFiniteError("final_mask holds NaN or Inf")
+        if not bool(((m == 0) | (m == 1)).all()):
+            raise E.MaskError("final_mask must be binary (0/1 or bool)")
+        return m.float().movedim(self.axis, 0).contiguous()
 
     def close(self) -> None:
         """Close without committing (waits for a running learning job)."""
