@@ -1,0 +1,28 @@
+"""OpenAPI fuzzing (schemathesis, bounded): no generated request gets a 5xx."""
+
+from __future__ import annotations
+
+import pytest
+
+import engine
+from engine.server import Limits, create_app
+
+from .conftest import tiny_config
+
+schemathesis = pytest.importorskip("schemathesis")
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+EXAMPLES = 10  # per operation (36 operations): a few hundred requests, ~30 s
+
+_engine = engine.Engine(tiny_config())
+_app = create_app(_engine, limits=Limits(max_voxels=4096, max_body_bytes=1 << 20, max_sessions=256))
+schema = schemathesis.openapi.from_asgi("/openapi.json", _app)
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@pytest.mark.filterwarnings("ignore")
+def test_no_server_errors(case):
+    response = case.call()
+    assert response.status_code < 500, f"{case.method} {case.formatted_path} -> {response.status_code}: " \
+                                       f"{response.text[:300]}"
