@@ -61,6 +61,22 @@ def parse_floats(text: Optional[str], name: str, n: int) -> Optional[list[float]
     return vals
 
 
+def parse_meta(text: str) -> dict:
+    """JSON metadata of a raw body: ``{"shape", "dtype", "spacing", "axis"}``."""
+    try:
+        m = json.loads(text)
+    except ValueError as exc:
+        raise E.InputError(f"meta is not JSON: {exc}") from exc
+    if not isinstance(m, dict) or not isinstance(m.get("shape"), list) or \
+            not all(isinstance(v, int) and not isinstance(v, bool) for v in m["shape"]):
+        raise E.InputError('meta must be a JSON object with "shape": [D, H, W] (ints)')
+    sp = m.get("spacing")
+    if sp is not None and (not isinstance(sp, list) or
+                           not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in sp)):
+        raise E.InputError('meta "spacing" must be a list of numbers')
+    return m
+
+
 def check_shape(shape: Sequence[int], max_voxels: int) -> tuple[int, ...]:
     from .errors import TooLargeError
 

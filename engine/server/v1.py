@@ -241,15 +241,31 @@ def router(srv: ServerState) -> APIRouter:
 
     @r.post("/sessions", tags=["sessions"], status_code=201, openapi_extra=BINARY_BODY,
             summary="open a session with a raw little-endian C-order image as the body")
-    async def open_session(request: Request, shape: str = Query(..., description="three sizes, e.g. 44,95,71"),
+    async def open_session(request: Request,
+                           shape: Optional[str] = Query(None, description="three sizes, e.g. 44,95,71"),
                            dtype: DType = Query(DType.float32), spacing: Optional[str] = Query(None),
-                           axis: int = Query(0, ge=0, le=2)) -> JSONResponse:
+                           axis: int = Query(0, ge=0, le=2),
+                           meta: Optional[str] = Query(None, max_length=2000,
+                                                       description='the same as JSON: {"shape": [D, H, W], '
+                                                                   '"dtype": "float32", "spacing": [..], "axis": 2}'))\
+            -> JSONResponse:
         srv.leases.reserve()
+        dt = dtype.value
+        if meta is not None:
+            m = C.parse_meta(meta)
+            shape = ",".join(str(v) for v in m.get("shape", []))
+            dt = m.get("dtype", dt)
+            spacing = ",".join(str(v) for v in m["spacing"]) if m.get("spacing") is not None else spacing
+            axis = m.get("axis", axis)
+            if axis not in (0, 1, 2):
+                raise E.InputError(f"axis must be 0, 1 or 2, got {axis!r}")
         sh = C.check_shape(C.parse_ints(shape, "shape", 3), L.max_voxels)
         sp = C.parse_floats(spacing, "spacing", 3)
-        nbytes = int(np.prod(sh)) * np.dtype(dtype.value).itemsize
+        if dt not in C.IMAGE_DTYPES:
+            raise E.DTypeError(f"dtype must be one of {C.IMAGE_DTYPES}, got {dt!r}")
+        nbytes = int(np.prod(sh)) * np.dtype(dt).itemsize
         buf = await read_body(request, expected=nbytes, limit=L.max_body_bytes)
-        image = C.decode_array(buf, dtype.value, sh)
+        image = C.decode_array(buf, dt, sh)
         return await open_lease(request, image, sp, axis)
 
     @r.post("/sessions/file", tags=["sessions"], status_code=201, openapi_extra=BINARY_BODY,

@@ -86,3 +86,4 @@ def test_kill_9_after_commits_loses_nothing(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+    assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]  # a clean shutdown (and a final save)

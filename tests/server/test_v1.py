@@ -135,6 +135,17 @@ def test_state_errors_map_to_409_and_unknown_to_404(client):
     assert client.post(f"/v1/sessions/{sid}/undo").status_code == 410
 
 
+def test_open_with_json_metadata(client):
+    import json
+
+    image, _ = tiny_case(11)
+    meta = {"shape": list(image.shape), "dtype": "float64", "spacing": [1.0, 0.5, 0.5], "axis": 1}
+    r = client.post("/v1/sessions", params={"meta": json.dumps(meta)}, content=image.astype(np.float64).tobytes())
+    assert r.status_code == 201 and r.json()["axis"] == 1 and r.json()["spacing"] == [1.0, 0.5, 0.5]
+    r = client.post("/v1/sessions", params={"meta": '{"shape": "x"}'}, content=b"")
+    assert r.status_code == 422
+
+
 def test_bad_images_are_typed(client):
     r = client.post("/v1/sessions", params={"shape": "4,5,6", "dtype": "float32"},
                     content=np.full((4, 5, 6), np.nan, np.float32).tobytes())
