@@ -120,12 +120,12 @@ def test_client_imports_without_torch():
 
 def test_heartbeats_keep_a_lease_alive():
     eng = engine.Engine(tiny_config())
-    app = create_app(eng, limits=Limits(lease_timeout_s=0.8), reap_interval_s=0.1)
+    app = create_app(eng, limits=Limits(lease_timeout_s=1.5), reap_interval_s=0.1)
     with live_server(app) as url:
         image, label = tiny_case(2)
-        alive = RemoteEngine(url, heartbeat_s=0.2).open(image)
+        alive = RemoteEngine(url, heartbeat_s=0.25).open(image)
         dead = RemoteEngine(url, heartbeat_s=60).open(image)
-        time.sleep(2.0)
+        time.sleep(3.5)
         alive.annotate(3, label[3])
         with pytest.raises(CE.SessionClosedError):
             dead.annotate(3, label[3])

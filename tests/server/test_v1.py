@@ -190,12 +190,12 @@ def test_capacity_503_with_retry_after(client):
 
 def test_lease_expires_without_heartbeats_and_lives_with_them():
     eng = engine.Engine(tiny_config())
-    lim = Limits(lease_timeout_s=0.6, idle_timeout_s=30)
+    lim = Limits(lease_timeout_s=1.5, idle_timeout_s=30)
     with TestClient(create_app(eng, limits=lim, reap_interval_s=0.1)) as c:
         image, _ = tiny_case(7)
         a, b = _open(c, image), _open(c, image)
-        for _ in range(8):
-            time.sleep(0.2)
+        for _ in range(12):
+            time.sleep(0.3)
             assert c.post(f"/v1/sessions/{b}/heartbeat").status_code == 200
         assert c.get(f"/v1/sessions/{a}").status_code == 410
         assert c.get(f"/v1/sessions/{b}").status_code == 200
