@@ -5,8 +5,8 @@
 * :mod:`.auth` bearer keys (``dilseg keys add``), :mod:`.state` the atomic state
   folder, :mod:`.leases` sessions as leases, :mod:`.codecs` array bodies and crops.
 
-Importing ``engine.server`` imports FastAPI (the ``server`` extra) but not torch
-until an engine is built.
+Importing ``engine.server`` is cheap: FastAPI (the ``server`` extra) loads with
+:func:`create_app`, torch when an engine is built.
 """
 
 from __future__ import annotations

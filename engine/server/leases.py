@@ -21,7 +21,7 @@ from .. import errors as E
 from .errors import CapacityError, ForbiddenError, NotFoundError
 
 TOMBSTONES = 4096
-VERSIONS = 4  # result / prediction versions kept per lease for changed-bbox crops
+VERSIONS = 2  # result / prediction versions kept per lease for changed-bbox crops (the client's and the newest)
 
 
 @dataclass
