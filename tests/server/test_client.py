@@ -176,3 +176,27 @@ def test_concurrent_clients_lose_no_commit(tmp_path):
     back = engine.server.StateDir(tmp_path / "state").load()
     assert back.counters["cases"] == n
     eng.close()
+
+
+def test_a_body_over_the_limit_gets_413_before_it_is_sent():
+    """On a real port: headers announcing a huge body, and no body at all; the answer
+    must come at once (the server never waits for, or reads, the body)."""
+    import socket
+    from urllib.parse import urlparse
+
+    eng = engine.Engine(tiny_config())
+    with live_server(create_app(eng, limits=Limits(max_body_bytes=1 << 20))) as url:
+        u = urlparse(url)
+        with socket.create_connection((u.hostname, u.port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/sessions?shape=512,512,512 HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/octet-stream\r\nContent-Length: 536870912\r\n\r\n")
+            t0 = time.monotonic()
+            data = b""
+            while b"TooLargeError" not in data and time.monotonic() - t0 < 5:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            text = data.decode("latin-1")
+            assert text.startswith("HTTP/1.1 413") and "TooLargeError" in text and time.monotonic() - t0 < 5
+    eng.close()
