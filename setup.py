@@ -84,6 +84,8 @@ setup(
         "io": ["nibabel", "pynrrd", "h5py", "itk-elastix"],
         "eval": ["itk-morphologicalcontourinterpolation", "matplotlib", "tqdm", "numba", "scipy"],
         "gpu": ["triton"],
+        # `dilseg serve` (engine/server); the core stays torch + numpy
+        "server": ["fastapi>=0.115", "uvicorn>=0.30", "python-multipart>=0.0.31"],
     },
     ext_modules=[] if no_ext else [CMakeExtension("engine._C")],
     cmdclass={"build_ext": CMakeBuild},

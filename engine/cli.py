@@ -4,6 +4,8 @@
     dilseg run --preset demo|paper      the main job: a stream of cases with a simulated annotator
     dilseg propagate IMAGE DRAWN -o P   proxy mask from a few drawn slices
     dilseg data la2018 --to DIR         download + convert the public left-atrium data
+    dilseg serve [--host H] [--port P] [--state DIR] [--keys FILE]   the HTTP server
+    dilseg keys add NAME --role annotator|admin --file FILE           a new server key
 """
 
 from __future__ import annotations
@@ -69,6 +71,13 @@ def _add_data(sub) -> None:
     la.set_defaults(func=run)
 
 
+def _add_server(sub) -> None:
+    from .server import cli as server_cli  # argparse only: FastAPI loads when `serve` runs
+
+    server_cli.add_serve_parser(sub)
+    server_cli.add_keys_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dilseg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -76,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_propagate(sub)
     _add_data(sub)
+    _add_server(sub)
     return ap
 
 

@@ -360,3 +360,52 @@ def test_fusion_evidence_survives_save_load_and_window(tmp_path):
 def test_bad_fusion_config_is_typed(field, value):
     with pytest.raises(E.InputError):
         _tiny_config(**{field: value}).validate()
+
+
+# --- commit with the person's final mask --------------------------------------------------
+def test_commit_final_mask_is_the_replay_target_with_full_confidence():
+    eng = engine.Engine(_tiny_config(replay_policy="fifo"))
+    image, label = _case(11)
+    t_img = np.ascontiguousarray(image.transpose(1, 2, 0))  # annotation axis 2 in the caller's layout
+    t_lab = np.ascontiguousarray(label.transpose(1, 2, 0))
+    s = eng.open(t_img, axis=2)
+    s.annotate(5, t_lab[:, :, 5])  # one drawn slice: the proxy alone would be a poor target
+    s.commit(final_mask=t_lab.astype(bool))
+    assert eng.counters["cases"] == 1 and len(eng.replay) == eng.config.replay_patches_per_case
+    n = len(eng.replay)
+    assert torch.all(eng.replay.weights[:n] == 1.0)  # full confidence everywhere
+    assert set(torch.unique(eng.replay.targets[:n]).tolist()) <= {0.0, 1.0}  # the binary final mask
+    assert eng.replay.targets[:n].sum() > 0
+    with pytest.raises(E.SessionClosedError):
+        s.commit()
+
+
+def test_commit_final_mask_without_annotations_still_fills_the_buffer():
+    eng = engine.Engine(_tiny_config())
+    image, label = _case(12)
+    s = eng.open(image)
+    s.commit(final_mask=torch.from_numpy(label))
+    assert eng.counters["cases"] == 1 and len(eng.replay) > 0
+
+
+@pytest.mark.parametrize(
+    "bad,err",
+    [
+        (lambda lab: lab[:, :5], E.ShapeError),
+        (lambda lab: lab[0], E.ShapeError),
+        (lambda lab: lab * 3, E.MaskError),
+        (lambda lab: np.where(lab > 0, np.nan, 0.0), E.NonFiniteError),
+        (lambda lab: lab.astype(np.complex64), E.MaskError),
+        (lambda lab: "not an array", E.InputError),
+    ],
+)
+def test_commit_bad_final_mask_is_typed_and_leaves_state(eng, bad, err):
+    image, label = _case(13)
+    s = eng.open(image)
+    s.annotate(4, label[4])
+    before, cases, n = _snapshot(s), eng.counters["cases"], len(eng.replay)
+    with pytest.raises(err):
+        s.commit(final_mask=bad(label))
+    assert _same(before, _snapshot(s)) and eng.counters["cases"] == cases and len(eng.replay) == n
+    s.commit()  # still open: an ordinary commit works
+    assert eng.counters["cases"] == cases + 1

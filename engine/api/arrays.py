@@ -11,7 +11,8 @@ import torch
 from .. import errors as E
 from ..checks import check_finite
 
-__all__ = ["ArrayKind", "as_tensor", "check_image", "internal_spacing"]
+__all__ = ["ArrayKind", "as_tensor", "check_image", "check_slice_index", "check_slice_mask", "check_volume_mask",
+           "internal_spacing"]
 
 
 class ArrayKind:
@@ -87,3 +88,49 @@ def internal_spacing(spacing: Optional[Sequence[float]], axis: int) -> Optional[
         raise E.InputError(f"spacing must be three positive numbers, got {spacing!r}")
     others = [d for d in range(3) if d != axis]
     return (sp[axis], sp[others[0]], sp[others[1]])
+
+
+def check_slice_index(index: Any, size: int, caller_axis: int) -> int:
+    """A slice index in ``[0, size)`` on ``caller_axis`` (SliceIndexError otherwise)."""
+    if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+        raise E.SliceIndexError(f"index must be an int, got {index!r}")
+    index = int(index)
+    if not 0 <= index < size:
+        raise E.SliceIndexError(f"slice {index} outside [0, {size - 1}] on axis {caller_axis}")
+    return index
+
+
+def check_slice_mask(mask: Any, shape: Sequence[int], caller_axis: int, session_axis: int,
+                     device: torch.device) -> torch.Tensor:
+    """A person's 2D mask of a slice on ``caller_axis`` of a volume of ``shape`` (the
+    caller's layout): binary, finite, the plane's shape; returned as contiguous uint8 in
+    the session's internal orientation (planes of the other axes are (annotation axis,
+    remaining axis))."""
+    m = as_tensor(mask, "mask", device)
+    plane = tuple(s for d, s in enumerate(shape) if d != caller_axis)  # caller's layout
+    if m.dim() != 2 or tuple(m.shape) != plane:
+        raise E.ShapeError(f"mask must have shape {plane} for a slice on axis {caller_axis}, got {tuple(m.shape)}")
+    if caller_axis != session_axis:
+        rest = [d for d in range(3) if d not in (caller_axis, session_axis)][0]
+        if session_axis > rest:
+            m = m.t()
+    if m.is_floating_point() and not bool(torch.isfinite(m).all()):
+        raise E.NonFiniteError("mask holds NaN or Inf")
+    if m.is_complex() or not bool(((m == 0) | (m == 1)).all()):
+        raise E.MaskError("mask must be binary (0/1 or bool)")
+    return m.to(torch.uint8).contiguous()
+
+
+def check_volume_mask(mask: Any, name: str, shape: Sequence[int], axis: int, device: torch.device) -> torch.Tensor:
+    """A 3D mask in the caller's layout (binary, finite, ``shape``) as float32 with
+    ``axis`` first."""
+    m = as_tensor(mask, name, device)
+    if tuple(m.shape) != tuple(shape):
+        raise E.ShapeError(f"{name} must have the image's shape {tuple(shape)}, got {tuple(m.shape)}")
+    if m.is_complex():
+        raise E.MaskError(f"{name} must be binary (0/1 or bool), got a complex array")
+    if m.is_floating_point() and not bool(torch.isfinite(m).all()):
+        raise E.NonFiniteError(f"{name} holds NaN or Inf")
+    if not bool(((m == 0) | (m == 1)).all()):
+        raise E.MaskError(f"{name} must be binary (0/1 or bool)")
+    return m.float().movedim(axis, 0).contiguous()

@@ -25,7 +25,8 @@ from ..guide import REGISTRY, ProposalContext, residual_scores
 from ..learn.losses import build_targets
 from ..propagate import REGISTER_MARGIN, ProxyResult, Registration, assemble_proxy, register_volume
 from .annotations import AnnotationStore
-from .arrays import ArrayKind, as_tensor, check_image, internal_spacing
+from .arrays import (ArrayKind, as_tensor, check_image, check_slice_index, check_slice_mask, check_volume_mask,
+                     internal_spacing)
 from .fusion import SessionEvidence, fuse
 from .roi import Box, ModelView, bbox2d, drawn_boxes
 from .timing import Timer
@@ -146,29 +147,8 @@ class Session:
         """Validate one drawn slice at the boundary: ``(key, uint8 mask)`` in the
         internal layout."""
         ia = self._internal_axis(axis)
-        size = self.image.shape[ia]
-        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
-            raise E.SliceIndexError(f"index must be an int, got {index!r}")
-        index = int(index)
-        if not 0 <= index < size:
-            raise E.SliceIndexError(f"slice {index} outside [0, {size - 1}] on axis {self._caller_axis(ia)}")
-        m = as_tensor(mask, "mask", self.engine.device)
-        caller_axis = self._caller_axis(ia)
-        plane = tuple(s for d, s in enumerate(self.shape) if d != caller_axis)  # caller's layout
-        if m.dim() != 2 or tuple(m.shape) != plane:
-            raise E.ShapeError(f"mask must have shape {plane} for a slice on axis {caller_axis}, "
-                               f"got {tuple(m.shape)}")
-        if ia != 0:
-            # internal planes of the other axes are (annotation axis, remaining axis);
-            # the caller's plane keeps its own axis order
-            rest = [d for d in range(3) if d not in (caller_axis, self.axis)][0]
-            if self.axis > rest:
-                m = m.t()
-        if m.is_floating_point() and not bool(torch.isfinite(m).all()):
-            raise E.NonFiniteError("mask holds NaN or Inf")
-        if m.is_complex() or not bool(((m == 0) | (m == 1)).all()):
-            raise E.MaskError("mask must be binary (0/1 or bool)")
-        return (ia, index), m.to(torch.uint8).contiguous()
+        return (ia, check_slice_index(index, self.image.shape[ia], self._caller_axis(ia))), check_slice_mask(
+            mask, self.shape, self._caller_axis(ia), self.axis, self.engine.device)
 
     def annotate(self, index: int, mask: Any, axis: Optional[int] = None) -> None:
         """The person's binary 2D mask of slice ``index`` on ``axis`` (default: the
@@ -360,11 +340,14 @@ class Session:
         residual = (q - p).abs()
         return target, weight, residual
 
-    def _observe_object(self) -> None:
-        """This case's drawn object into the engine's fingerprint (once per session)."""
+    def _observe_object(self, final: Optional[torch.Tensor] = None) -> None:
+        """This case's drawn object (or its ``final`` mask) into the engine's fingerprint
+        (once per session)."""
         if not self._observed:
-            main = {z: m for (ia, z), m in self._store.masks.items() if ia == 0}
-            self.engine.observe(self.image, self._spacing or (1.0, 1.0, 1.0), masks=main, extent=self.extent)
+            main = dict(enumerate(final)) if final is not None else \
+                {z: m for (ia, z), m in self._store.masks.items() if ia == 0}
+            self.engine.observe(self.image, self._spacing or (1.0, 1.0, 1.0), masks=main,
+                                extent=None if final is not None else self.extent)
             self._observed = True
 
     def _run_learning(self, steps: int, target, weight, residual, timer: Timer) -> dict[str, float]:
@@ -449,22 +432,35 @@ class Session:
             t = self._record("result", timer)
         return (res_out, t) if return_timings else res_out
 
-    def commit(self) -> None:
+    def commit(self, final_mask: Any = None) -> None:
         """Store the case (patches, final target, weights) in the replay buffer, move
-        the stream counters on, and close the session."""
+        the stream counters on, and close the session.
+
+        ``final_mask``: the person's corrected 3D mask (caller's layout, the image's
+        shape, binary, finite; NumPy / torch / CuPy). When given it is the case's
+        final training target with confidence 1 everywhere, instead of the proxy
+        mask and its confidence. Bad input raises a typed error and leaves the
+        session open and unchanged."""
         with self._lock:
             self._check_open()
+            final = None if final_mask is None else check_volume_mask(final_mask, "final_mask", self.shape,
+                                                                       self.axis, self.engine.device)
             if self._learning is not None:
                 self._learning.result()
             eng = self.engine
-            if len(self._store):
+            if final is not None:
+                p = self._prediction()  # the residual |T - P| steers where patches are drawn
+                target, weight, residual = final, torch.ones_like(final), (final - p).abs()
+            elif len(self._store):
                 timer = Timer(eng.device)
                 target, weight, residual = self._learn_inputs(timer)
             rows = self._evidence_rows()
             with eng._train_lock:  # counters and the buffer change under the engine's train lock
-                if len(self._store):
-                    self._observe_object()
+                if final is not None or len(self._store):
+                    self._observe_object(final)
                     eng._ensure_plan()
+                    if final is not None:  # a whole corrected mask: patches may come from anywhere
+                        self._view.box = tuple(slice(0, n) for n in self.image.shape)
                     image_m, target_m, weight_m, residual_m = self._view.training(target, weight, residual)
                     eng.replay.add_case(image_m, target_m, weight_m, eng.config.replay_patches_per_case,
                                         residual=residual_m, normalized=True)
