@@ -14,9 +14,27 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFormLayout, QFrame, QGroupBox, QHBoxLayout,
-                            QLabel, QLineEdit, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
-                            QRadioButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QApplication,
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from . import _rounds, _views
 from ._slices import SliceBook
@@ -74,6 +92,9 @@ class DilsegWidget(QWidget):
         layers = napari_viewer.layers.events
         for ev in (layers.inserted, layers.removed, layers.moved):
             ev.connect(self._refresh_images)
+        app = QApplication.instance()
+        if app is not None:  # leaving napari closes an open session (no commit) and the engine
+            app.aboutToQuit.connect(self.shutdown)
         self._update_buttons()
 
     # --- UI ---------------------------------------------------------------------------
@@ -462,8 +483,10 @@ class DilsegWidget(QWidget):
         drawn = self.book.drawn(self.drawing_layer.data)
         sent = self.book.sent
         empty = sorted(self.book.empty)
-        self.drawn_label.setText(f"drawn {', '.join(map(str, drawn)) or '–'} · empty {', '.join(map(str, empty)) or '–'}"
-                                 f" · sent {', '.join(map(str, sent)) or '–'}")
+        def show(zs: list[int]) -> str:
+            return ", ".join(map(str, zs)) or "–"
+
+        self.drawn_label.setText(f"drawn {show(drawn)} · empty {show(empty)} · sent {show(sent)}")
 
     # --- rounds ---------------------------------------------------------------------------------------
     def send_slices(self) -> Any:
@@ -483,6 +506,9 @@ class DilsegWidget(QWidget):
         labels = np.asarray(self.drawing_layer.data)
         changes = self.book.changes(labels)  # copies of the changed slices, taken on the Qt thread
         after = len(set(self.book.sent) - set(changes.erase) | set(changes.annotate))
+        if not changes and not self.book.sent:
+            self._say("draw the object on a slice (or mark one empty) first", error=True)
+            return None
         if not changes and self.last_round is not None and self.extent == self._sent_extent:
             self._say("nothing changed since the last send")
             return None
