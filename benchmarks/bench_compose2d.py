@@ -43,7 +43,7 @@ ROUNDS = {"LA": 10, "S": 5, "L": 3}
 
 
 def _skip_unless_loaded(backend, device="cpu"):
-    if backend != "reference" and CP.C.select("compose2d", torch.device(device), (backend,)) != backend:
+    if backend != "reference" and not CP.compose2d_op.serves(backend, device):
         pytest.skip(f"{backend} backend not loaded")
 
 
@@ -98,7 +98,7 @@ def gpu_rows() -> list[dict]:
     P = v.shape[0] * v.shape[2] * v.shape[3]
     for backend in ("cuda", "triton"):
         name = f"compose2d {backend} {_label('L')}"
-        if CP.C.select("compose2d", v.device, (backend,)) != backend:
+        if not CP.compose2d_op.serves(backend, v.device):
             rows.append({"kernel": name, "note": "backend not loaded"})
             continue
         fwd = lambda: CP.IMPLS[backend](u, v, "border")  # noqa: E731

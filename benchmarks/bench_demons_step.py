@@ -43,7 +43,7 @@ def make_inputs(size: str, device: str = "cpu"):
 
 
 def _skip_unless_loaded(backend, device="cpu"):
-    if backend != "reference" and DS.C.select("demons_step", torch.device(device), (backend,)) != backend:
+    if backend != "reference" and not DS.demons_step_op.serves(backend, device):
         pytest.skip(f"{backend} backend not loaded")
 
 
@@ -74,7 +74,7 @@ def gpu_rows() -> list[dict]:
     N, _, H, W = args[0].shape
     P = N * H * W
     name = f"demons_step triton {N}x{H}x{W}"
-    if DS.C.select("demons_step", args[0].device, ("triton",)) != "triton":
+    if not DS.demons_step_op.serves("triton", args[0].device):
         return [{"kernel": name, "note": "backend not loaded"}]
     fn = lambda: DS.IMPLS["triton"](*args, 1.0)  # noqa: E731
     return [bandwidth_row(name, 32 * P, time_cuda(fn), count_launches(fn))]

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import engine.ops  # noqa: F401
+from engine.ops._declare import registry
 
 PC = sys.modules["engine.ops.propagate_chain"]
 CM = sys.modules["engine.ops.confidence_map"]
@@ -52,7 +53,7 @@ def _run(backend, masks, ann, fwd, bwd, fuse="linear"):
 
 
 def _available(op, backend, device):
-    return backend == "reference" or PC.C.select(op, torch.device(device), (backend,)) == backend
+    return registry[op].serves(backend, device)
 
 
 CPU_CASES = [(size, b) for size in SIZES for b in ("reference", "cpu")]

@@ -50,7 +50,7 @@ def _composition(u, step, out, bufs):
 
 @pytest.mark.parametrize("size,backend", CASES, ids=[f"{s}-{b}" for s, b in CASES])
 def test_regularize_field_cpu(benchmark, ratios, size, backend):
-    if backend == "cpu" and RF.C.select("regularize_field", torch.device("cpu"), ("cpu",)) != "cpu":
+    if backend == "cpu" and not RF.regularize_field_op.serves("cpu", "cpu"):
         pytest.skip("cpu backend not loaded")
     u, step = make_inputs(size)
     out = torch.empty_like(u)
@@ -83,7 +83,7 @@ def gpu_rows() -> list[dict]:
     out = torch.empty_like(u)
     P = u.numel()
     name = f"regularize_field triton {u.shape[0]}x2x{u.shape[2]}x{u.shape[3]}"
-    if RF.C.select("regularize_field", u.device, ("triton",)) != "triton":
+    if not RF.regularize_field_op.serves("triton", u.device):
         return [{"kernel": name, "note": "backend not loaded"}]
     fn = lambda: RF.IMPLS["triton"](u, step, SIGMA, COUPLING, GROUPS, out)  # noqa: E731
     return [bandwidth_row(name, 12 * P, time_cuda(fn), count_launches(fn))]

@@ -60,7 +60,7 @@ def make_scores(D: int, device: str = "cpu"):
 @pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_slice_residuals_cpu(benchmark, ratios, size, backend):
-    if backend == "cpu" and SR.C.select("slice_residuals", torch.device("cpu"), ("cpu",)) != "cpu":
+    if backend == "cpu" and not SR.slice_residuals_op.serves("cpu", "cpu"):
         pytest.skip("engine._C not loaded")
     q, p, w = make_inputs(size)
     impl = SR.IMPLS[backend]
@@ -72,7 +72,7 @@ def test_slice_residuals_cpu(benchmark, ratios, size, backend):
 @pytest.mark.parametrize("D", [44, 128])
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_select_slices_cpu(benchmark, ratios, D, backend):
-    if backend == "cpu" and SS.C.select("select_slices", torch.device("cpu"), ("cpu",)) != "cpu":
+    if backend == "cpu" and not SS.select_slices_op.serves("cpu", "cpu"):
         pytest.skip("engine._C not loaded")
     s, a = make_scores(D)
     impl = SS.IMPLS[backend]
@@ -132,7 +132,7 @@ def gpu_rows() -> list[dict]:
         nbytes += 0 if w is None else w.numel() * w.element_size()
         tag = f"{size} {str(dtype).split('.')[-1]} w={weight}"
         for backend in ("cuda", "triton", "reference"):
-            if backend != "reference" and SR.C.select("slice_residuals", q.device, (backend,)) != backend:
+            if not SR.slice_residuals_op.serves(backend, q.device):
                 rows.append({"kernel": f"slice_residuals {backend} {tag}", "note": "backend not loaded"})
                 continue
             impl = SR.IMPLS[backend]
@@ -141,7 +141,7 @@ def gpu_rows() -> list[dict]:
     for D in (44, 128, 2048):
         s, a = make_scores(D, "cuda")
         for backend in ("cuda", "triton", "reference"):
-            if backend != "reference" and SS.C.select("select_slices", s.device, (backend,)) != backend:
+            if not SS.select_slices_op.serves(backend, s.device):
                 rows.append({"kernel": f"select_slices {backend} D={D}", "note": "backend not loaded"})
                 continue
             impl = SS.IMPLS[backend]

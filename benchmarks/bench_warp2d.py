@@ -63,7 +63,7 @@ def test_warp2d(benchmark, ratios, n, field, device, backend):
     if backend == "grid_sample":
         fn = lambda: grid_sample_equivalent(src, u)  # noqa: E731
     else:
-        if backend != "reference" and W2.C.select("warp2d", src.device, (backend,)) != backend:
+        if backend != "reference" and not W2.warp2d_op.serves(backend, src.device):
             pytest.skip(f"{backend} backend not loaded")
         impl = W2.IMPLS[backend]
         fn = lambda: impl(src, u, "bilinear", "zeros")  # noqa: E731
@@ -88,7 +88,7 @@ def gpu_rows() -> list[dict]:
         src, u = make_inputs(128, field, "cuda")
         nbytes = src.numel() * 4 + u.numel() * 4 + src.numel() * 4
         for backend in ("cuda", "triton"):
-            if W2.C.select("warp2d", src.device, (backend,)) != backend:
+            if not W2.warp2d_op.serves(backend, src.device):
                 rows.append({"kernel": f"warp2d {backend}", "note": "backend not loaded"})
                 continue
             impl = W2.IMPLS[backend]

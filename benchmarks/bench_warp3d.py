@@ -49,7 +49,7 @@ ROUNDS = {"LA": 10, "S": 5, "L": 2}
 
 
 def _skip_unless_loaded(backend, device="cpu"):
-    if backend != "reference" and W3.C.select("warp3d", torch.device(device), (backend,)) != backend:
+    if backend != "reference" and not W3.warp3d_op.serves(backend, device):
         pytest.skip(f"{backend} backend not loaded")
 
 
@@ -106,7 +106,7 @@ def gpu_rows() -> list[dict]:
         D, H, W = SIZES[size]
         for backend in ("cuda", "triton"):
             name = f"warp3d {backend} {D}x{H}x{W}"
-            if W3.C.select("warp3d", src.device, (backend,)) != backend:
+            if not W3.warp3d_op.serves(backend, src.device):
                 rows.append({"kernel": name, "note": "backend not loaded"})
                 continue
             fwd = lambda: W3.IMPLS[backend](src, u, "bilinear", "zeros")  # noqa: E731

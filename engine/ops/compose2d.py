@@ -25,7 +25,7 @@ Backends (all pinned to the reference by tests/ops/test_compose2d.py): ``referen
 (pure torch: ``v + warp2d_reference(u, v)``, differentiable by autograd; inside the
 op its backward is spelled out through warp2d's analytic reference backward), ``cpu``
 (C++/OpenMP over (n, row), csrc/compose2d/compose2d_cpu.cpp), ``cuda``
-(csrc/compose2d/compose2d.cu), ``triton`` (kernels/compose2d.py). The backward is
+(csrc/compose2d/compose2d.cu), ``triton`` (engine/kernels/compose2d.py). The backward is
 its own kernel in every backend (``dilseg::compose2d_backward``, one pass: the
 identity term of ``grad_v`` is fused in), not a call of warp2d's backward: that
 would need a second pass and an extra ``[N,2,H,W]`` temporary.
@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from . import _common as C
+from ._declare import Kernel, Launch, declare, native, triton_module
 from .warp2d import _reference_backward as _warp2d_reference_backward
 from .warp2d import warp2d_reference
 
@@ -46,7 +47,6 @@ __all__ = ["compose2d", "compose2d_reference", "IMPLS", "BACKWARD_IMPLS"]
 
 PADDINGS = ("border", "zeros")
 DTYPES = (torch.float32, torch.float64)
-_OP = "compose2d"
 
 
 # --- reference -------------------------------------------------------------------
@@ -76,7 +76,7 @@ def _pack(gu: Optional[Tensor], gv: Optional[Tensor], u: Tensor, v: Tensor) -> t
     return gu, gv
 
 
-# --- compiled kernels ---------------------------------------------------------------
+# --- kernels ------------------------------------------------------------------------------
 
 def _geom(v: Tensor) -> list[int]:
     return [v.shape[0], v.shape[2], v.shape[3]]
@@ -86,99 +86,62 @@ def _pad(mod, padding: str):
     return mod.Padding.Zeros if padding == "zeros" else mod.Padding.Border
 
 
-def _native_forward(mod, last_arg, u: Tensor, v: Tensor, padding: str) -> Tensor:
+def _work(v: Tensor) -> int:
+    return v.shape[0] * v.shape[2] * v.shape[3]
+
+
+def _native_forward(on: Launch, u: Tensor, v: Tensor, padding: str) -> Tensor:
     out = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     if out.numel() == 0:
         return out
+    mod = on.mod
     mod.compose2d_forward(u.data_ptr(), list(u.stride()), v.data_ptr(), list(v.stride()), out.data_ptr(),
-                          C.kernel_dtype(mod, v.dtype), _geom(v), _pad(mod, padding), last_arg(v))
+                          on.dtype(v.dtype), _geom(v), _pad(mod, padding), on.last(v, _work(v)))
     return out
 
 
-def _native_backward(mod, last_arg, grad: Tensor, u: Tensor, v: Tensor, padding: str, need_u: bool, need_v: bool):
+def _native_backward(on: Launch, grad: Tensor, u: Tensor, v: Tensor, padding: str, need_u: bool, need_v: bool):
     grad = grad.to(v.dtype)
     gu = torch.zeros(u.shape, dtype=u.dtype, device=u.device) if need_u else None
     gv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if need_v else None
     if grad.numel() and (need_u or need_v):
+        mod = on.mod
         mod.compose2d_backward(grad.data_ptr(), list(grad.stride()), u.data_ptr(), list(u.stride()), v.data_ptr(),
                                list(v.stride()), gu.data_ptr() if gu is not None else 0,
-                               gv.data_ptr() if gv is not None else 0, C.kernel_dtype(mod, v.dtype), _geom(v),
-                               _pad(mod, padding), last_arg(v))
+                               gv.data_ptr() if gv is not None else 0, on.dtype(v.dtype), _geom(v),
+                               _pad(mod, padding), on.last(v, _work(v)))
     return _pack(gu, gv, u, v)
 
 
-# Output pixels per CPU thread below which fewer threads are used: a parallel region
-# costs more than it saves on tiny fields (and stalls on a loaded machine).
-_GRAIN = 1 << 15
-
-
-def _cpu_threads(v: Tensor) -> int:
-    return max(1, min(C.num_threads(), v.shape[0] * v.shape[2] * v.shape[3] // _GRAIN))
-
-
-def _cpu_forward(u, v, padding):
-    return _native_forward(C.cpu_module(), _cpu_threads, u, v, padding)
-
-
-def _cpu_backward(grad, u, v, padding, need_u, need_v):
-    return _native_backward(C.cpu_module(), _cpu_threads, grad, u, v, padding, need_u, need_v)
-
-
-def _cuda_forward(u, v, padding):
-    return _native_forward(C.cuda_module(), C.cuda_stream, u, v, padding)
-
-
-def _cuda_backward(grad, u, v, padding, need_u, need_v):
-    return _native_backward(C.cuda_module(), C.cuda_stream, grad, u, v, padding, need_u, need_v)
-
-
 def _triton_forward(u, v, padding):
-    tk = C.triton_module()
     out = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     if out.numel():
-        tk.compose2d_forward(u, v, out, border=padding == "border")
+        triton_module().compose2d_forward(u, v, out, border=padding == "border")
     return out
 
 
 def _triton_backward(grad, u, v, padding, need_u, need_v):
-    tk = C.triton_module()
     gu = torch.zeros(u.shape, dtype=u.dtype, device=u.device) if need_u else None
     gv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if need_v else None
     if grad.numel() and (need_u or need_v):
-        tk.compose2d_backward(grad.to(v.dtype), u, v, gu, gv, border=padding == "border")
+        triton_module().compose2d_backward(grad.to(v.dtype), u, v, gu, gv, border=padding == "border")
     return _pack(gu, gv, u, v)
 
 
-IMPLS = C.impl_table(reference=compose2d_reference, cpu=_cpu_forward, cuda=_cuda_forward, triton=_triton_forward)
-BACKWARD_IMPLS = C.impl_table(reference=_reference_backward, cpu=_cpu_backward, cuda=_cuda_backward,
-                              triton=_triton_backward)
-_NATIVE = ("cpu", "cuda", "triton")
+# --- the declarations -------------------------------------------------------------------------
 
-
-# --- torch custom ops -----------------------------------------------------------------
-
-@torch.library.custom_op("dilseg::compose2d", mutates_args=())
-def _compose2d_op(u: Tensor, v: Tensor, padding: str) -> Tensor:
-    return IMPLS[C.select(_OP, v.device, _NATIVE)](u, v, padding)
-
-
-@_compose2d_op.register_fake
-def _(u, v, padding):
-    return v.new_empty(v.shape)
-
-
-@torch.library.custom_op("dilseg::compose2d_backward", mutates_args=())
-def _compose2d_backward_op(grad: Tensor, u: Tensor, v: Tensor, padding: str, need_u: bool,
-                           need_v: bool) -> tuple[Tensor, Tensor]:
-    impl = BACKWARD_IMPLS[C.select(_OP, v.device, _NATIVE)]
-    return impl(grad, u, v, padding, need_u, need_v)
-
-
-@_compose2d_backward_op.register_fake
-def _(grad, u, v, padding, need_u, need_v):
+def _fake_backward(grad, u, v, padding, need_u, need_v):
     gu = u.new_empty(u.shape) if need_u else u.new_empty((0,))
     gv = v.new_empty(v.shape) if need_v else v.new_empty((0,))
     return gu, gv
+
+
+compose2d_backward_op = declare(
+    "compose2d_backward",
+    "(Tensor grad, Tensor u, Tensor v, str padding, bool need_u, bool need_v) -> (Tensor, Tensor)",
+    reference=_reference_backward,
+    kernels={**native(_native_backward), "triton": Kernel(_triton_backward)},
+    fake=_fake_backward, unit="compose2d")
 
 
 def _setup_context(ctx, inputs, output):
@@ -192,11 +155,19 @@ def _backward(ctx, grad):
     need_u, need_v = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     if not (need_u or need_v):
         return None, None, None
-    gu, gv = _compose2d_backward_op(grad.contiguous(), u, v, ctx.padding, need_u, need_v)
+    gu, gv = compose2d_backward_op(grad.contiguous(), u, v, ctx.padding, need_u, need_v)
     return (gu if need_u else None), (gv if need_v else None), None
 
 
-_compose2d_op.register_autograd(_backward, setup_context=_setup_context)
+compose2d_op = declare(
+    "compose2d", "(Tensor u, Tensor v, str padding) -> Tensor",
+    reference=compose2d_reference,
+    kernels={**native(_native_forward), "triton": Kernel(_triton_forward)},
+    fake=lambda u, v, padding: v.new_empty(v.shape),
+    autograd=(_backward, _setup_context))
+
+IMPLS = compose2d_op.impls
+BACKWARD_IMPLS = compose2d_backward_op.impls
 
 
 # --- public entry -------------------------------------------------------------------------
@@ -228,4 +199,4 @@ def compose2d(u: Tensor, v: Tensor, padding: str = "border", *, check_finite: bo
     ``engine.errors.ShapeError`` / ``DTypeError`` / ``InputError`` / ``NonFiniteError``.
     """
     validate(u, v, padding, check_finite)
-    return _compose2d_op(u, v, padding)
+    return compose2d_op(u, v, padding)

@@ -14,8 +14,8 @@ Launchers (called by engine/ops/compose2d.py, which validates and allocates):
 
 One program per BLOCK output pixels of the flattened (n, y, x) index (int64). The
 arithmetic is in the fields' dtype (float32, or float64). Kernels are jitted at
-launch time in the mode TRITON_INTERPRET asks for (``LazyJit`` of kernels/_jit.py)
-and call only builtins of ``triton.language``.
+launch time in the mode TRITON_INTERPRET asks for (engine/kernels/_jit.py); the
+sampling steps are the shared helpers of engine/kernels/_helpers.py.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._helpers import bilinear, border_gate, linear_taps, pad_position
 from ._jit import LazyJit as _LazyJit
 
 __all__ = ["compose2d_forward", "compose2d_backward"]
@@ -49,41 +50,22 @@ def _compose2d_fwd_kernel(
     vb = v_ptr + n * vs0 + y * vs2 + x * vs3
     dy = tl.load(vb, mask=mask, other=0.0)
     dx = tl.load(vb + vs1, mask=mask, other=0.0)
-    # positions in the fields' dtype
-    py = y.to(dy.dtype) + dy
-    px = x.to(dx.dtype) + dx
-    # NaN-safe clamps (NaN -> lower bound), as clampnan in the CPU kernel
-    if BORDER:
-        py = tl.where(py > 0, tl.where(py < H - 1, py, H - 1), 0)
-        px = tl.where(px > 0, tl.where(px < W - 1, px, W - 1), 0)
-    else:
-        py = tl.where(py > -2, tl.where(py < H + 1, py, H + 1), -2)
-        px = tl.where(px > -2, tl.where(px < W + 1, px, W + 1), -2)
-    y0f = tl.floor(py)
-    x0f = tl.floor(px)
-    wy = py - y0f
-    wx = px - x0f
-    y0 = y0f.to(tl.int64)
-    x0 = x0f.to(tl.int64)
-    m00 = mask & (y0 >= 0) & (y0 < H) & (x0 >= 0) & (x0 < W)
-    m01 = mask & (y0 >= 0) & (y0 < H) & (x0 + 1 >= 0) & (x0 + 1 < W)
-    m10 = mask & (y0 + 1 >= 0) & (y0 + 1 < H) & (x0 >= 0) & (x0 < W)
-    m11 = mask & (y0 + 1 >= 0) & (y0 + 1 < H) & (x0 + 1 >= 0) & (x0 + 1 < W)
-    # invalid corners are masked (read 0); clamped indices keep every address in range
-    r0 = tl.minimum(tl.maximum(y0, 0), H - 1) * us2
-    r1 = tl.minimum(tl.maximum(y0 + 1, 0), H - 1) * us2
-    c0 = tl.minimum(tl.maximum(x0, 0), W - 1) * us3
-    c1 = tl.minimum(tl.maximum(x0 + 1, 0), W - 1) * us3
-    w00 = (1 - wy) * (1 - wx)
-    w01 = (1 - wy) * wx
-    w10 = wy * (1 - wx)
-    w11 = wy * wx
+    # positions in the fields' dtype, under the padding rule (NaN-safe clamps)
+    py = pad_position(y.to(dy.dtype) + dy, H, BORDER)
+    px = pad_position(x.to(dx.dtype) + dx, W, BORDER)
+    yc0, yc1, ay, wy, vy0, vy1 = linear_taps(py, H)
+    xc0, xc1, ax, wx, vx0, vx1 = linear_taps(px, W)
+    r0 = yc0 * us2
+    r1 = yc1 * us2
+    c0 = xc0 * us3
+    c1 = xc1 * us3
+    m00 = mask & vy0 & vx0
+    m01 = mask & vy0 & vx1
+    m10 = mask & vy1 & vx0
+    m11 = mask & vy1 & vx1
     u0 = u_ptr + n * us0
-    u1 = u0 + us1
-    s0 = (w00 * tl.load(u0 + r0 + c0, mask=m00, other=0.0) + w01 * tl.load(u0 + r0 + c1, mask=m01, other=0.0)
-          + w10 * tl.load(u0 + r1 + c0, mask=m10, other=0.0) + w11 * tl.load(u0 + r1 + c1, mask=m11, other=0.0))
-    s1 = (w00 * tl.load(u1 + r0 + c0, mask=m00, other=0.0) + w01 * tl.load(u1 + r0 + c1, mask=m01, other=0.0)
-          + w10 * tl.load(u1 + r1 + c0, mask=m10, other=0.0) + w11 * tl.load(u1 + r1 + c1, mask=m11, other=0.0))
+    s0 = bilinear(u0, r0, r1, c0, c1, ay, wy, ax, wx, m00, m01, m10, m11)
+    s1 = bilinear(u0 + us1, r0, r1, c0, c1, ay, wy, ax, wx, m00, m01, m10, m11)
     op = out_ptr + n * os0 + y * os2 + x * os3
     tl.store(op, dy + s0, mask=mask)
     tl.store(op + os1, dx + s1, mask=mask)
@@ -116,31 +98,19 @@ def _compose2d_bwd_kernel(
     px = x.to(dx.dtype) + dx
     if BORDER:
         # no gradient through the sampling term along a clamped axis (NaN: clamped)
-        gys = ((py > 0) & (py < H - 1)).to(py.dtype)
-        gxs = ((px > 0) & (px < W - 1)).to(px.dtype)
-        py = tl.where(py > 0, tl.where(py < H - 1, py, H - 1), 0)
-        px = tl.where(px > 0, tl.where(px < W - 1, px, W - 1), 0)
+        gys = border_gate(py, H)
+        gxs = border_gate(px, W)
     else:
         gys = tl.full(py.shape, 1, py.dtype)
         gxs = tl.full(px.shape, 1, px.dtype)
-        py = tl.where(py > -2, tl.where(py < H + 1, py, H + 1), -2)
-        px = tl.where(px > -2, tl.where(px < W + 1, px, W + 1), -2)
-    y0f = tl.floor(py)
-    x0f = tl.floor(px)
-    wy = py - y0f
-    wx = px - x0f
-    y0 = y0f.to(tl.int64)
-    x0 = x0f.to(tl.int64)
-    m00 = mask & (y0 >= 0) & (y0 < H) & (x0 >= 0) & (x0 < W)
-    m01 = mask & (y0 >= 0) & (y0 < H) & (x0 + 1 >= 0) & (x0 + 1 < W)
-    m10 = mask & (y0 + 1 >= 0) & (y0 + 1 < H) & (x0 >= 0) & (x0 < W)
-    m11 = mask & (y0 + 1 >= 0) & (y0 + 1 < H) & (x0 + 1 >= 0) & (x0 + 1 < W)
-    yc0 = tl.minimum(tl.maximum(y0, 0), H - 1)
-    yc1 = tl.minimum(tl.maximum(y0 + 1, 0), H - 1)
-    xc0 = tl.minimum(tl.maximum(x0, 0), W - 1)
-    xc1 = tl.minimum(tl.maximum(x0 + 1, 0), W - 1)
-    a0 = 1 - wy
-    b0 = 1 - wx
+    py = pad_position(py, H, BORDER)
+    px = pad_position(px, W, BORDER)
+    yc0, yc1, a0, wy, vy0, vy1 = linear_taps(py, H)
+    xc0, xc1, b0, wx, vx0, vx1 = linear_taps(px, W)
+    m00 = mask & vy0 & vx0
+    m01 = mask & vy0 & vx1
+    m10 = mask & vy1 & vx0
+    m11 = mask & vy1 & vx1
     if HAS_GU:
         gq0 = gu_ptr + n * gus0
         gq1 = gq0 + gus1
