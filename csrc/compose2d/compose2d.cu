@@ -175,8 +175,9 @@ void check_args(DType dt, const Compose2dGeom& g) {
 
 }  // namespace
 
-void compose2d_forward_cuda(const void* u, Strides4 u_st, const void* v, Strides4 v_st, void* out, DType dtype,
-                            Compose2dGeom g, Padding pad, uintptr_t stream) {
+void compose2d_forward(const void* u, Strides4 u_st, const void* v, Strides4 v_st, void* out, DType dtype,
+                       Compose2dGeom g, Padding pad, CudaLaunch on) {
+  const uintptr_t stream = on.stream;
   check_args(dtype, g);
   if (g.N == 0) return;
   const cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
@@ -190,9 +191,10 @@ void compose2d_forward_cuda(const void* u, Strides4 u_st, const void* v, Strides
   check_launch("compose2d_forward_cuda");
 }
 
-void compose2d_backward_cuda(const void* grad_out, Strides4 go_st, const void* u, Strides4 u_st, const void* v,
-                             Strides4 v_st, void* grad_u, void* grad_v, DType dtype, Compose2dGeom g, Padding pad,
-                             uintptr_t stream) {
+void compose2d_backward(const void* grad_out, Strides4 go_st, const void* u, Strides4 u_st, const void* v,
+                        Strides4 v_st, void* grad_u, void* grad_v, DType dtype, Compose2dGeom g, Padding pad,
+                        CudaLaunch on) {
+  const uintptr_t stream = on.stream;
   check_args(dtype, g);
   if (g.N == 0 || (grad_u == nullptr && grad_v == nullptr)) return;
   const cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);

@@ -32,20 +32,20 @@ struct Compose2dGeom {
   int64_t N, H, W;
 };
 
-// CPU (OpenMP over (n, row), `num_threads` threads). dtype: Float32 or Float64.
-void compose2d_forward_cpu(const void* u, Strides4 u_st, const void* v, Strides4 v_st, void* out, DType dtype,
-                           Compose2dGeom g, Padding pad, int num_threads);
+// CPU (OpenMP over (n, row), `on.num_threads` threads). dtype: Float32 or Float64.
+void compose2d_forward(const void* u, Strides4 u_st, const void* v, Strides4 v_st, void* out, DType dtype,
+                       Compose2dGeom g, Padding pad, CpuLaunch on);
 
-void compose2d_backward_cpu(const void* grad_out, Strides4 go_st, const void* u, Strides4 u_st, const void* v,
-                            Strides4 v_st, void* grad_u, void* grad_v, DType dtype, Compose2dGeom g, Padding pad,
-                            int num_threads);
+void compose2d_backward(const void* grad_out, Strides4 go_st, const void* u, Strides4 u_st, const void* v,
+                        Strides4 v_st, void* grad_u, void* grad_v, DType dtype, Compose2dGeom g, Padding pad,
+                        CpuLaunch on);
 
-// CUDA (one launch each, on `stream`, a cudaStream_t passed as an integer handle).
-void compose2d_forward_cuda(const void* u, Strides4 u_st, const void* v, Strides4 v_st, void* out, DType dtype,
-                            Compose2dGeom g, Padding pad, uintptr_t stream);
+// CUDA (one launch each, on `on.stream`).
+void compose2d_forward(const void* u, Strides4 u_st, const void* v, Strides4 v_st, void* out, DType dtype,
+                       Compose2dGeom g, Padding pad, CudaLaunch on);
 
-void compose2d_backward_cuda(const void* grad_out, Strides4 go_st, const void* u, Strides4 u_st, const void* v,
-                             Strides4 v_st, void* grad_u, void* grad_v, DType dtype, Compose2dGeom g, Padding pad,
-                             uintptr_t stream);
+void compose2d_backward(const void* grad_out, Strides4 go_st, const void* u, Strides4 u_st, const void* v,
+                        Strides4 v_st, void* grad_u, void* grad_v, DType dtype, Compose2dGeom g, Padding pad,
+                        CudaLaunch on);
 
 }  // namespace dilseg

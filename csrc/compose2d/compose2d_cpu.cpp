@@ -247,8 +247,9 @@ void check_args(DType dt, const Compose2dGeom& g) {
 
 }  // namespace
 
-void compose2d_forward_cpu(const void* u, Strides4 u_st, const void* v, Strides4 v_st, void* out, DType dtype,
-                           Compose2dGeom g, Padding pad, int num_threads) {
+void compose2d_forward(const void* u, Strides4 u_st, const void* v, Strides4 v_st, void* out, DType dtype,
+                       Compose2dGeom g, Padding pad, CpuLaunch on) {
+  const int num_threads = on.num_threads;
   check_args(dtype, g);
   const int nt = std::max(1, num_threads);
   if (dtype == DType::Float32)
@@ -259,9 +260,10 @@ void compose2d_forward_cpu(const void* u, Strides4 u_st, const void* v, Strides4
                          static_cast<double*>(out), g, pad, nt);
 }
 
-void compose2d_backward_cpu(const void* grad_out, Strides4 go_st, const void* u, Strides4 u_st, const void* v,
-                            Strides4 v_st, void* grad_u, void* grad_v, DType dtype, Compose2dGeom g, Padding pad,
-                            int num_threads) {
+void compose2d_backward(const void* grad_out, Strides4 go_st, const void* u, Strides4 u_st, const void* v,
+                        Strides4 v_st, void* grad_u, void* grad_v, DType dtype, Compose2dGeom g, Padding pad,
+                        CpuLaunch on) {
+  const int num_threads = on.num_threads;
   check_args(dtype, g);
   const int nt = std::max(1, num_threads);
   if (dtype == DType::Float32)

@@ -342,8 +342,9 @@ void dispatch_src(DType dt, F&& f) {
 
 }  // namespace
 
-void warp2d_forward_cpu(const void* src, Strides4 src_st, DType src_dtype, const void* u, Strides4 u_st, void* out,
-                        Warp2dGeom g, Interp interp, Padding pad, int num_threads) {
+void warp2d_forward(const void* src, Strides4 src_st, DType src_dtype, const void* u, Strides4 u_st, void* out,
+                    Warp2dGeom g, Interp interp, Padding pad, CpuLaunch on) {
+  const int num_threads = on.num_threads;
   if (src_dtype == DType::UInt8 && interp != Interp::Nearest)
     throw KernelArgError("warp2d: uint8 sources support nearest interpolation only");
   dispatch_src(src_dtype, [&](auto t, auto a) {
@@ -373,9 +374,10 @@ void warp2d_forward_cpu(const void* src, Strides4 src_st, DType src_dtype, const
   });
 }
 
-void warp2d_backward_cpu(const void* grad_out, Strides4 go_st, const void* src, Strides4 src_st, DType src_dtype,
-                         const void* u, Strides4 u_st, void* grad_src, void* grad_u, Warp2dGeom g, Interp interp,
-                         Padding pad, int num_threads) {
+void warp2d_backward(const void* grad_out, Strides4 go_st, const void* src, Strides4 src_st, DType src_dtype,
+                     const void* u, Strides4 u_st, void* grad_src, void* grad_u, Warp2dGeom g, Interp interp,
+                     Padding pad, CpuLaunch on) {
+  const int num_threads = on.num_threads;
   if (src_dtype == DType::UInt8) throw KernelArgError("warp2d: no gradient for uint8 sources");
   dispatch_src(src_dtype, [&](auto t, auto a) {
     using T = decltype(t);
