@@ -16,8 +16,7 @@ from engine.ops._declare import registry
 
 from ._oracle import requires_cpu_ext, smooth_field
 
-OPS = ["warp2d", "warp2d_backward", "warp3d", "warp3d_backward", "compose2d", "compose2d_backward",
-       "propagate_chain", "confidence_map",
+OPS = ["warp2d", "warp2d_backward", "warp3d", "warp3d_backward", "propagate_chain", "confidence_map",
        "slice_residuals", "select_slices", "demons_step", "regularize_field"]
 
 
