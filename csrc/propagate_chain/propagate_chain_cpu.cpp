@@ -17,8 +17,8 @@
 namespace dilseg {
 namespace {
 
-// Clamp that maps NaN to `lo` (the Python entry rejects NaN; this keeps integer
-// casts defined regardless).
+// Clamp that maps NaN to `lo` (the Python entry scans for NaN only with
+// check_inputs=True; this keeps integer casts defined regardless).
 inline float clampnan(float v, float lo, float hi) { return v > lo ? (v < hi ? v : hi) : lo; }
 
 inline int64_t ifloor(float v) {

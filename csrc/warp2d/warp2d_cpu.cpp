@@ -11,7 +11,8 @@ namespace dilseg {
 namespace {
 
 // Clamp that maps NaN to `lo`, so a non-finite displacement can never reach an
-// integer cast (Python entries reject NaN; this keeps the kernel safe regardless).
+// integer cast (Python entries scan for NaN only with check_finite=True; the kernel
+// is safe regardless).
 template <typename A>
 inline A clampnan(A v, A lo, A hi) {
   return v > lo ? (v < hi ? v : hi) : lo;

@@ -24,7 +24,7 @@
 // interpolant (one-sided at integer positions, as grid_sample); zero for nearest;
 // under border padding zero along an axis where the position was clamped (p <= 0
 // or p >= size - 1). Non-finite displacements are memory-safe: they read padding
-// (Python entries reject them unless check_finite=False).
+// (Python entries reject them with check_finite=True).
 #pragma once
 
 #include "../common/common.h"

@@ -27,7 +27,8 @@ inline int thread_count() { return 1; }
 #endif
 
 // Clamp that maps NaN to `lo`, so a non-finite displacement can never reach an
-// integer cast (Python entries reject NaN; this keeps the kernel safe regardless).
+// integer cast (Python entries scan for NaN only with check_finite=True; the kernel
+// is safe regardless).
 template <typename A>
 inline A clampnan(A v, A lo, A hi) {
   return v > lo ? (v < hi ? v : hi) : lo;

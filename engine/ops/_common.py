@@ -29,7 +29,7 @@ import torch
 from .. import _backends
 from ..errors import DTypeError, InputError, NonFiniteError, ShapeError
 
-__all__ = ["Kernel", "select", "acc_dtype", "check_tensor", "check_finite", "check_same_device", "check_out",
+__all__ = ["Kernel", "select", "acc_dtype", "check_tensor", "check_finite", "check_same_device", "same_device", "check_out",
            "check_choice", "check_number", "overlaps", "InputError", "DTypeError", "ShapeError", "NonFiniteError"]
 
 _GPU_ORDER = {"auto": ("cuda", "triton"), "cuda": ("cuda",), "triton": ("triton",), "reference": ()}
@@ -51,14 +51,7 @@ class Kernel(NamedTuple):
 
 def _loaded(backend: str, unit: str) -> Optional[str]:
     """None when ``backend`` loaded and implements ``unit``, else why not."""
-    mod = _backends.load(backend)
-    if mod is None:
-        return _backends.status(backend).detail
-    # compiled modules list the ops they were built with (CMake generates the list);
-    # the Triton package implements every op that declares a Triton kernel
-    if backend != "triton" and unit not in mod.ops:
-        return f"engine.{'_C' if backend == 'cpu' else '_C_cuda'} was built without this op"
-    return None
+    return _backends.missing(backend, unit)
 
 
 def select(op: str, device: torch.device, kernels: Mapping[str, Kernel], args: tuple = (), unit: str = "") -> str:
@@ -133,6 +126,15 @@ def check_same_device(**tensors: Optional[torch.Tensor]) -> None:
             elif t.device != dev:
                 devs = {k: v.device for k, v in tensors.items() if isinstance(v, torch.Tensor)}
                 raise InputError(f"tensors are on different devices: {devs}")
+
+
+def same_device(dev: torch.device, *tensors: Optional[torch.Tensor]) -> bool:
+    """Whether every tensor given (None skipped) lives on ``dev`` (the fast check the
+    entries make before building :func:`check_same_device`'s message)."""
+    for t in tensors:
+        if t is not None and t.device != dev:
+            return False
+    return True
 
 
 def check_out(name: str, out: Any, like: torch.Tensor, **inputs: torch.Tensor) -> None:

@@ -175,12 +175,14 @@ class Op:
 
     # --- calls -----------------------------------------------------------------------------
     def _direct(self, args: tuple) -> bool:
-        """Whether an eager call may skip the torch dispatcher (module docstring)."""
+        """Whether an eager call may skip the torch dispatcher (module docstring): not
+        when an input requires grad (the custom op then applies the op's autograd
+        formula, or, for ops without one, sees detached inputs)."""
         if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
                 or torch._C._len_torch_function_stack() or torch._C._functorch.peek_interpreter_stack() is not None
                 or torch.autograd._profiler_enabled()):
             return False
-        grad = self.differentiable and torch.is_grad_enabled()
+        grad = torch.is_grad_enabled()
         for a in args:
             if isinstance(a, Tensor) and (type(a) is not Tensor or (grad and a.requires_grad)):
                 return False
@@ -189,6 +191,8 @@ class Op:
     def __call__(self, *args: Any) -> Any:
         if self._direct(args):
             return self.dispatch(*args)
+        if not self.differentiable:  # no autograd formula: the custom op sees no graph
+            args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
         return self.custom_op(*args)
 
     def call_out(self, *args: Any) -> None:

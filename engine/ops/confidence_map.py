@@ -148,7 +148,10 @@ def confidence_map(shape: Sequence[int], annotated: Sequence[AnnotationLike], *,
     of that axis' length, a sequence of slice indices, or None (axis not annotated).
     ``device``: where the map lives (default: the device of the first tensor entry,
     else CPU); the vectors are moved there. With no annotation at all: zeros.
-    Raises ``ShapeError`` / ``DTypeError`` / ``InputError`` / ``SliceIndexError``.
+    The entry reads no tensor value: bool vectors on ``device`` cost no sync; indices
+    and CPU vectors are one small host-to-device copy each on CUDA (see
+    :func:`engine.ops.as_annotated`). Raises ``ShapeError`` / ``DTypeError`` /
+    ``InputError`` / ``SliceIndexError``.
     """
     dims = _check_shape(shape)
     if isinstance(annotated, Tensor) or not isinstance(annotated, (list, tuple)):

@@ -109,22 +109,26 @@ IMPLS = demons_step_op.impls
 # --- public entry -----------------------------------------------------------------------
 
 def demons_step(fixed: Tensor, moving: Tensor, u: Tensor, g_fixed: Tensor, inv_k: float, *,
-                out: Optional[Tensor] = None, check_finite: bool = True) -> Tensor:
+                out: Optional[Tensor] = None, check_finite: bool = False) -> Tensor:
     """The demons step ``[N, 2, H, W]`` of every pair (module docstring).
 
     ``out``: a contiguous float32 ``[N, 2, H, W]`` tensor on the inputs' device,
     sharing no memory with them, to write into (the registration loop reuses one: a
     fresh multi-megabyte output costs first-touch page faults on the CPU).
 
-    ``check_finite=False`` skips the NaN/Inf scan of the inputs (a device sync; the
-    registration loop validates once, before iterating). Raises
-    ``engine.errors.ShapeError`` / ``DTypeError`` / ``InputError`` / ``NonFiniteError``.
+    The entry checks types, shapes, dtypes, devices, ``inv_k`` and ``out``, all
+    metadata: no value is read, no device sync. ``check_finite=True`` also scans the
+    four inputs for NaN/Inf (reads every value: a sync on CUDA); data is checked once
+    where it enters the engine, the registration loop leaves it off. Raises
+    ``engine.errors.ShapeError`` / ``DTypeError`` / ``InputError``, and
+    ``NonFiniteError`` when ``check_finite=True``.
     """
     for name, t, ch in (("fixed", fixed, 1), ("moving", moving, 1), ("u", u, 2), ("g_fixed", g_fixed, 2)):
         C.check_tensor(name, t, 4, (torch.float32,))
         if t.shape[1] != ch:
             raise C.ShapeError(f"{name} must be [N, {ch}, H, W], got {tuple(t.shape)}")
-    C.check_same_device(fixed=fixed, moving=moving, u=u, g_fixed=g_fixed)
+    if not C.same_device(fixed.device, moving, u, g_fixed):
+        C.check_same_device(fixed=fixed, moving=moving, u=u, g_fixed=g_fixed)
     N, _, H, W = fixed.shape
     for name, t in (("moving", moving), ("u", u), ("g_fixed", g_fixed)):
         if t.shape[0] != N or tuple(t.shape[2:]) != (H, W):

@@ -52,7 +52,7 @@ The CUDA path is one launch per call by construction: outputs come from
 included), the annotated vector is read on the device (no copy, no sync to find the
 segments), and the host function issues exactly one ``<<<>>>``;
 tests/ops/test_propagate_chain.py::test_cuda_is_one_launch checks it with the torch
-profiler (pass ``check_inputs=False``: the input scan launches reductions).
+profiler (with the default ``check_inputs=False``: the input scan launches reductions).
 
 The mass threshold compares sums accumulated in different orders by each backend; a
 chain whose mass lands within rounding of the threshold may stop one slice apart
@@ -237,7 +237,13 @@ IMPLS = propagate_chain_op.impls
 # --- public entry -------------------------------------------------------------------------
 
 def as_annotated(annotated: Union[Tensor, Sequence[int], Sequence[bool]], D: int, device: torch.device) -> Tensor:
-    """``[D]`` bool on ``device`` from a bool vector or a sequence of slice indices."""
+    """``[D]`` bool on ``device`` from a bool vector or a sequence of slice indices.
+
+    Costs on CUDA: a bool vector already on ``device`` is used as is (no sync); a CPU
+    bool vector, Python bools or Python indices are copied to the device (one small,
+    synchronous host-to-device copy); a tensor of indices is read on the host to check
+    its range (``tolist``: a device sync when it lives on the GPU). Callers on a
+    round's hot path pass a bool vector on the device."""
     if isinstance(annotated, Tensor) and annotated.dtype == torch.bool:
         if annotated.dim() != 1 or annotated.shape[0] != D:
             raise C.ShapeError(f"annotated must be a bool vector of length D={D}, got shape {tuple(annotated.shape)}")
@@ -277,7 +283,8 @@ def validate(masks: Tensor, annotated: Tensor, fwd: Tensor, bwd: Tensor, min_mas
     C.check_tensor("fwd", fwd, 4, (torch.float32,))
     C.check_tensor("bwd", bwd, 4, (torch.float32,))
     C.check_choice("fuse", fuse, FUSE_MODES)
-    C.check_same_device(masks=masks, fwd=fwd, bwd=bwd)
+    if not C.same_device(masks.device, fwd, bwd):
+        C.check_same_device(masks=masks, fwd=fwd, bwd=bwd)
     D, H, W = masks.shape
     want = (max(D - 1, 0), 2, H, W)
     for name, f in (("fwd", fwd), ("bwd", bwd)):
@@ -303,15 +310,19 @@ def validate(masks: Tensor, annotated: Tensor, fwd: Tensor, bwd: Tensor, min_mas
 
 
 def propagate_chain(masks: Tensor, annotated: Union[Tensor, Sequence[int], Sequence[bool]], fwd: Tensor, bwd: Tensor,
-                    min_mass: float = 0.02, fuse: str = "none", *, check_inputs: bool = True) -> PropagateChainResult:
+                    min_mass: float = 0.02, fuse: str = "none", *, check_inputs: bool = False) -> PropagateChainResult:
     """Propagate the annotated slices of ``masks`` ``[D,H,W]`` through ``fwd`` / ``bwd``
     ``[D-1,2,H,W]`` and fuse; see the module docstring for every output.
 
-    ``annotated``: a ``[D]`` bool vector or slice indices (any order). ``check_inputs``
-    (default True) scans the fields for NaN/Inf and the annotated masks for values
-    outside [0, 1] (device syncs); the kernels stay memory-safe without it.
-    Raises ``engine.errors.ShapeError`` / ``DTypeError`` / ``InputError`` /
-    ``NonFiniteError`` / ``MaskError`` / ``SliceIndexError`` on bad input.
+    ``annotated``: a ``[D]`` bool vector or slice indices (any order; see
+    :func:`as_annotated` for what each form costs on CUDA). The entry checks types,
+    shapes, dtypes, devices, ``min_mass`` and ``fuse``, all metadata: no device sync
+    for a bool vector on the masks' device. ``check_inputs=True`` also scans the
+    fields for NaN/Inf and the annotated masks for values outside [0, 1] (reads
+    values: syncs on CUDA); data is checked once where it enters the engine, and the
+    kernels stay memory-safe without it. Raises ``engine.errors.ShapeError`` /
+    ``DTypeError`` / ``InputError`` / ``SliceIndexError``, and ``NonFiniteError`` /
+    ``MaskError`` when ``check_inputs=True``.
     """
     if not isinstance(masks, Tensor):
         raise C.InputError(f"masks must be a torch.Tensor, got {type(masks).__name__}")

@@ -142,20 +142,24 @@ IMPLS = regularize_field_op.impls
 # --- public entry ------------------------------------------------------------------------------
 
 def regularize_field(u: Tensor, step: Tensor, sigma: float, coupling: float = 0.0, groups: int = 1, *,
-                     out: Optional[Tensor] = None, check_finite: bool = True) -> Tensor:
+                     out: Optional[Tensor] = None, check_finite: bool = False) -> Tensor:
     """``G_sigma * couple(u + step)`` ``[N, C, H, W]`` (module docstring).
 
     ``coupling`` in [0, 0.5]; ``groups`` divides N. ``out``: a contiguous float32
     tensor of ``u``'s shape on its device, sharing no memory with ``u`` or ``step``, to
     write into (an iteration loop reuses two buffers: a fresh multi-megabyte output
     costs more in first-touch page faults on the CPU than the kernel's own work).
-    ``check_finite=False`` skips the NaN/Inf scan (a device sync; the registration
-    loop validates once). Raises
-    ``engine.errors.ShapeError`` / ``DTypeError`` / ``InputError`` / ``NonFiniteError``.
+    The entry checks types, shapes, dtypes, devices, the numbers and ``out``, all
+    metadata: no value is read, no device sync. ``check_finite=True`` also scans ``u``
+    and ``step`` for NaN/Inf (reads every value: a sync on CUDA); data is checked once
+    where it enters the engine, the registration loop leaves it off. Raises
+    ``engine.errors.ShapeError`` / ``DTypeError`` / ``InputError``, and
+    ``NonFiniteError`` when ``check_finite=True``.
     """
     for name, t in (("u", u), ("step", step)):
         C.check_tensor(name, t, 4, (torch.float32,))
-    C.check_same_device(u=u, step=step)
+    if step.device != u.device:
+        C.check_same_device(u=u, step=step)
     if tuple(step.shape) != tuple(u.shape):
         raise C.ShapeError(f"step {tuple(step.shape)} does not match u {tuple(u.shape)}")
     for name, v, lo, hi in (("sigma", sigma, 0.0, 64.0), ("coupling", coupling, 0.0, 0.5)):

@@ -168,7 +168,8 @@ def validate(scores: Tensor, annotated: Optional[Tensor], k: int, min_gap: int, 
             raise InputError(f"{name} must be an int, got {type(v).__name__}")
         if v < 0:
             raise InputError(f"{name} must be >= 0, got {v}")
-    C.check_same_device(scores=scores, annotated=annotated, valid=valid)
+    if not C.same_device(scores.device, annotated, valid):
+        C.check_same_device(scores=scores, annotated=annotated, valid=valid)
 
 
 def select_slices(scores: Tensor, annotated: Optional[Tensor], k: int, min_gap: int = 0,
@@ -184,4 +185,4 @@ def select_slices(scores: Tensor, annotated: Optional[Tensor], k: int, min_gap: 
     """
     validate(scores, annotated, k, min_gap, valid)
     min_gap = min(min_gap, max(scores.shape[0], 1))  # larger gaps act the same; keeps int32 math safe
-    return select_slices_op(scores.detach(), annotated, k, min_gap, valid)
+    return select_slices_op(scores, annotated, k, min_gap, valid)

@@ -151,7 +151,8 @@ def validate(q: Tensor, p: Tensor, w: Optional[Tensor], check_finite: bool) -> O
             w = w.reshape(D)
         if not (tuple(w.shape) == (D,) or tuple(w.shape) == (D, H, W)):
             raise ShapeError(f"w must be [D]={D} (per slice) or [D,H,W]={(D, H, W)}; got {tuple(w.shape)}")
-    C.check_same_device(q=q, p=p, w=w)
+    if not C.same_device(q.device, p, w):
+        C.check_same_device(q=q, p=p, w=w)
     if check_finite:
         C.check_finite("q", q)
         C.check_finite("p", p)
@@ -164,16 +165,19 @@ def validate(q: Tensor, p: Tensor, w: Optional[Tensor], check_finite: bool) -> O
 
 
 def slice_residuals(q: Tensor, p: Tensor, w: Optional[Tensor] = None, *,
-                    check_finite: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+                    check_finite: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Per-slice sums of ``w * |q - p|`` along z, y and x of ``[D, H, W]`` volumes.
 
     Returns ``(sz [D], sy [H], sx [W])`` float32. ``w``: None, ``[D]`` (per slice)
-    or ``[D,H,W]``. ``check_finite=False`` skips the value scans (NaN/Inf, uint8
-    masks not 0/1) — each is a device sync; the kernels are memory-safe either way
-    (NaN propagates into the sums). Raises ``engine.errors.ShapeError`` /
-    ``DTypeError`` / ``InputError`` / ``NonFiniteError`` / ``MaskError``.
+    or ``[D,H,W]``. The entry checks types, shapes, dtypes and devices, all metadata:
+    no value is read, no device sync. ``check_finite=True`` also runs the value scans
+    (NaN/Inf in ``q``, ``p``, ``w``; uint8 masks holding values other than 0 and 1),
+    each reading every value (a sync on CUDA); data is checked once where it enters
+    the engine, and the kernels stay memory-safe without it (NaN propagates into the
+    sums). Raises ``engine.errors.ShapeError`` / ``DTypeError`` / ``InputError``, and
+    ``NonFiniteError`` / ``MaskError`` when ``check_finite=True``.
     Not differentiable (inputs are detached).
     """
     w = validate(q, p, w, check_finite)
     D, H, W = q.shape
-    return split(slice_residuals_op(q.detach(), p.detach(), None if w is None else w.detach()), D, H, W)
+    return split(slice_residuals_op(q, p, w), D, H, W)

@@ -250,15 +250,18 @@ BACKWARD_IMPLS = warp3d_backward_op.impls
 # --- public entry -------------------------------------------------------------------------
 
 def warp3d(src: Tensor, u: Tensor, mode: str = "bilinear", padding: str = "zeros", *,
-           check_finite: bool = True) -> Tensor:
+           check_finite: bool = False) -> Tensor:
     """Warp ``src`` ``[N,C,Ds,Hs,Ws]`` by voxel displacements ``u`` ``[N,3,D,H,W]``.
 
     ``u[:, 0]`` displaces along depth (z), ``u[:, 1]`` along rows (y), ``u[:, 2]`` along
     columns (x). Returns ``[N, C, D, H, W]`` in ``src``'s dtype. Differentiable w.r.t.
-    ``src`` and ``u``. ``check_finite=False`` skips the NaN/Inf scan of ``u`` (a device
-    sync); the kernels stay memory-safe either way (non-finite positions read padding).
-    Raises ``engine.errors.ShapeError`` / ``DTypeError`` / ``InputError`` /
-    ``NonFiniteError`` on bad input.
+    ``src`` and ``u``. The entry checks types, shapes, dtypes, devices and the mode
+    names, all metadata: it never reads a value and makes no device sync.
+    ``check_finite=True`` also scans ``u`` for NaN/Inf (reads every value: a sync on
+    CUDA); data is checked once where it enters the engine, so internal calls leave it
+    off, and the kernels stay memory-safe without it (non-finite positions read
+    padding). Raises ``engine.errors.ShapeError`` / ``DTypeError`` / ``InputError``, and
+    ``NonFiniteError`` when ``check_finite=True``.
     """
     _warp.validate(src, u, mode, padding, check_finite, 3)
     return warp3d_op(src, u, mode, padding)

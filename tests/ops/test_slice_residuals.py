@@ -169,15 +169,16 @@ def test_reference_fallback_equals_kernel(monkeypatch):
 )
 def test_bad_input_raises_typed_error(make, err):
     q, p, w = make()
-    with pytest.raises(err):
-        slice_residuals(q, p, w)
+    with pytest.raises(err):  # value scans are opt-in: NaN/Inf and mask values with check_finite=True
+        slice_residuals(q, p, w, check_finite=err in (NonFiniteError, MaskError))
 
 
 def test_nan_propagates_without_check():
     q, p, _ = _inputs((3, 4, 5), torch.float32, torch.float32, "none")
     q[1, 2, 3] = float("nan")
-    sz, sy, sx = slice_residuals(q, p, check_finite=False)
-    assert torch.isnan(sz[1]) and torch.isfinite(sz[0]) and torch.isnan(sy[2]) and torch.isnan(sx[3])
+    for kw in ({"check_finite": False}, {}):  # off by default
+        sz, sy, sx = slice_residuals(q, p, **kw)
+        assert torch.isnan(sz[1]) and torch.isfinite(sz[0]) and torch.isnan(sy[2]) and torch.isnan(sx[3])
 
 
 def test_opcheck():
