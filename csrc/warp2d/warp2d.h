@@ -27,7 +27,8 @@ struct Warp2dGeom {
   int64_t N, C, Hs, Ws, H, W;
 };
 
-// CPU (OpenMP, `on.num_threads` threads).
+// CPU (OpenMP, `on.num_threads` threads). The float32 bilinear forward runs AVX-512 /
+// AVX2 gathers where the processor has them (warp2d_simd.h), the scalar code elsewhere.
 void warp2d_forward(const void* src, Strides4 src_st, DType src_dtype, const void* u, Strides4 u_st,
                     void* out, Warp2dGeom g, Interp interp, Padding pad, CpuLaunch on);
 
