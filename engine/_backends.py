@@ -11,6 +11,8 @@ Backends:
               ``TRITON_INTERPRET=1`` for the interpreter on CPU tensors)
   ``reference`` the pure-torch implementations, always available
 
+Per op, which of these it declares and which serves now: ``engine.ops.backend_table()``.
+
 Environment (read at call time, never at import):
   ``ENGINE_NO_EXTENSION=1``  do not load ``engine._C`` / ``engine._C_cuda`` even if built
   ``ENGINE_GPU_BACKEND``     ``auto`` (default) | ``cuda`` | ``triton`` | ``reference``:
@@ -166,9 +168,26 @@ _GPU_CHOICES = ("auto", "cuda", "triton", "reference")
 _CPU_CHOICES = ("auto", "cpu", "reference")
 
 
+_ENCODED: dict[str, Any] = {}
+
+
+def _env(name: str) -> Optional[str]:
+    """``os.environ.get(name)`` without its cost on the op path: an unset variable
+    makes ``Mapping.get`` raise and catch a KeyError (~1 us); CPython's ``os.environ``
+    keeps the encoded pairs in ``_data``, a plain dict (read at every call all the same)."""
+    data = getattr(os.environ, "_data", None)
+    if not isinstance(data, dict):
+        return os.environ.get(name)
+    key = _ENCODED.get(name)
+    if key is None:
+        key = _ENCODED[name] = os.environ.encodekey(name)
+    v = data.get(key)
+    return None if v is None else os.environ.decodevalue(v)
+
+
 def gpu_choice() -> str:
     """The requested implementation for CUDA tensors (``ENGINE_GPU_BACKEND``)."""
-    v = os.environ.get("ENGINE_GPU_BACKEND")
+    v = _env("ENGINE_GPU_BACKEND")
     if v is None:
         return "auto"
     v = v.strip().lower() or "auto"
@@ -181,7 +200,7 @@ def gpu_choice() -> str:
 
 def cpu_choice() -> str:
     """The requested implementation for CPU tensors (``ENGINE_CPU_BACKEND``)."""
-    v = os.environ.get("ENGINE_CPU_BACKEND")
+    v = _env("ENGINE_CPU_BACKEND")
     if v is None:
         return "auto"
     v = v.strip().lower() or "auto"

@@ -62,6 +62,9 @@ def select(op: str, device: torch.device, kernels: Mapping[str, Kernel], args: t
     if kind == "cpu":
         if _backends.cpu_choice() == "reference":
             return "reference"
+        k = kernels.get("cpu")
+        if k is not None and _loaded("cpu", unit or op) is None and (k.supports is None or k.supports(*args) is None):
+            return "cpu"  # the common case, decided without building the order
         order = BACKEND_ORDER[:1]
     elif kind == "cuda":
         choice = _backends.gpu_choice()

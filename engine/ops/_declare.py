@@ -104,6 +104,15 @@ def triton_module() -> Any:
     return _backends.load("triton")
 
 
+# the checks of Op._direct, looked up once (functions, not flags: they read the state now)
+_compiling = torch.compiler.is_compiling
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_function_modes = torch._C._len_torch_function_stack
+_functorch_level = torch._C._functorch.peek_interpreter_stack
+_profiling = torch.autograd._profiler_enabled
+_grad_enabled = torch.is_grad_enabled
+
+
 def _device_of(args: tuple) -> torch.device:
     for a in args:
         if isinstance(a, Tensor):
@@ -178,11 +187,10 @@ class Op:
         """Whether an eager call may skip the torch dispatcher (module docstring): not
         when an input requires grad (the custom op then applies the op's autograd
         formula, or, for ops without one, sees detached inputs)."""
-        if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-                or torch._C._len_torch_function_stack() or torch._C._functorch.peek_interpreter_stack() is not None
-                or torch.autograd._profiler_enabled()):
+        if (_compiling() or _dispatch_modes() or _function_modes() or _functorch_level() is not None
+                or _profiling()):
             return False
-        grad = torch.is_grad_enabled()
+        grad = _grad_enabled()
         for a in args:
             if isinstance(a, Tensor) and (type(a) is not Tensor or (grad and a.requires_grad)):
                 return False
