@@ -70,7 +70,7 @@ no_ext = _truthy("ENGINE_NO_EXTENSION")
 if no_ext:
     print("dilseg build: ENGINE_NO_EXTENSION=1, installing the pure-torch package", flush=True)
 
-packages = find_packages(include=["engine", "engine.*"]) + ["engine.kernels"]
+packages = find_packages(include=["engine", "engine.*"])  # the package tree is the source tree
 
 setup(
     name="dilseg",
@@ -78,7 +78,6 @@ setup(
     description="Dynamic interactive learning engine for 3D medical image segmentation",
     python_requires=">=3.10",
     packages=packages,
-    package_dir={"engine.kernels": "kernels"},
     install_requires=["torch>=2.8", "numpy>=1.24"],
     extras_require={
         "io": ["nibabel", "pynrrd", "h5py", "itk-elastix"],

@@ -5,11 +5,16 @@
 * ``time_cuda(fn)``: median milliseconds of ``fn`` over repeats, by CUDA events.
 * ``count_launches(fn)``: CUDA kernel launches (and memsets/memcpys) made by one call,
   from the torch profiler's device-side activity.
+* ``count_syncs(fn)``: host synchronisations made by one call, as
+  ``torch.cuda.set_sync_debug_mode`` reports them.
+* ``bandwidth_row`` / ``entry_row``: one table row for benchmarks/gpu_table.py; an
+  entry row times the public ``engine.ops`` entry next to its raw backend.
 """
 
 from __future__ import annotations
 
 import statistics
+import warnings
 from typing import Callable
 
 import torch
@@ -69,6 +74,23 @@ def count_launches(fn: Callable[[], object]) -> dict[str, int]:
     return counts
 
 
+def count_syncs(fn: Callable[[], object]) -> int:
+    """Host synchronisations one call of ``fn`` makes (after a warm-up call): the
+    warnings of ``torch.cuda.set_sync_debug_mode("warn")`` (mode "error" would stop at
+    the first; tests/ops/test_entry_checks.py asserts zero with it)."""
+    fn()
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    return sum(1 for w in caught if "synchroniz" in str(w.message).lower())
+
+
 def bandwidth_row(name: str, nbytes: int, ms: float, launches: dict | None = None) -> dict:
     gbs = nbytes / (ms * 1e-3) / 1e9
     copy = copy_bandwidth_gbs()
@@ -76,4 +98,15 @@ def bandwidth_row(name: str, nbytes: int, ms: float, launches: dict | None = Non
            "fraction": round(gbs / copy, 3)}
     if launches is not None:
         row["launches"] = launches.get("kernels", 0) + launches.get("memsets", 0)
+    return row
+
+
+def entry_row(name: str, nbytes: int, public: Callable[[], object], raw_ms: float) -> dict:
+    """The public entry (``engine.ops.<op>(...)``, default flags) as a bandwidth row
+    with its launches, its host syncs per call and its time over the raw backend's
+    (``raw_ms``, measured in the same run)."""
+    ms = time_cuda(public)
+    row = bandwidth_row(f"{name} public entry", nbytes, ms, count_launches(public))
+    row["syncs"] = count_syncs(public)
+    row["public/raw"] = round(ms / raw_ms, 3)
     return row

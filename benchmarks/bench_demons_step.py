@@ -9,7 +9,8 @@ S = 64×128×128, L = 128×256×256 and the real left-atrium size LA = 44×95×7
     .venv/bin/python -m pytest benchmarks/bench_demons_step.py --benchmark-only
 
 prints each backend's median and its ratio to the reference, measured in the same
-run (benchmarks/conftest.py). ``gpu_rows()`` (collected by benchmarks/gpu_table.py)
+run (benchmarks/conftest.py), and the public entry ``engine.ops.demons_step`` (default
+flags) against the raw C++ backend. ``gpu_rows()`` (collected by benchmarks/gpu_table.py)
 reports the Triton kernel at L: effective GB/s, fraction of the copy bandwidth
 measured in the same run, launches per call.
 """
@@ -21,12 +22,15 @@ import torch
 import torch.nn.functional as F
 
 import engine.ops  # noqa: F401
+from engine.ops import demons_step
+
+from _entry import record_entry
 
 DS = sys.modules["engine.ops.demons_step"]
 
 SIZES = {"S": (64, 128, 128), "L": (128, 256, 256), "LA": (44, 95, 71)}
 ROUNDS = {"LA": 10, "S": 5, "L": 3}
-CASES = [(s, b) for s in ("LA", "S", "L") for b in ("reference", "cpu")]
+CASES = [(s, b) for s in ("LA", "S", "L") for b in ("reference", "cpu", "public")]
 
 
 def make_inputs(size: str, device: str = "cpu"):
@@ -43,7 +47,7 @@ def make_inputs(size: str, device: str = "cpu"):
 
 
 def _skip_unless_loaded(backend, device="cpu"):
-    if backend != "reference" and DS.C.select("demons_step", torch.device(device), (backend,)) != backend:
+    if backend not in ("reference", "public") and not DS.demons_step_op.serves(backend, device):
         pytest.skip(f"{backend} backend not loaded")
 
 
@@ -51,11 +55,24 @@ def _skip_unless_loaded(backend, device="cpu"):
 def test_demons_step_cpu(benchmark, ratios, size, backend):
     _skip_unless_loaded(backend)
     args = make_inputs(size)
-    impl = DS.IMPLS[backend]
+    impl = demons_step if backend == "public" else DS.IMPLS[backend]
     warmup = 0 if (size == "L" and backend == "reference") else 1
     benchmark.pedantic(lambda: impl(*args, 1.0), rounds=ROUNDS[size], warmup_rounds=warmup)
     D, H, W = SIZES[size]
     ratios.record(f"demons_step cpu {2 * (D - 1)}x{H}x{W}", backend, benchmark, baseline="reference")
+
+
+@pytest.mark.parametrize("size", ["LA", "S", "L"])
+def test_demons_step_entry_vs_raw(benchmark, ratios, size):
+    """The public entry against the raw C++ backend, interleaved (benchmarks/_entry.py)."""
+    _skip_unless_loaded("cpu")
+    args = make_inputs(size)
+    impl = DS.IMPLS["cpu"]
+    public = lambda: demons_step(*args, 1.0)  # noqa: E731
+    benchmark.pedantic(public, rounds=1, warmup_rounds=0)
+    D, H, W = SIZES[size]
+    record_entry(ratios, f"demons_step cpu {2 * (D - 1)}x{H}x{W}", lambda: impl(*args, 1.0), public,
+                 repeats={"LA": 100, "S": 30, "L": 8}[size])
 
 
 # --- GPU -----------------------------------------------------------------------------------
@@ -67,14 +84,16 @@ def gpu_rows() -> list[dict]:
     read, step 8P written, moving read through the stencil's gathers (≥ 4P) = 32P.
     """
     try:
-        from _gpu import bandwidth_row, count_launches, time_cuda
+        from _gpu import bandwidth_row, count_launches, entry_row, time_cuda
     except ImportError:
-        from benchmarks._gpu import bandwidth_row, count_launches, time_cuda
+        from benchmarks._gpu import bandwidth_row, count_launches, entry_row, time_cuda
     args = make_inputs("L", "cuda")
     N, _, H, W = args[0].shape
     P = N * H * W
     name = f"demons_step triton {N}x{H}x{W}"
-    if DS.C.select("demons_step", args[0].device, ("triton",)) != "triton":
+    if not DS.demons_step_op.serves("triton", args[0].device):
         return [{"kernel": name, "note": "backend not loaded"}]
     fn = lambda: DS.IMPLS["triton"](*args, 1.0)  # noqa: E731
-    return [bandwidth_row(name, 32 * P, time_cuda(fn), count_launches(fn))]
+    ms = time_cuda(fn)
+    return [bandwidth_row(name, 32 * P, ms, count_launches(fn)),
+            entry_row(f"demons_step {N}x{H}x{W} (triton)", 32 * P, lambda: demons_step(*args, 1.0), ms)]

@@ -1,12 +1,14 @@
-"""propagate_chain (and confidence_map) throughput: pure-torch reference vs C++ on CPU,
-CUDA and Triton on GPU, at S = 64x128x128, L = 128x256x256 and the real left-atrium
-size 44x95x71, 5 evenly spaced annotated slices, smooth random fields, fused
-``linear``.
+"""propagate_chain throughput: pure-torch reference vs C++ on CPU, CUDA and Triton on
+GPU, and the public entry ``engine.ops.propagate_chain`` (default flags, annotations
+as a bool vector on the device), at S = 64x128x128, L = 128x256x256 and the real
+left-atrium size 44x95x71, 5 evenly spaced annotated slices, smooth random fields,
+fused ``linear``. (confidence_map: benchmarks/bench_confidence_map.py.)
 
     .venv/bin/python -m pytest benchmarks/bench_propagate_chain.py --benchmark-only
 
 prints, per size, each backend's median and its ratio to the reference from the same
-run (the CPU run takes about a minute on 2 cores; the reference at L dominates).
+run (the CPU run takes about a minute on 2 cores; the reference at L dominates), and
+the public entry against the raw C++ backend.
 ``gpu_rows()`` (collected by benchmarks/gpu_table.py) reports effective GB/s, the
 fraction of the device-to-device copy bandwidth measured in the same run, and kernel
 launches per call (1 for the CUDA path: it is one kernel for the whole volume).
@@ -19,9 +21,12 @@ import torch
 import torch.nn.functional as F
 
 import engine.ops  # noqa: F401
+from engine.ops import propagate_chain
+from engine.ops._declare import registry
+
+from _entry import record_entry
 
 PC = sys.modules["engine.ops.propagate_chain"]
-CM = sys.modules["engine.ops.confidence_map"]
 
 SIZES = {"S": (64, 128, 128), "L": (128, 256, 256), "LA": (44, 95, 71)}
 N_ANNOTATED = 5
@@ -48,14 +53,16 @@ def make_inputs(D: int, H: int, W: int, device: str = "cpu", seed: int = 0):
 
 
 def _run(backend, masks, ann, fwd, bwd, fuse="linear"):
+    if backend == "public":
+        return propagate_chain(masks, ann, fwd, bwd, 0.02, fuse)
     return PC.IMPLS[backend](masks, ann, fwd, bwd, 0.02, fuse)
 
 
 def _available(op, backend, device):
-    return backend == "reference" or PC.C.select(op, torch.device(device), (backend,)) == backend
+    return backend == "public" or registry[op].serves(backend, device)
 
 
-CPU_CASES = [(size, b) for size in SIZES for b in ("reference", "cpu")]
+CPU_CASES = [(size, b) for size in SIZES for b in ("reference", "cpu", "public")]
 
 
 @pytest.mark.parametrize("size,backend", CPU_CASES, ids=[f"{s}-{b}" for s, b in CPU_CASES])
@@ -69,15 +76,17 @@ def test_propagate_chain_cpu(benchmark, ratios, size, backend):
     ratios.record(f"propagate_chain cpu {size} {D}x{H}x{W}", backend, benchmark, baseline="reference")
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_confidence_map_cpu(benchmark, ratios, backend):
-    if not _available("confidence_map", backend, "cpu"):
-        pytest.skip(f"{backend} backend not loaded")
-    D, H, W = SIZES["L"]
-    g = torch.Generator().manual_seed(1)
-    axes = (torch.rand(D, generator=g) > 0.9, torch.rand(H, generator=g) > 0.95, None)
-    benchmark.pedantic(lambda: CM.IMPLS[backend](*axes, [D, H, W]), rounds=10, warmup_rounds=1)
-    ratios.record(f"confidence_map cpu L {D}x{H}x{W} (2 axes)", backend, benchmark, baseline="reference")
+@pytest.mark.parametrize("size", list(SIZES))
+def test_propagate_chain_entry_vs_raw(benchmark, ratios, size):
+    """The public entry against the raw C++ backend, interleaved (benchmarks/_entry.py)."""
+    if not registry["propagate_chain"].serves("cpu", "cpu"):
+        pytest.skip("cpu backend not loaded")
+    D, H, W = SIZES[size]
+    masks, ann, fwd, bwd = make_inputs(D, H, W)
+    public = lambda: _run("public", masks, ann, fwd, bwd)  # noqa: E731
+    benchmark.pedantic(public, rounds=1, warmup_rounds=0)
+    record_entry(ratios, f"propagate_chain cpu {size} {D}x{H}x{W}", lambda: _run("cpu", masks, ann, fwd, bwd),
+                 public, repeats={"LA": 100, "S": 40, "L": 10}[size])
 
 
 def _propagate_bytes(masks, ann, fuse="linear") -> int:
@@ -98,31 +107,26 @@ def _propagate_bytes(masks, ann, fuse="linear") -> int:
 
 def gpu_rows() -> list[dict]:
     """GPU figures for benchmarks/gpu_table.py (lazy imports: GPU-only path)."""
-    from _gpu import bandwidth_row, count_launches, time_cuda
+    from _gpu import bandwidth_row, count_launches, entry_row, time_cuda
 
     rows = []
     for size, (D, H, W) in SIZES.items():
         masks, ann, fwd, bwd = make_inputs(D, H, W, "cuda")
         nbytes = _propagate_bytes(masks, ann)
+        raw_ms = {}
         for backend in ("cuda", "triton"):
             if not _available("propagate_chain", backend, "cuda"):
                 rows.append({"kernel": f"propagate_chain {backend} {size}", "note": "backend not loaded"})
                 continue
             fn = lambda: _run(backend, masks, ann, fwd, bwd)  # noqa: E731
-            row = bandwidth_row(f"propagate_chain {backend} {size} {D}x{H}x{W}", nbytes, time_cuda(fn, repeats=20),
+            raw_ms[backend] = time_cuda(fn, repeats=20)
+            row = bandwidth_row(f"propagate_chain {backend} {size} {D}x{H}x{W}", nbytes, raw_ms[backend],
                                 count_launches(fn))
             rows.append(row)
+        raw = next((b for b in ("cuda", "triton") if b in raw_ms), None)
+        if raw is not None:
+            rows.append(entry_row(f"propagate_chain {size} {D}x{H}x{W} ({raw})", nbytes,
+                                  lambda: _run("public", masks, ann, fwd, bwd), raw_ms[raw]))
         ms = time_cuda(lambda: _run("reference", masks, ann, fwd, bwd), repeats=3, warmup=1)
         rows.append(bandwidth_row(f"propagate_chain reference {size} {D}x{H}x{W}", nbytes, ms))
-    D, H, W = SIZES["L"]
-    g = torch.Generator().manual_seed(1)
-    axes = [a.cuda() if a is not None else None
-            for a in (torch.rand(D, generator=g) > 0.9, torch.rand(H, generator=g) > 0.95, None)]
-    nbytes = D * H * W * 4 + D + H
-    for backend in ("cuda", "triton"):
-        if not _available("confidence_map", backend, "cuda"):
-            rows.append({"kernel": f"confidence_map {backend} L", "note": "backend not loaded"})
-            continue
-        fn = lambda: CM.IMPLS[backend](*axes, [D, H, W])  # noqa: E731
-        rows.append(bandwidth_row(f"confidence_map {backend} L {D}x{H}x{W}", nbytes, time_cuda(fn), count_launches(fn)))
     return rows

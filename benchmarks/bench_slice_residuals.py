@@ -1,6 +1,7 @@
-"""slice_residuals and select_slices: C++ vs the pure-torch reference on CPU (same
-run), and on GPU the effective bandwidth, its fraction of the device-to-device copy
-bandwidth and the launches per call.
+"""slice_residuals: C++ vs the pure-torch reference on CPU (same run), the public entry
+``engine.ops.slice_residuals`` (default flags) next to the raw backend, and on GPU the
+effective bandwidth, its fraction of the device-to-device copy bandwidth, launches
+and (public entry) host syncs per call. (select_slices: benchmarks/bench_select_slices.py.)
 
 Sizes (D x H x W): S = 64x128x128, L = 128x256x256, LA = 44x95x71 (a real left-atrium
 case). The CPU case is the guide's: float32 q and p with a per-slice weight ``[D]``.
@@ -23,9 +24,11 @@ import pytest
 import torch
 
 import engine.ops  # noqa: F401
+from engine.ops import slice_residuals
+
+from _entry import record_entry
 
 SR = sys.modules["engine.ops.slice_residuals"]
-SS = sys.modules["engine.ops.select_slices"]
 
 SIZES = {"S": (64, 128, 128), "L": (128, 256, 256), "LA": (44, 95, 71)}
 CUDA = torch.cuda.is_available()
@@ -47,37 +50,35 @@ def make_inputs(size: str, dtype=torch.float32, weight: str = "slice", device: s
     return q, p, (None if w is None else w.to(device))
 
 
-def make_scores(D: int, device: str = "cpu"):
-    g = torch.Generator().manual_seed(1)
-    s = torch.rand(D, generator=g)
-    a = torch.zeros(D, dtype=torch.bool)
-    a[:: max(1, D // 5)] = True
-    return s.to(device), a.to(device)
-
-
 # --- CPU (pytest-benchmark) ------------------------------------------------------------
 
 @pytest.mark.parametrize("size", list(SIZES))
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "public"])
 def test_slice_residuals_cpu(benchmark, ratios, size, backend):
-    if backend == "cpu" and SR.C.select("slice_residuals", torch.device("cpu"), ("cpu",)) != "cpu":
+    if backend == "cpu" and not SR.slice_residuals_op.serves("cpu", "cpu"):
         pytest.skip("engine._C not loaded")
     q, p, w = make_inputs(size)
-    impl = SR.IMPLS[backend]
-    benchmark.pedantic(lambda: impl(q, p, w), rounds=5 if size == "L" else 20, warmup_rounds=1)
-    ratios.record(f"slice_residuals cpu {size} {'x'.join(map(str, SIZES[size]))} f32 per-slice w", backend,
-                  benchmark, baseline="reference")
+    if backend == "public":
+        fn = lambda: slice_residuals(q, p, w)  # noqa: E731
+    else:
+        impl = SR.IMPLS[backend]
+        fn = lambda: impl(q, p, w)  # noqa: E731
+    benchmark.pedantic(fn, rounds=20 if size == "L" else 50, warmup_rounds=2)
+    ratios.record(f"slice_residuals cpu {size} {'x'.join(map(str, SIZES[size]))} f32 per-slice w", backend, benchmark,
+                  baseline="reference")
 
 
-@pytest.mark.parametrize("D", [44, 128])
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_select_slices_cpu(benchmark, ratios, D, backend):
-    if backend == "cpu" and SS.C.select("select_slices", torch.device("cpu"), ("cpu",)) != "cpu":
+@pytest.mark.parametrize("size", list(SIZES))
+def test_slice_residuals_entry_vs_raw(benchmark, ratios, size):
+    """The public entry against the raw C++ backend, interleaved (benchmarks/_entry.py)."""
+    if not SR.slice_residuals_op.serves("cpu", "cpu"):
         pytest.skip("engine._C not loaded")
-    s, a = make_scores(D)
-    impl = SS.IMPLS[backend]
-    benchmark.pedantic(lambda: impl(s, a, 4, 2, None), rounds=50, warmup_rounds=2)
-    ratios.record(f"select_slices cpu D={D} k=4 gap=2", backend, benchmark, baseline="reference")
+    q, p, w = make_inputs(size)
+    impl = SR.IMPLS["cpu"]
+    public = lambda: slice_residuals(q, p, w)  # noqa: E731
+    benchmark.pedantic(public, rounds=1, warmup_rounds=0)
+    record_entry(ratios, f"slice_residuals cpu {size} {'x'.join(map(str, SIZES[size]))} f32 per-slice w",
+                 lambda: impl(q, p, w), public, repeats=60 if size == "L" else 500)
 
 
 # --- CPU table (script mode) --------------------------------------------------------------
@@ -102,26 +103,22 @@ def cpu_table() -> list[dict]:
     for size, dtype, weight in cases:
         q, p, w = make_inputs(size, dtype, weight)
         med = _interleaved({"reference": lambda: SR.IMPLS["reference"](q, p, w),
-                            "cpu": lambda: SR.IMPLS["cpu"](q, p, w)}, 7 if size == "L" else 41)
+                            "cpu": lambda: SR.IMPLS["cpu"](q, p, w),
+                            "public": lambda: slice_residuals(q, p, w)}, 7 if size == "L" else 41)
         rows.append({"op": "slice_residuals", "case": f"{size} {'x'.join(map(str, SIZES[size]))} "
                      f"{str(dtype).split('.')[-1]} w={weight}", "reference ms": med["reference"] * 1e3,
-                     "C++ ms": med["cpu"] * 1e3, "speed-up": med["reference"] / med["cpu"]})
-    for D in (44, 128):
-        s, a = make_scores(D)
-        med = _interleaved({"reference": lambda: SS.IMPLS["reference"](s, a, 4, 2, None),
-                            "cpu": lambda: SS.IMPLS["cpu"](s, a, 4, 2, None)}, 50)
-        rows.append({"op": "select_slices", "case": f"D={D} k=4 gap=2", "reference ms": med["reference"] * 1e3,
-                     "C++ ms": med["cpu"] * 1e3, "speed-up": med["reference"] / med["cpu"]})
+                     "C++ ms": med["cpu"] * 1e3, "speed-up": med["reference"] / med["cpu"],
+                     "public ms": med["public"] * 1e3, "public/raw": med["public"] / med["cpu"]})
     return rows
 
 
 # --- GPU ----------------------------------------------------------------------------------
 
 def gpu_rows() -> list[dict]:
-    """slice_residuals: effective GB/s (q, p, w read) and launches per call of the CUDA,
-    Triton and reference backends at S, L and LA (float32, per-slice w) and at L for
-    bf16 / uint8 / full-w; select_slices: latency and launches per call."""
-    from _gpu import bandwidth_row, count_launches, time_cuda
+    """Effective GB/s (q, p, w read) and launches per call of the CUDA, Triton and
+    reference backends at S, L and LA (float32, per-slice w) and at L for bf16 / uint8 /
+    full-w; the public entry (default flags) next to the backend that serves it."""
+    from _gpu import bandwidth_row, count_launches, entry_row, time_cuda
 
     rows = []
     cases = [(s, torch.float32, "slice") for s in SIZES] + [("L", torch.bfloat16, "slice"),
@@ -131,24 +128,19 @@ def gpu_rows() -> list[dict]:
         nbytes = q.numel() * q.element_size() + p.numel() * p.element_size()
         nbytes += 0 if w is None else w.numel() * w.element_size()
         tag = f"{size} {str(dtype).split('.')[-1]} w={weight}"
+        raw_ms = {}
         for backend in ("cuda", "triton", "reference"):
-            if backend != "reference" and SR.C.select("slice_residuals", q.device, (backend,)) != backend:
+            if not SR.slice_residuals_op.serves(backend, q.device):
                 rows.append({"kernel": f"slice_residuals {backend} {tag}", "note": "backend not loaded"})
                 continue
             impl = SR.IMPLS[backend]
             fn = lambda: impl(q, p, w)  # noqa: E731
-            rows.append(bandwidth_row(f"slice_residuals {backend} {tag}", nbytes, time_cuda(fn), count_launches(fn)))
-    for D in (44, 128, 2048):
-        s, a = make_scores(D, "cuda")
-        for backend in ("cuda", "triton", "reference"):
-            if backend != "reference" and SS.C.select("select_slices", s.device, (backend,)) != backend:
-                rows.append({"kernel": f"select_slices {backend} D={D}", "note": "backend not loaded"})
-                continue
-            impl = SS.IMPLS[backend]
-            fn = lambda: impl(s, a, 4, 2, None)  # noqa: E731
-            lc = count_launches(fn)
-            rows.append({"kernel": f"select_slices {backend} D={D} k=4", "ms": round(time_cuda(fn), 4),
-                         "launches": lc.get("kernels", 0) + lc.get("memsets", 0)})
+            raw_ms[backend] = time_cuda(fn)
+            rows.append(bandwidth_row(f"slice_residuals {backend} {tag}", nbytes, raw_ms[backend], count_launches(fn)))
+        raw = next((b for b in ("cuda", "triton") if b in raw_ms), None)
+        if raw is not None:
+            rows.append(entry_row(f"slice_residuals {tag} ({raw})", nbytes, lambda: slice_residuals(q, p, w),
+                                  raw_ms[raw]))
     return rows
 
 
@@ -158,7 +150,10 @@ if __name__ == "__main__":
         for r in gpu_rows():
             print(r)
         raise SystemExit(0)
-    print(f"threads: {torch.get_num_threads()}  (C++ vs pure-torch reference, interleaved medians, same run)")
-    print(f"{'op':16s} {'case':36s} {'reference ms':>13s} {'C++ ms':>9s} {'speed-up':>9s}")
+    print(f"threads: {torch.get_num_threads()}  (C++ vs pure-torch reference, public entry vs C++, interleaved "
+          "medians, same run)")
+    print(f"{'op':16s} {'case':36s} {'reference ms':>13s} {'C++ ms':>9s} {'speed-up':>9s} {'public ms':>10s} "
+          f"{'public/raw':>10s}")
     for r in cpu_table():
-        print(f"{r['op']:16s} {r['case']:36s} {r['reference ms']:13.3f} {r['C++ ms']:9.3f} {r['speed-up']:8.2f}x")
+        print(f"{r['op']:16s} {r['case']:36s} {r['reference ms']:13.3f} {r['C++ ms']:9.3f} {r['speed-up']:8.2f}x "
+              f"{r['public ms']:10.3f} {r['public/raw']:10.2f}")

@@ -1,10 +1,12 @@
 """warp2d throughput: reference, F.grid_sample (grid construction counted in), C++,
-Triton and CUDA, for 1 and 128 slices of 256×256, smooth and random fields.
+Triton and CUDA, and the public entry ``engine.ops.warp2d`` (default flags), for 1 and
+128 slices of 256×256, smooth and random fields.
 
     .venv/bin/python -m pytest benchmarks/bench_warp2d.py --benchmark-only
 
 prints, per case, every backend's median and its ratio to grid_sample from the
-same run. GPU rows appear where a CUDA device is present.
+same run, and a second table per case: the public entry against the raw backend that
+serves it (``raw``). GPU rows appear where a CUDA device is present.
 """
 
 import sys
@@ -14,6 +16,9 @@ import torch
 import torch.nn.functional as F
 
 import engine.ops  # noqa: F401
+from engine.ops import warp2d
+
+from _entry import record_entry
 
 W2 = sys.modules["engine.ops.warp2d"]
 
@@ -43,7 +48,7 @@ def grid_sample_equivalent(src, u):
 
 
 def _backends(device):
-    names = ["grid_sample", "reference"]
+    names = ["grid_sample", "reference", "public"]
     if device == "cpu":
         names.append("cpu")
     else:
@@ -51,19 +56,27 @@ def _backends(device):
     return names
 
 
+def _raw(device):
+    """The backend the rule picks for the public entry (on CUDA: CUDA, else Triton)."""
+    order = ("cpu",) if device == "cpu" else ("cuda", "triton")
+    return next((b for b in order if W2.warp2d_op.serves(b, device)), "reference")
+
+
 CASES = [(n, f, d) for d in (["cpu"] + (["cuda"] if CUDA else [])) for n in (1, 128) for f in ("smooth", "random")]
 
 
 @pytest.mark.parametrize("n,field,device", CASES, ids=[f"{d}-{n}x256x256-{f}" for n, f, d in CASES])
-@pytest.mark.parametrize("backend", ["grid_sample", "reference", "cpu", "cuda", "triton"])
+@pytest.mark.parametrize("backend", ["grid_sample", "reference", "cpu", "cuda", "triton", "public"])
 def test_warp2d(benchmark, ratios, n, field, device, backend):
     if backend not in _backends(device):
         pytest.skip(f"{backend} does not serve {device} tensors")
     src, u = make_inputs(n, field, device)
     if backend == "grid_sample":
         fn = lambda: grid_sample_equivalent(src, u)  # noqa: E731
+    elif backend == "public":
+        fn = lambda: warp2d(src, u)  # noqa: E731
     else:
-        if backend != "reference" and W2.C.select("warp2d", src.device, (backend,)) != backend:
+        if backend != "reference" and not W2.warp2d_op.serves(backend, src.device):
             pytest.skip(f"{backend} backend not loaded")
         impl = W2.IMPLS[backend]
         fn = lambda: impl(src, u, "bilinear", "zeros")  # noqa: E731
@@ -78,23 +91,44 @@ def test_warp2d(benchmark, ratios, n, field, device, backend):
     ratios.record(f"warp2d {device} {n}x{H}x{W} {field}", backend, benchmark, baseline="grid_sample")
 
 
+ENTRY_CASES = [(n, f) for n in (1, 128) for f in ("smooth", "random")]
+
+
+@pytest.mark.parametrize("n,field", ENTRY_CASES, ids=[f"cpu-{n}x256x256-{f}" for n, f in ENTRY_CASES])
+def test_warp2d_entry_vs_raw(benchmark, ratios, n, field):
+    """The public entry against the raw C++ backend, interleaved (benchmarks/_entry.py)."""
+    if not W2.warp2d_op.serves("cpu", "cpu"):
+        pytest.skip("cpu backend not loaded")
+    src, u = make_inputs(n, field)
+    impl = W2.IMPLS["cpu"]
+    public = lambda: warp2d(src, u)  # noqa: E731
+    benchmark.pedantic(public, rounds=1, warmup_rounds=0)
+    record_entry(ratios, f"warp2d cpu {n}x{H}x{W} {field}", lambda: impl(src, u, "bilinear", "zeros"), public,
+                 repeats=15 if n == 128 else 300)
+
+
 def gpu_rows() -> list[dict]:
     """Effective bandwidth of the CUDA and Triton warp2d at 128x256x256 float32
     (bytes that must move: src + u read, out written), for benchmarks/gpu_table.py."""
-    from _gpu import bandwidth_row, count_launches, time_cuda
+    from _gpu import bandwidth_row, count_launches, entry_row, time_cuda
 
     rows = []
     for field in ("smooth", "random"):
         src, u = make_inputs(128, field, "cuda")
         nbytes = src.numel() * 4 + u.numel() * 4 + src.numel() * 4
+        raw_ms = {}
         for backend in ("cuda", "triton"):
-            if W2.C.select("warp2d", src.device, (backend,)) != backend:
+            if not W2.warp2d_op.serves(backend, src.device):
                 rows.append({"kernel": f"warp2d {backend}", "note": "backend not loaded"})
                 continue
             impl = W2.IMPLS[backend]
             fn = lambda: impl(src, u, "bilinear", "zeros")  # noqa: E731
-            row = bandwidth_row(f"warp2d {backend} 128x256x256 {field}", nbytes, time_cuda(fn), count_launches(fn))
+            raw_ms[backend] = time_cuda(fn)
+            row = bandwidth_row(f"warp2d {backend} 128x256x256 {field}", nbytes, raw_ms[backend], count_launches(fn))
             rows.append(row)
+        raw = _raw("cuda")
+        if raw in raw_ms:
+            rows.append(entry_row(f"warp2d 128x256x256 {field} ({raw})", nbytes, lambda: warp2d(src, u), raw_ms[raw]))
         ms = time_cuda(lambda: grid_sample_equivalent(src, u))
         rows.append(bandwidth_row(f"warp2d grid_sample 128x256x256 {field}", nbytes, ms))
     return rows

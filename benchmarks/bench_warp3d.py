@@ -8,7 +8,8 @@ size LA = 44×95×71.
     .venv/bin/python -m pytest benchmarks/bench_warp3d.py --benchmark-only
 
 prints, per case, each backend's median and its ratio to the reference, measured in
-the same run (benchmarks/conftest.py). The reference is slow (seconds at L), so L runs
+the same run (benchmarks/conftest.py), and for the forward the public entry
+``engine.ops.warp3d`` (default flags) against the raw C++ backend. The reference is slow (seconds at L), so L runs
 few rounds; the whole CPU run stays around a minute on 2 cores. The backward is
 measured at S and LA only (the reference backward takes ~15 s at L).
 
@@ -25,6 +26,9 @@ import torch
 import torch.nn.functional as F
 
 import engine.ops  # noqa: F401
+from engine.ops import warp3d
+
+from _entry import record_entry
 
 W3 = sys.modules["engine.ops.warp3d"]
 
@@ -43,13 +47,13 @@ def make_inputs(size: str, device: str = "cpu", dtype=torch.float32):
 
 
 # (size, backend) in run order: the two backends of a size back to back
-FORWARD = [(s, b) for s in ("LA", "S", "L") for b in ("reference", "cpu")]
+FORWARD = [(s, b) for s in ("LA", "S", "L") for b in ("reference", "cpu", "public")]
 BACKWARD = [(s, b) for s in ("LA", "S") for b in ("reference", "cpu")]
 ROUNDS = {"LA": 10, "S": 5, "L": 2}
 
 
 def _skip_unless_loaded(backend, device="cpu"):
-    if backend != "reference" and W3.C.select("warp3d", torch.device(device), (backend,)) != backend:
+    if backend not in ("reference", "public") and not W3.warp3d_op.serves(backend, device):
         pytest.skip(f"{backend} backend not loaded")
 
 
@@ -57,12 +61,29 @@ def _skip_unless_loaded(backend, device="cpu"):
 def test_warp3d_forward_cpu(benchmark, ratios, size, backend):
     _skip_unless_loaded(backend)
     src, u = make_inputs(size)
-    impl = W3.IMPLS[backend]
+    if backend == "public":
+        fn = lambda: warp3d(src, u)  # noqa: E731
+    else:
+        impl = W3.IMPLS[backend]
+        fn = lambda: impl(src, u, "bilinear", "zeros")  # noqa: E731
     # the reference at L takes seconds a call: no warm-up round for it there
     warmup = 0 if (size == "L" and backend == "reference") else 1
-    benchmark.pedantic(lambda: impl(src, u, "bilinear", "zeros"), rounds=ROUNDS[size], warmup_rounds=warmup)
+    benchmark.pedantic(fn, rounds=ROUNDS[size], warmup_rounds=warmup)
     D, H, W = SIZES[size]
     ratios.record(f"warp3d forward cpu {D}x{H}x{W} smooth", backend, benchmark, baseline="reference")
+
+
+@pytest.mark.parametrize("size", ["LA", "S", "L"])
+def test_warp3d_entry_vs_raw(benchmark, ratios, size):
+    """The public entry against the raw C++ backend, interleaved (benchmarks/_entry.py)."""
+    _skip_unless_loaded("cpu")
+    src, u = make_inputs(size)
+    impl = W3.IMPLS["cpu"]
+    public = lambda: warp3d(src, u)  # noqa: E731
+    benchmark.pedantic(public, rounds=1, warmup_rounds=0)
+    D, H, W = SIZES[size]
+    record_entry(ratios, f"warp3d forward cpu {D}x{H}x{W} smooth", lambda: impl(src, u, "bilinear", "zeros"),
+                 public, repeats={"LA": 100, "S": 30, "L": 6}[size])
 
 
 @pytest.mark.parametrize("size,backend", BACKWARD, ids=[f"{s}-{b}" for s, b in BACKWARD])
@@ -81,10 +102,10 @@ def test_warp3d_backward_cpu(benchmark, ratios, size, backend):
 
 def _gpu_helpers():
     try:  # benchmarks/ on sys.path (gpu_table.py, pytest's rootdir conftest)
-        from _gpu import bandwidth_row, count_launches, time_cuda
+        from _gpu import bandwidth_row, count_launches, entry_row, time_cuda
     except ImportError:  # run from the repository root as a package path
-        from benchmarks._gpu import bandwidth_row, count_launches, time_cuda
-    return bandwidth_row, count_launches, time_cuda
+        from benchmarks._gpu import bandwidth_row, count_launches, entry_row, time_cuda
+    return bandwidth_row, count_launches, entry_row, time_cuda
 
 
 def gpu_rows() -> list[dict]:
@@ -97,7 +118,7 @@ def gpu_rows() -> list[dict]:
                 grad_src 4V + grad_u 12V written             = 36V
                 (grad_src's zero fill is a separate memset, counted in launches)
     """
-    bandwidth_row, count_launches, time_cuda = _gpu_helpers()
+    bandwidth_row, count_launches, entry_row, time_cuda = _gpu_helpers()
     rows = []
     for size in ("L", "S"):
         src, u = make_inputs(size, "cuda")
@@ -106,13 +127,16 @@ def gpu_rows() -> list[dict]:
         D, H, W = SIZES[size]
         for backend in ("cuda", "triton"):
             name = f"warp3d {backend} {D}x{H}x{W}"
-            if W3.C.select("warp3d", src.device, (backend,)) != backend:
+            if not W3.warp3d_op.serves(backend, src.device):
                 rows.append({"kernel": name, "note": "backend not loaded"})
                 continue
             fwd = lambda: W3.IMPLS[backend](src, u, "bilinear", "zeros")  # noqa: E731
             bwd = lambda: W3.BACKWARD_IMPLS[backend](g, src, u, "bilinear", "zeros", True, True)  # noqa: E731
             if size == "L":
-                rows.append(bandwidth_row(f"{name} fwd", 20 * V, time_cuda(fwd), count_launches(fwd)))
+                ms = time_cuda(fwd)
+                rows.append(bandwidth_row(f"{name} fwd", 20 * V, ms, count_launches(fwd)))
+                if backend == "cuda" or not W3.warp3d_op.serves("cuda", src.device):
+                    rows.append(entry_row(f"warp3d {D}x{H}x{W} fwd ({backend})", 20 * V, lambda: warp3d(src, u), ms))
                 rows.append(bandwidth_row(f"{name} bwd", 36 * V, time_cuda(bwd, repeats=20), count_launches(bwd)))
             else:  # S: launches per call (latency-bound sizes)
                 lf, lb = count_launches(fwd), count_launches(bwd)

@@ -7,7 +7,10 @@
 #    dependencies, building the CUDA module for sm_90 (and sm_80);
 # 2. runs the GPU-marked tests;
 # 3. measures device-to-device copy bandwidth and every kernel's effective GB/s,
-#    its fraction of that copy bandwidth and its launches per call;
+#    its fraction of that copy bandwidth and its launches per call, and for every
+#    public op entry (engine.ops.<op>(...), default flags) the same next to its raw
+#    backend plus its host syncs per call (torch.cuda.set_sync_debug_mode; the GPU
+#    tests assert zero with mode "error": tests/ops/test_entry_checks.py);
 # 4. measures training-step TFLOP/s and interaction-round latency at S and L;
 # 5. prints a short table last. Full logs and JSON land under $OUT.
 set -uo pipefail
@@ -19,6 +22,16 @@ export ENGINE_CUDA=1 ENGINE_CUDA_ARCHS=${ENGINE_CUDA_ARCHS:-90}
 status=0
 
 step() { echo; echo "=== $* ==="; }
+
+# nothing to measure without a GPU: say so before building anything
+if ! cuda_state=$($PY -c "import torch; print('yes' if torch.cuda.is_available() else 'no')" 2>&1); then
+  echo "device_check.sh: $PY cannot import torch (${cuda_state##*$'\n'}); set PY to the machine's Python"
+  exit 2
+fi
+if [ "$cuda_state" != "yes" ]; then
+  echo "device_check.sh: no CUDA device (torch.cuda.is_available() is False under $PY): nothing measured"
+  exit 2
+fi
 
 step "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"

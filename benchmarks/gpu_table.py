@@ -2,8 +2,10 @@
 
 Each ``benchmarks/bench_*.py`` may define ``gpu_rows() -> list[dict]``; a row has at
 least ``kernel`` and, for bandwidth-bound kernels, ``GB/s``, ``fraction`` (of the
-device-to-device copy bandwidth measured in this run) and ``launches`` per call
-(see ``benchmarks/_gpu.py``). Other keys (``TFLOP/s``, ``p50 ms``...) pass through.
+device-to-device copy bandwidth measured in this run) and ``launches`` per call; the
+rows of public entries (``engine.ops.<op>(...)``) add ``syncs`` per call and
+``public/raw`` (their time over the raw backend's, same run; see
+``benchmarks/_gpu.py``). Other keys (``TFLOP/s``, ``p50 ms``...) pass through.
 
     python benchmarks/gpu_table.py --json out.json --markdown out.md
 """
@@ -54,7 +56,8 @@ def collect() -> tuple[list[dict], list[str]]:
 
 
 def markdown(rows: list[dict], device: str) -> str:
-    keys = ["kernel", "ms", "GB/s", "fraction", "launches", "TFLOP/s", "p50 ms", "p95 ms", "note"]
+    keys = ["kernel", "ms", "GB/s", "fraction", "launches", "syncs", "public/raw", "TFLOP/s", "p50 ms", "p95 ms",
+            "note"]
     present = [k for k in keys if any(k in r for r in rows)]
     lines = [f"GPU: {device}", "", "| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
     for r in rows:

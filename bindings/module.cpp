@@ -2,9 +2,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <stdexcept>
 #include <string>
 
 #include "../csrc/common/common.h"
+#include "../csrc/common/cpu_isa.h"
 
 #define DILSEG_OP(name) void bind_##name(pybind11::module_& m);
 #include "dilseg_ops.inc"
@@ -39,6 +41,21 @@ PYBIND11_MODULE(DILSEG_MODULE_NAME, m) {
 #undef DILSEG_OP
   m.attr("ops") = ops;
 
+#ifndef DILSEG_BIND_CUDA
+  m.def(
+      "cpu_isa",
+      [](const std::string& ceiling) {
+        if (ceiling == "avx512") dilseg::cpu_isa_ceiling() = (int)dilseg::CpuIsa::Avx512;
+        else if (ceiling == "avx2") dilseg::cpu_isa_ceiling() = (int)dilseg::CpuIsa::Avx2;
+        else if (ceiling == "scalar") dilseg::cpu_isa_ceiling() = (int)dilseg::CpuIsa::Scalar;
+        else if (!ceiling.empty()) throw std::invalid_argument("cpu_isa: expected 'avx512', 'avx2' or 'scalar'");
+        return std::string(dilseg::cpu_isa_name(dilseg::cpu_isa()));
+      },
+      py::arg("ceiling") = std::string(),
+      "The instruction set the vector kernels use now ('avx512', 'avx2', 'scalar'): the best this CPU has, "
+      "capped by `ceiling` when given (tests pin each path; the default ceiling is the best).");
+#endif
+
   m.def("build_info", []() {
     py::dict d;
 #ifdef DILSEG_BIND_CUDA
@@ -46,6 +63,7 @@ PYBIND11_MODULE(DILSEG_MODULE_NAME, m) {
     d["cuda_archs"] = DILSEG_CUDA_ARCHS;
 #else
     d["kind"] = "cpu";
+    d["isa"] = dilseg::cpu_isa_name(dilseg::cpu_isa());
 #ifdef _OPENMP
     d["openmp"] = _OPENMP;
 #else

@@ -11,6 +11,8 @@ Backends:
               ``TRITON_INTERPRET=1`` for the interpreter on CPU tensors)
   ``reference`` the pure-torch implementations, always available
 
+Per op, which of these it declares and which serves now: ``engine.ops.backend_table()``.
+
 Environment (read at call time, never at import):
   ``ENGINE_NO_EXTENSION=1``  do not load ``engine._C`` / ``engine._C_cuda`` even if built
   ``ENGINE_GPU_BACKEND``     ``auto`` (default) | ``cuda`` | ``triton`` | ``reference``:
@@ -30,7 +32,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
-__all__ = ["backends", "load", "gpu_choice", "cpu_choice", "warn_once", "BackendStatus"]
+__all__ = ["backends", "load", "missing", "gpu_choice", "cpu_choice", "warn_once", "BackendStatus"]
 
 
 @dataclass(frozen=True)
@@ -103,10 +105,35 @@ _LOADERS = {
 
 def load(name: str) -> Optional[Any]:
     """Return the backend module ``name`` (``cpu``, ``cuda``, ``triton``) or None."""
+    hit = _cache.get(name)  # lock-free once loaded: every op call comes through here
+    if hit is not None:
+        return hit[0]
     with _lock:
         if name not in _cache:
             _cache[name] = _LOADERS[name]()
         return _cache[name][0]
+
+
+_UNITS: dict[tuple[str, str], Optional[str]] = {}
+
+
+def missing(name: str, unit: str) -> Optional[str]:
+    """None when backend ``name`` loaded and implements the kernels of ``unit`` (an
+    op's csrc/<unit> folder), else why not; cached until :func:`reset`. Compiled modules
+    list the ops they were built with (CMake generates the list); the Triton package
+    implements every op that declares a Triton kernel."""
+    key = (name, unit)
+    if key in _UNITS:
+        return _UNITS[key]
+    mod = load(name)
+    if mod is None:
+        why: Optional[str] = status(name).detail
+    elif name != "triton" and unit not in mod.ops:
+        why = f"engine.{'_C' if name == 'cpu' else '_C_cuda'} was built without this op"
+    else:
+        why = None
+    _UNITS[key] = why
+    return why
 
 
 def status(name: str) -> BackendStatus:
@@ -118,6 +145,7 @@ def reset() -> None:
     """Forget cached load results (tests flip environment variables)."""
     with _lock:
         _cache.clear()
+        _UNITS.clear()
         _warned.clear()
 
 
@@ -140,9 +168,29 @@ _GPU_CHOICES = ("auto", "cuda", "triton", "reference")
 _CPU_CHOICES = ("auto", "cpu", "reference")
 
 
+_ENCODED: dict[str, Any] = {}
+
+
+def _env(name: str) -> Optional[str]:
+    """``os.environ.get(name)`` without its cost on the op path: an unset variable
+    makes ``Mapping.get`` raise and catch a KeyError (~1 us); CPython's ``os.environ``
+    keeps the encoded pairs in ``_data``, a plain dict (read at every call all the same)."""
+    data = getattr(os.environ, "_data", None)
+    if not isinstance(data, dict):
+        return os.environ.get(name)
+    key = _ENCODED.get(name)
+    if key is None:
+        key = _ENCODED[name] = os.environ.encodekey(name)
+    v = data.get(key)
+    return None if v is None else os.environ.decodevalue(v)
+
+
 def gpu_choice() -> str:
     """The requested implementation for CUDA tensors (``ENGINE_GPU_BACKEND``)."""
-    v = os.environ.get("ENGINE_GPU_BACKEND", "auto").strip().lower() or "auto"
+    v = _env("ENGINE_GPU_BACKEND")
+    if v is None:
+        return "auto"
+    v = v.strip().lower() or "auto"
     if v not in _GPU_CHOICES:
         from .errors import BackendError
 
@@ -152,7 +200,10 @@ def gpu_choice() -> str:
 
 def cpu_choice() -> str:
     """The requested implementation for CPU tensors (``ENGINE_CPU_BACKEND``)."""
-    v = os.environ.get("ENGINE_CPU_BACKEND", "auto").strip().lower() or "auto"
+    v = _env("ENGINE_CPU_BACKEND")
+    if v is None:
+        return "auto"
+    v = v.strip().lower() or "auto"
     if v not in _CPU_CHOICES:
         from .errors import BackendError
 

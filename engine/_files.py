@@ -72,13 +72,16 @@ def commit_file(tmp: PathLike, dest: PathLike, *, sync_dir: bool = True) -> Path
     return dest
 
 
-def atomic_write(path: PathLike, payload: Payload, *, suffix: Optional[str] = None, mkdir: bool = False) -> Path:
+def atomic_write(path: PathLike, payload: Payload, *, suffix: Optional[str] = None, mkdir: bool = False,
+                 mode: Optional[int] = None) -> Path:
     """Write ``payload`` (text, bytes, or ``writer(tmp_path)`` that fills the file)
     to ``path`` atomically; see the module docstring.
 
     ``suffix``: the temporary file's suffix (writers that pick the format from the
     file name need the real one, e.g. ``.nii.gz``). ``mkdir``: create the folder
-    when missing (else :class:`~engine.errors.DataError`). Returns ``path``.
+    when missing (else :class:`~engine.errors.DataError`). ``mode``: the file's
+    permissions (default: the replaced file's, else 0o666 minus the umask; secrets pass
+    0o600). Returns ``path``.
     """
     dest = Path(path)
     folder = dest.parent if str(dest.parent) else Path(".")
@@ -98,7 +101,7 @@ def atomic_write(path: PathLike, payload: Payload, *, suffix: Optional[str] = No
                 fd = -1
                 f.write(data)
                 f.flush()
-        os.chmod(tmp, _new_file_mode(dest))
+        os.chmod(tmp, _new_file_mode(dest) if mode is None else mode)
         commit_file(tmp, dest)
     except BaseException:
         if fd >= 0:

@@ -1,7 +1,8 @@
 // Shared definitions for dilseg's framework-agnostic kernels.
 //
-// Kernels take raw pointers, sizes and strides (in elements) and, for CUDA, a
-// stream; they know nothing about torch. The bindings turn tensors into these.
+// Kernels take raw pointers, sizes and strides (in elements) and where to run (a
+// launch tag, below); they know nothing about torch. The bindings turn tensors into
+// these.
 #pragma once
 
 #include <cstdint>
@@ -37,6 +38,17 @@ inline const char* dtype_name(DType t) {
   }
   return "unknown";
 }
+
+// Where a kernel runs: the one argument in which an op's CPU and CUDA entries differ.
+// Each op declares `void <fn>(<args>..., CpuLaunch on)` (csrc/<op>/<op>_cpu.cpp) and,
+// where it has a CUDA kernel, the same function with `CudaLaunch on` (csrc/<op>/<op>.cu);
+// one binding serves both (bindings/binding.h: Launch).
+struct CpuLaunch {
+  int num_threads;  // OpenMP threads
+};
+struct CudaLaunch {
+  uintptr_t stream;  // a cudaStream_t passed as an integer handle; the current device runs it
+};
 
 // Thrown for argument combinations a kernel does not implement; the bindings turn
 // it into a Python ValueError. Python entries validate first, so users never see it.

@@ -92,7 +92,8 @@ __global__ void __launch_bounds__(kThreads) confidence_map_kernel(ConfidenceMapA
 
 }  // namespace
 
-void confidence_map_cuda(const ConfidenceMapArgs& a, uintptr_t stream) {
+void confidence_map(const ConfidenceMapArgs& a, CudaLaunch on) {
+  const uintptr_t stream = on.stream;
   if (a.D <= 0 || a.H <= 0 || a.W <= 0) return;
   if (a.D + a.H + a.W > kConfidenceMapMaxAxisTotal)
     throw KernelArgError("confidence_map: D + H + W exceeds kConfidenceMapMaxAxisTotal");

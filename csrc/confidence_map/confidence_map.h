@@ -23,13 +23,13 @@ struct ConfidenceMapArgs {
 };
 
 // CPU: the three vectors by serial scans, then one OpenMP pass over (z, y) rows.
-void confidence_map_cpu(const ConfidenceMapArgs& a, int num_threads);
+void confidence_map(const ConfidenceMapArgs& a, CpuLaunch on);
 
-// CUDA: ONE launch on `stream`; every block rebuilds the vectors in shared memory
+// CUDA: ONE launch on `on.stream`; every block rebuilds the vectors in shared memory
 // (warp-ballot scans), then fills its share of the volume. D + H + W must be at most
-// kConfidenceMapMaxAxisTotal (shared-memory budget); the Python entry routes larger
-// shapes elsewhere.
+// kConfidenceMapMaxAxisTotal (shared-memory budget); the backend rule
+// (engine/ops/_common.py) sends larger shapes to the next backend.
 constexpr int64_t kConfidenceMapMaxAxisTotal = 12288;
-void confidence_map_cuda(const ConfidenceMapArgs& a, uintptr_t stream);
+void confidence_map(const ConfidenceMapArgs& a, CudaLaunch on);
 
 }  // namespace dilseg

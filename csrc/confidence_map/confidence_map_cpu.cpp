@@ -26,7 +26,8 @@ std::vector<float> axis_confidence(const uint8_t* ann, int64_t stride, int64_t n
 
 }  // namespace
 
-void confidence_map_cpu(const ConfidenceMapArgs& a, int num_threads) {
+void confidence_map(const ConfidenceMapArgs& a, CpuLaunch on) {
+  const int num_threads = on.num_threads;
   const int nt = std::max(1, num_threads);
   const int64_t D = a.D, H = a.H, W = a.W;
   if (D <= 0 || H <= 0 || W <= 0) return;

@@ -21,7 +21,7 @@ namespace dilseg {
 
 // CPU (OpenMP over pairs; each thread warps its pair into a scratch plane, then
 // takes the stencil from it).
-void demons_step_cpu(const float* fixed, const float* moving, const float* u, const float* g_fixed, float* step,
-                     int64_t N, int64_t H, int64_t W, float inv_k, int num_threads);
+void demons_step(const float* fixed, const float* moving, const float* u, const float* g_fixed, float* step,
+                 int64_t N, int64_t H, int64_t W, float inv_k, CpuLaunch on);
 
 }  // namespace dilseg

@@ -25,8 +25,9 @@ inline float sample_border(const float* m, int64_t H, int64_t W, float py, float
 
 }  // namespace
 
-void demons_step_cpu(const float* fixed, const float* moving, const float* u, const float* g_fixed, float* step,
-                     int64_t N, int64_t H, int64_t W, float inv_k, int num_threads) {
+void demons_step(const float* fixed, const float* moving, const float* u, const float* g_fixed, float* step,
+                 int64_t N, int64_t H, int64_t W, float inv_k, CpuLaunch on) {
+  const int num_threads = on.num_threads;
   const int64_t HW = H * W;
 #pragma omp parallel num_threads(num_threads)
   {

@@ -301,7 +301,8 @@ void launch(const PropagateChainArgs& a, cudaStream_t stream, size_t smem_bytes,
 
 }  // namespace
 
-void propagate_chain_cuda(const PropagateChainArgs& a, uintptr_t stream) {
+void propagate_chain(const PropagateChainArgs& a, CudaLaunch on) {
+  const uintptr_t stream = on.stream;
   if (a.fuse != Fuse::None && a.fuse != Fuse::Nearest && a.fuse != Fuse::Linear)
     throw KernelArgError("propagate_chain: unknown fuse mode");
   if (a.D <= 0 || a.H <= 0 || a.W <= 0) return;

@@ -59,13 +59,13 @@ struct PropagateChainArgs {
   Fuse fuse;
 };
 
-// CPU (OpenMP, `num_threads` threads): parallel over chains when there are at least
+// CPU (OpenMP, `on.num_threads` threads): parallel over chains when there are at least
 // as many chains as threads, else over the rows of each step.
-void propagate_chain_cpu(const PropagateChainArgs& a, int num_threads);
+void propagate_chain(const PropagateChainArgs& a, CpuLaunch on);
 
-// CUDA: ONE kernel launch on `stream` (a cudaStream_t as an integer) for the whole
+// CUDA: ONE kernel launch on `on.stream` for the whole
 // volume, no host synchronisation, no workspace; one block per segment between
 // consecutive annotated slices.
-void propagate_chain_cuda(const PropagateChainArgs& a, uintptr_t stream);
+void propagate_chain(const PropagateChainArgs& a, CudaLaunch on);
 
 }  // namespace dilseg

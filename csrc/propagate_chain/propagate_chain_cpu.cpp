@@ -17,8 +17,8 @@
 namespace dilseg {
 namespace {
 
-// Clamp that maps NaN to `lo` (the Python entry rejects NaN; this keeps integer
-// casts defined regardless).
+// Clamp that maps NaN to `lo` (the Python entry scans for NaN only with
+// check_inputs=True; this keeps integer casts defined regardless).
 inline float clampnan(float v, float lo, float hi) { return v > lo ? (v < hi ? v : hi) : lo; }
 
 inline int64_t ifloor(float v) {
@@ -158,7 +158,8 @@ inline float fuse_value(float fb, float fa, int32_t db, int32_t da, Fuse mode) {
 
 }  // namespace
 
-void propagate_chain_cpu(const PropagateChainArgs& a, int num_threads) {
+void propagate_chain(const PropagateChainArgs& a, CpuLaunch on) {
+  const int num_threads = on.num_threads;
   const int nt = std::max(1, num_threads);
   const int64_t D = a.D, HW = a.H * a.W;
   if (a.fuse != Fuse::None && a.fuse != Fuse::Nearest && a.fuse != Fuse::Linear)

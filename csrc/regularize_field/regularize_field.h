@@ -22,7 +22,7 @@ namespace dilseg {
 
 // CPU (OpenMP over the N * C planes; each task couples its plane into a scratch
 // plane, filters the columns into a second one and the rows into `out`).
-void regularize_field_cpu(const float* u, const float* step, float* out, int64_t N, int64_t C, int64_t H, int64_t W,
-                          const std::vector<float>& taps, float coupling, int64_t groups, int num_threads);
+void regularize_field(const float* u, const float* step, float* out, int64_t N, int64_t C, int64_t H, int64_t W,
+                      const std::vector<float>& taps, float coupling, int64_t groups, CpuLaunch on);
 
 }  // namespace dilseg

@@ -32,8 +32,9 @@ inline void filter_row(const float* __restrict src, float* __restrict dst, int64
 
 }  // namespace
 
-void regularize_field_cpu(const float* u, const float* step, float* out, int64_t N, int64_t C, int64_t H, int64_t W,
-                          const std::vector<float>& taps, float coupling, int64_t groups, int num_threads) {
+void regularize_field(const float* u, const float* step, float* out, int64_t N, int64_t C, int64_t H, int64_t W,
+                      const std::vector<float>& taps, float coupling, int64_t groups, CpuLaunch on) {
+  const int num_threads = on.num_threads;
   const int64_t HW = H * W;
   const int64_t per = groups > 0 ? N / groups : N;  // entries per run
   const bool couple = coupling != 0.f && per >= 2;

@@ -136,7 +136,8 @@ __global__ void __launch_bounds__(kMaxThreads)
 
 }  // namespace
 
-void select_slices_cuda(const SelectSlicesArgs& a, uintptr_t stream) {
+void select_slices(const SelectSlicesArgs& a, CudaLaunch on) {
+  const uintptr_t stream = on.stream;
   if (a.D < 1 || a.D > kSelectSlicesCudaMaxD || a.k < 1 || a.min_gap < 0)
     throw KernelArgError("select_slices_cuda: need 1 <= D <= kSelectSlicesCudaMaxD, k >= 1, min_gap >= 0");
   const int D = (int)a.D;

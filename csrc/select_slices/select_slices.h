@@ -32,13 +32,13 @@ struct SelectSlicesArgs {
 
 // CPU: serial (D is a slice count, typically < 1000: k scans of D cost microseconds,
 // less than waking a thread team).
-void select_slices_cpu(const SelectSlicesArgs& a);
+void select_slices(const SelectSlicesArgs& a, CpuLaunch on);
 
 // Largest D the CUDA kernel takes (its eligibility flags live in shared memory).
 constexpr int64_t kSelectSlicesCudaMaxD = 32768;
 
-// CUDA: ONE launch of a single block on `stream` (k rounds of block-wide argmax with
+// CUDA: ONE launch of a single block on `on.stream` (k rounds of block-wide argmax with
 // suppression in shared memory). No host synchronisation.
-void select_slices_cuda(const SelectSlicesArgs& a, uintptr_t stream);
+void select_slices(const SelectSlicesArgs& a, CudaLaunch on);
 
 }  // namespace dilseg

@@ -8,7 +8,7 @@
 
 namespace dilseg {
 
-void select_slices_cpu(const SelectSlicesArgs& a) {
+void select_slices(const SelectSlicesArgs& a, CpuLaunch /*on: serial, D is a slice count*/) {
   const int64_t D = a.D, k = a.k, gap = a.min_gap;
   if (D <= 0 || k <= 0 || gap < 0) throw KernelArgError("select_slices: need D >= 1, k >= 1, min_gap >= 0");
   std::vector<uint8_t> elig((size_t)D);

@@ -186,8 +186,9 @@ void dispatch_data(DType dt, F&& f) {
 
 }  // namespace
 
-void slice_residuals_cuda(ResidualOperand q, ResidualOperand p, ResidualOperand w, ResidualWeight wmode,
-                          float* out, ResidualGeom g, uintptr_t stream) {
+void slice_residuals(ResidualOperand q, ResidualOperand p, ResidualOperand w, ResidualWeight wmode,
+                     float* out, ResidualGeom g, CudaLaunch on) {
+  const uintptr_t stream = on.stream;
   constexpr int64_t kMax = (int64_t(1) << 31) - 1;
   if (g.D <= 0 || g.H <= 0 || g.W <= 0 || g.D > kMax || g.H > kMax || g.W > kMax)
     throw KernelArgError("slice_residuals_cuda: sizes must be in [1, 2^31)");

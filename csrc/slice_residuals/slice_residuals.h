@@ -39,14 +39,13 @@ struct ResidualGeom {
   int64_t D, H, W;
 };
 
-// CPU (OpenMP, `num_threads` threads): parallel over z-planes, per-thread row/column
+// CPU (OpenMP, `on.num_threads` threads): parallel over z-planes, per-thread row/column
 // partials reduced at the end; no atomics.
-void slice_residuals_cpu(ResidualOperand q, ResidualOperand p, ResidualOperand w, ResidualWeight wmode, float* out,
-                         ResidualGeom g, int num_threads);
+void slice_residuals(ResidualOperand q, ResidualOperand p, ResidualOperand w, ResidualWeight wmode, float* out,
+                     ResidualGeom g, CpuLaunch on);
 
-// CUDA: cudaMemsetAsync(out) + one kernel launch on `stream` (a cudaStream_t as an
-// integer handle).
-void slice_residuals_cuda(ResidualOperand q, ResidualOperand p, ResidualOperand w, ResidualWeight wmode,
-                          float* out, ResidualGeom g, uintptr_t stream);
+// CUDA: cudaMemsetAsync(out) + one kernel launch on `on.stream`.
+void slice_residuals(ResidualOperand q, ResidualOperand p, ResidualOperand w, ResidualWeight wmode,
+                     float* out, ResidualGeom g, CudaLaunch on);
 
 }  // namespace dilseg

@@ -80,8 +80,9 @@ bool data_dtype_ok(DType t) {
 
 }  // namespace
 
-void slice_residuals_cpu(ResidualOperand q, ResidualOperand p, ResidualOperand w, ResidualWeight wmode, float* out,
-                         ResidualGeom g, int num_threads) {
+void slice_residuals(ResidualOperand q, ResidualOperand p, ResidualOperand w, ResidualWeight wmode, float* out,
+                     ResidualGeom g, CpuLaunch on) {
+  const int num_threads = on.num_threads;
   const int64_t D = g.D, H = g.H, W = g.W;
   if (!data_dtype_ok(q.dtype) || !data_dtype_ok(p.dtype))
     throw KernelArgError("slice_residuals: q and p must be float32, float16, bfloat16 or uint8");

@@ -406,8 +406,9 @@ void dispatch_src(DType dt, F&& f) {
 
 }  // namespace
 
-void warp2d_forward_cuda(const void* src, Strides4 src_st, DType src_dtype, const void* u, Strides4 u_st, void* out,
-                         Warp2dGeom g, Interp interp, Padding pad, uintptr_t stream) {
+void warp2d_forward(const void* src, Strides4 src_st, DType src_dtype, const void* u, Strides4 u_st, void* out,
+                    Warp2dGeom g, Interp interp, Padding pad, CudaLaunch on) {
+  const uintptr_t stream = on.stream;
   if (src_dtype == DType::UInt8 && interp != Interp::Nearest)
     throw KernelArgError("warp2d: uint8 sources support nearest interpolation only");
   check_geom(g, "warp2d_forward_cuda");
@@ -420,9 +421,10 @@ void warp2d_forward_cuda(const void* src, Strides4 src_st, DType src_dtype, cons
   check_launch("warp2d_forward_cuda");
 }
 
-void warp2d_backward_cuda(const void* grad_out, Strides4 go_st, const void* src, Strides4 src_st, DType src_dtype,
-                          const void* u, Strides4 u_st, void* grad_src, void* grad_u, Warp2dGeom g, Interp interp,
-                          Padding pad, uintptr_t stream) {
+void warp2d_backward(const void* grad_out, Strides4 go_st, const void* src, Strides4 src_st, DType src_dtype,
+                     const void* u, Strides4 u_st, void* grad_src, void* grad_u, Warp2dGeom g, Interp interp,
+                     Padding pad, CudaLaunch on) {
+  const uintptr_t stream = on.stream;
   if (src_dtype == DType::UInt8) throw KernelArgError("warp2d: no gradient for uint8 sources");
   check_geom(g, "warp2d_backward_cuda");
   if (g.N == 0 || g.H == 0 || g.W == 0 || (grad_src == nullptr && grad_u == nullptr)) return;

@@ -27,20 +27,21 @@ struct Warp2dGeom {
   int64_t N, C, Hs, Ws, H, W;
 };
 
-// CPU (OpenMP, `num_threads` threads).
-void warp2d_forward_cpu(const void* src, Strides4 src_st, DType src_dtype, const void* u, Strides4 u_st,
-                        void* out, Warp2dGeom g, Interp interp, Padding pad, int num_threads);
+// CPU (OpenMP, `on.num_threads` threads). The float32 bilinear forward runs AVX-512 /
+// AVX2 gathers where the processor has them (warp2d_simd.h), the scalar code elsewhere.
+void warp2d_forward(const void* src, Strides4 src_st, DType src_dtype, const void* u, Strides4 u_st,
+                    void* out, Warp2dGeom g, Interp interp, Padding pad, CpuLaunch on);
 
-void warp2d_backward_cpu(const void* grad_out, Strides4 go_st, const void* src, Strides4 src_st, DType src_dtype,
-                         const void* u, Strides4 u_st, void* grad_src, void* grad_u, Warp2dGeom g, Interp interp,
-                         Padding pad, int num_threads);
+void warp2d_backward(const void* grad_out, Strides4 go_st, const void* src, Strides4 src_st, DType src_dtype,
+                     const void* u, Strides4 u_st, void* grad_src, void* grad_u, Warp2dGeom g, Interp interp,
+                     Padding pad, CpuLaunch on);
 
-// CUDA (one launch each, on `stream`, a cudaStream_t passed as an integer handle).
-void warp2d_forward_cuda(const void* src, Strides4 src_st, DType src_dtype, const void* u, Strides4 u_st,
-                         void* out, Warp2dGeom g, Interp interp, Padding pad, uintptr_t stream);
+// CUDA (one launch each, on `on.stream`).
+void warp2d_forward(const void* src, Strides4 src_st, DType src_dtype, const void* u, Strides4 u_st,
+                    void* out, Warp2dGeom g, Interp interp, Padding pad, CudaLaunch on);
 
-void warp2d_backward_cuda(const void* grad_out, Strides4 go_st, const void* src, Strides4 src_st, DType src_dtype,
-                          const void* u, Strides4 u_st, void* grad_src, void* grad_u, Warp2dGeom g, Interp interp,
-                          Padding pad, uintptr_t stream);
+void warp2d_backward(const void* grad_out, Strides4 go_st, const void* src, Strides4 src_st, DType src_dtype,
+                     const void* u, Strides4 u_st, void* grad_src, void* grad_u, Warp2dGeom g, Interp interp,
+                     Padding pad, CudaLaunch on);
 
 }  // namespace dilseg

@@ -1,9 +1,16 @@
 // CPU kernels of warp2d (see warp2d.h for the contract). OpenMP over (n, row);
 // the backward scatter into grad_src runs race-free over (n, c) planes when there
-// are enough of them, else over rows with atomic adds.
+// are enough of them, else over rows with atomic adds. The float32 bilinear forward
+// takes the vector row kernels of warp2d_cpu_avx512.cpp / warp2d_cpu_avx2.cpp when
+// the processor has them (cpu_isa()); this file's scalar code is the fallback and
+// defines the semantics.
 #include "warp2d.h"
 
+#include "../common/cpu_isa.h"
+#include "warp2d_simd.h"
+
 #include <algorithm>
+#include <type_traits>
 #include <cmath>
 #include <vector>
 
@@ -11,7 +18,8 @@ namespace dilseg {
 namespace {
 
 // Clamp that maps NaN to `lo`, so a non-finite displacement can never reach an
-// integer cast (Python entries reject NaN; this keeps the kernel safe regardless).
+// integer cast (Python entries scan for NaN only with check_finite=True; the kernel
+// is safe regardless).
 template <typename A>
 inline A clampnan(A v, A lo, A hi) {
   return v > lo ? (v < hi ? v : hi) : lo;
@@ -86,21 +94,12 @@ inline bool nearest_tap(A py, A px, int64_t Hs, int64_t Ws, Padding pad, int64_t
   return yi >= 0 && yi < Hs && xi >= 0 && xi < Ws;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-// Runtime-dispatched clones: the portable baseline plus an AVX2/FMA version picked
-// at load time on CPUs that have it (no -march=native in the installed binary).
-#define DILSEG_CLONES __attribute__((target_clones("default", "arch=x86-64-v3")))
-#else
-#define DILSEG_CLONES
-#endif
-
 // Pass 1 of a bilinear row: positions -> four clamped int32 corner offsets and four
 // weights (zero for corners outside under zeros padding). Branch-free, so it
 // vectorises. Offsets stay inside the source plane, so pass 2 needs no checks.
 template <typename A, Padding pad>
-DILSEG_CLONES void bilinear_row_taps(const A* __restrict uy, const A* __restrict ux, int64_t ustride, A y, int64_t W,
-                                     int64_t Hs, int64_t Ws, int32_t sy, int32_t sx, int32_t* __restrict off,
-                                     A* __restrict w) {
+void bilinear_row_taps(const A* __restrict uy, const A* __restrict ux, int64_t ustride, A y, int64_t W, int64_t Hs,
+                       int64_t Ws, int32_t sy, int32_t sx, int32_t* __restrict off, A* __restrict w) {
   const A hmax = (A)(Hs - 1), wmax = (A)(Ws - 1);
   for (int64_t x = 0; x < W; ++x) {
     A py = y + uy[x * ustride];
@@ -135,8 +134,8 @@ DILSEG_CLONES void bilinear_row_taps(const A* __restrict uy, const A* __restrict
 
 // Pass 2: one channel of a row from the taps.
 template <typename T, typename A>
-DILSEG_CLONES void bilinear_row_gather(const T* __restrict sc, const int32_t* __restrict off, const A* __restrict w,
-                                       int64_t W, T* __restrict out) {
+void bilinear_row_gather(const T* __restrict sc, const int32_t* __restrict off, const A* __restrict w, int64_t W,
+                         T* __restrict out) {
   for (int64_t x = 0; x < W; ++x) {
     const A v = w[x] * Cvt<T, A>::load(sc[off[x]]) + w[W + x] * Cvt<T, A>::load(sc[off[W + x]]) +
                 w[2 * W + x] * Cvt<T, A>::load(sc[off[2 * W + x]]) +
@@ -164,6 +163,28 @@ void forward_bilinear_rows(const T* src, Strides4 ss, const A* u, Strides4 us, T
       }
     }
   }
+}
+
+// float32 bilinear rows through a vector row kernel (warp2d_simd.h).
+void forward_rows_simd(Warp2dRowFn row, const float* src, Strides4 ss, const float* u, Strides4 us, float* out,
+                       Warp2dGeom g, Padding pad, int nt) {
+  const int64_t N = g.N, C = g.C, H = g.H, W = g.W;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t y = 0; y < H; ++y) {
+      const float* uy = u + n * us.s[0] + y * us.s[2];
+      const Warp2dRow r{src + n * ss.s[0], ss.s[1], (int32_t)ss.s[2], (int32_t)ss.s[3], C, g.Hs, g.Ws,
+                        uy, uy + us.s[1], y, W, out + (n * C * H + y) * W, H * W};
+      row(r, pad);
+    }
+  }
+}
+
+Warp2dRowFn simd_row(CpuIsa isa) {
+  Warp2dRowFn f = nullptr;
+  if (isa >= CpuIsa::Avx512) f = warp2d_row_avx512();
+  if (f == nullptr && isa >= CpuIsa::Avx2) f = warp2d_row_avx2();
+  return f;
 }
 
 // Interpolation and padding are template parameters: the per-pixel loop has no
@@ -342,8 +363,9 @@ void dispatch_src(DType dt, F&& f) {
 
 }  // namespace
 
-void warp2d_forward_cpu(const void* src, Strides4 src_st, DType src_dtype, const void* u, Strides4 u_st, void* out,
-                        Warp2dGeom g, Interp interp, Padding pad, int num_threads) {
+void warp2d_forward(const void* src, Strides4 src_st, DType src_dtype, const void* u, Strides4 u_st, void* out,
+                    Warp2dGeom g, Interp interp, Padding pad, CpuLaunch on) {
+  const int num_threads = on.num_threads;
   if (src_dtype == DType::UInt8 && interp != Interp::Nearest)
     throw KernelArgError("warp2d: uint8 sources support nearest interpolation only");
   dispatch_src(src_dtype, [&](auto t, auto a) {
@@ -353,11 +375,21 @@ void warp2d_forward_cpu(const void* src, Strides4 src_st, DType src_dtype, const
     const A* uu = static_cast<const A*>(u);
     T* o = static_cast<T*>(out);
     const int nt = std::max(1, num_threads);
+    // int32 offsets when the source plane's extent fits
+    const bool fits = src_st.s[2] >= 0 && src_st.s[3] >= 0 &&
+                      (g.Hs - 1) * src_st.s[2] + (g.Ws - 1) * src_st.s[3] < ((int64_t)1 << 31);
+    if constexpr (std::is_same<T, float>::value) {
+      // float32 bilinear with u contiguous along x: the vector rows, when the CPU has them
+      const Warp2dRowFn row = interp == Interp::Bilinear && fits && u_st.s[3] == 1 ? simd_row(cpu_isa()) : nullptr;
+      if (row != nullptr) {
+        forward_rows_simd(row, s, src_st, uu, u_st, o, g, pad, nt);
+        return;
+      }
+    }
     // Two-pass rows (taps once, gathered per channel) pay off from two channels on;
     // one channel goes through the single fused pass (1.5x faster at 128x256x256,
-    // smooth field). int32 row offsets when the source plane's extent fits.
-    const bool small = g.C > 1 && src_st.s[2] >= 0 && src_st.s[3] >= 0 &&
-                       (g.Hs - 1) * src_st.s[2] + (g.Ws - 1) * src_st.s[3] < ((int64_t)1 << 31);
+    // smooth field).
+    const bool small = g.C > 1 && fits;
     if (interp == Interp::Bilinear && small && pad == Padding::Zeros)
       forward_bilinear_rows<T, A, Padding::Zeros>(s, src_st, uu, u_st, o, g, nt);
     else if (interp == Interp::Bilinear && small)
@@ -373,9 +405,10 @@ void warp2d_forward_cpu(const void* src, Strides4 src_st, DType src_dtype, const
   });
 }
 
-void warp2d_backward_cpu(const void* grad_out, Strides4 go_st, const void* src, Strides4 src_st, DType src_dtype,
-                         const void* u, Strides4 u_st, void* grad_src, void* grad_u, Warp2dGeom g, Interp interp,
-                         Padding pad, int num_threads) {
+void warp2d_backward(const void* grad_out, Strides4 go_st, const void* src, Strides4 src_st, DType src_dtype,
+                     const void* u, Strides4 u_st, void* grad_src, void* grad_u, Warp2dGeom g, Interp interp,
+                     Padding pad, CpuLaunch on) {
+  const int num_threads = on.num_threads;
   if (src_dtype == DType::UInt8) throw KernelArgError("warp2d: no gradient for uint8 sources");
   dispatch_src(src_dtype, [&](auto t, auto a) {
     using T = decltype(t);

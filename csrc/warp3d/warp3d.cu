@@ -263,8 +263,9 @@ void dispatch_src(DType dt, F&& f) {
 
 }  // namespace
 
-void warp3d_forward_cuda(const void* src, Strides5 src_st, DType src_dtype, const void* u, Strides5 u_st,
-                         void* out, Warp3dGeom g, Interp interp, Padding pad, uintptr_t stream) {
+void warp3d_forward(const void* src, Strides5 src_st, DType src_dtype, const void* u, Strides5 u_st,
+                    void* out, Warp3dGeom g, Interp interp, Padding pad, CudaLaunch on) {
+  const uintptr_t stream = on.stream;
   check_geom(g);
   if (src_dtype == DType::UInt8 && interp != Interp::Nearest)
     throw KernelArgError("warp3d: uint8 sources support nearest interpolation only");
@@ -278,9 +279,10 @@ void warp3d_forward_cuda(const void* src, Strides5 src_st, DType src_dtype, cons
   check_launch("warp3d_forward_cuda");
 }
 
-void warp3d_backward_cuda(const void* grad_out, Strides5 go_st, const void* src, Strides5 src_st, DType src_dtype,
-                          const void* u, Strides5 u_st, void* grad_src, void* grad_u, Warp3dGeom g, Interp interp,
-                          Padding pad, uintptr_t stream) {
+void warp3d_backward(const void* grad_out, Strides5 go_st, const void* src, Strides5 src_st, DType src_dtype,
+                     const void* u, Strides5 u_st, void* grad_src, void* grad_u, Warp3dGeom g, Interp interp,
+                     Padding pad, CudaLaunch on) {
+  const uintptr_t stream = on.stream;
   check_geom(g);
   if (src_dtype == DType::UInt8) throw KernelArgError("warp3d: no gradient for uint8 sources");
   if (g.N * g.D * g.H * g.W == 0 || (grad_src == nullptr && grad_u == nullptr)) return;

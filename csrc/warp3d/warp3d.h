@@ -24,7 +24,7 @@
 // interpolant (one-sided at integer positions, as grid_sample); zero for nearest;
 // under border padding zero along an axis where the position was clamped (p <= 0
 // or p >= size - 1). Non-finite displacements are memory-safe: they read padding
-// (Python entries reject them unless check_finite=False).
+// (Python entries reject them with check_finite=True).
 #pragma once
 
 #include "../common/common.h"
@@ -35,20 +35,20 @@ struct Warp3dGeom {
   int64_t N, C, Ds, Hs, Ws, D, H, W;
 };
 
-// CPU (OpenMP over (n, z, y) rows, `num_threads` threads).
-void warp3d_forward_cpu(const void* src, Strides5 src_st, DType src_dtype, const void* u, Strides5 u_st,
-                        void* out, Warp3dGeom g, Interp interp, Padding pad, int num_threads);
+// CPU (OpenMP over (n, z, y) rows, `on.num_threads` threads).
+void warp3d_forward(const void* src, Strides5 src_st, DType src_dtype, const void* u, Strides5 u_st,
+                    void* out, Warp3dGeom g, Interp interp, Padding pad, CpuLaunch on);
 
-void warp3d_backward_cpu(const void* grad_out, Strides5 go_st, const void* src, Strides5 src_st, DType src_dtype,
-                         const void* u, Strides5 u_st, void* grad_src, void* grad_u, Warp3dGeom g, Interp interp,
-                         Padding pad, int num_threads);
+void warp3d_backward(const void* grad_out, Strides5 go_st, const void* src, Strides5 src_st, DType src_dtype,
+                     const void* u, Strides5 u_st, void* grad_src, void* grad_u, Warp3dGeom g, Interp interp,
+                     Padding pad, CpuLaunch on);
 
-// CUDA (one launch each, on `stream`, a cudaStream_t passed as an integer handle).
-void warp3d_forward_cuda(const void* src, Strides5 src_st, DType src_dtype, const void* u, Strides5 u_st,
-                         void* out, Warp3dGeom g, Interp interp, Padding pad, uintptr_t stream);
+// CUDA (one launch each, on `on.stream`).
+void warp3d_forward(const void* src, Strides5 src_st, DType src_dtype, const void* u, Strides5 u_st,
+                    void* out, Warp3dGeom g, Interp interp, Padding pad, CudaLaunch on);
 
-void warp3d_backward_cuda(const void* grad_out, Strides5 go_st, const void* src, Strides5 src_st, DType src_dtype,
-                          const void* u, Strides5 u_st, void* grad_src, void* grad_u, Warp3dGeom g, Interp interp,
-                          Padding pad, uintptr_t stream);
+void warp3d_backward(const void* grad_out, Strides5 go_st, const void* src, Strides5 src_st, DType src_dtype,
+                     const void* u, Strides5 u_st, void* grad_src, void* grad_u, Warp3dGeom g, Interp interp,
+                     Padding pad, CudaLaunch on);
 
 }  // namespace dilseg

@@ -27,7 +27,8 @@ inline int thread_count() { return 1; }
 #endif
 
 // Clamp that maps NaN to `lo`, so a non-finite displacement can never reach an
-// integer cast (Python entries reject NaN; this keeps the kernel safe regardless).
+// integer cast (Python entries scan for NaN only with check_finite=True; the kernel
+// is safe regardless).
 template <typename A>
 inline A clampnan(A v, A lo, A hi) {
   return v > lo ? (v < hi ? v : hi) : lo;
@@ -378,8 +379,9 @@ void check_geom(const Warp3dGeom& g) {
 
 }  // namespace
 
-void warp3d_forward_cpu(const void* src, Strides5 src_st, DType src_dtype, const void* u, Strides5 u_st, void* out,
-                        Warp3dGeom g, Interp interp, Padding pad, int num_threads) {
+void warp3d_forward(const void* src, Strides5 src_st, DType src_dtype, const void* u, Strides5 u_st, void* out,
+                    Warp3dGeom g, Interp interp, Padding pad, CpuLaunch on) {
+  const int num_threads = on.num_threads;
   check_geom(g);
   if (src_dtype == DType::UInt8 && interp != Interp::Nearest)
     throw KernelArgError("warp3d: uint8 sources support nearest interpolation only");
@@ -391,9 +393,10 @@ void warp3d_forward_cpu(const void* src, Strides5 src_st, DType src_dtype, const
   });
 }
 
-void warp3d_backward_cpu(const void* grad_out, Strides5 go_st, const void* src, Strides5 src_st, DType src_dtype,
-                         const void* u, Strides5 u_st, void* grad_src, void* grad_u, Warp3dGeom g, Interp interp,
-                         Padding pad, int num_threads) {
+void warp3d_backward(const void* grad_out, Strides5 go_st, const void* src, Strides5 src_st, DType src_dtype,
+                     const void* u, Strides5 u_st, void* grad_src, void* grad_u, Warp3dGeom g, Interp interp,
+                     Padding pad, CpuLaunch on) {
+  const int num_threads = on.num_threads;
   check_geom(g);
   if (src_dtype == DType::UInt8) throw KernelArgError("warp3d: no gradient for uint8 sources");
   dispatch_src(src_dtype, [&](auto t, auto a) {

@@ -168,12 +168,16 @@ class Engine:
             if bump:
                 self.counters["weights_version"] += 1
 
-    def _sync_counters(self) -> None:
-        """Fold the device-side tallies into :attr:`counters` (one read back)."""
+    def _sync_counters(self, device_tallies: bool = True) -> None:
+        """Fold the trainer's counts into :attr:`counters`, and with ``device_tallies`` the
+        predictions' non-finite flags kept on the device (one read back: commits and
+        saves do it, learning rounds do not)."""
         tr = self.trainer
         if tr is not None:
             self.counters["skipped_steps"] = tr.steps_skipped
             self.counters["restored_rounds"] = tr.calls_restored
+        if not device_tallies:
+            return
         with self._serve_lock:
             flag, self._nonfinite_dev = self._nonfinite_dev, None
         if flag is not None:
@@ -260,7 +264,7 @@ class Engine:
                                         replay_ratio=self.config.replay_ratio, residual=residual)
                 self.counters["steps"] += int(steps)
                 self.counters["rounds"] += 1
-                self._sync_counters()
+                self._sync_counters(device_tallies=False)
             self.replay.add_case(img_m, lab_m, w, self.config.replay_patches_per_case, residual=residual)
             self.counters["cases"] += 1
         if steps > 0:
@@ -383,5 +387,5 @@ class LabelledPool:
                 batch = random_flip([torch.cat(ts) for ts in zip(*parts)], tr.generator, lc.flip_axes)
                 tr.step(batch)
             eng.counters["steps"] += int(steps)
-            eng._sync_counters()
+            eng._sync_counters(device_tallies=False)
         eng.publish()

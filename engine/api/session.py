@@ -29,7 +29,7 @@ from .arrays import (ArrayKind, as_tensor, check_image, check_slice_index, check
                      internal_spacing)
 from .fusion import SessionEvidence, fuse
 from .roi import Box, ModelView, bbox2d, drawn_boxes
-from .timing import Timer
+from .timing import LazyTimings, Timer
 
 if TYPE_CHECKING:  # the engine opens sessions; a session only holds its engine
     from .engine import Engine
@@ -74,7 +74,7 @@ class Session:
         self._boxes: dict[int, Optional[tuple[int, int, int, int]]] = {}  # id(mask) -> its in-plane bbox
         self._pred_stamp = -1  # annotation stamp the prediction's region was built from
         self.rounds = 0
-        self.timings: dict[str, dict[str, float]] = {}
+        self._timers: dict[str, Timer] = {}  # per call, the last one (read lazily: CUDA events)
         engine.observe(self.image, self._spacing or (1.0, 1.0, 1.0))
 
     # --- helpers ---------------------------------------------------------------------
@@ -91,10 +91,17 @@ class Session:
     def _caller_axis(self, ia: int) -> int:
         return self.axis if ia == 0 else self._others[ia - 1]
 
-    def _record(self, call: str, timer: Timer) -> dict[str, float]:
-        t = timer.result()
-        self.timings[call] = t
-        return t
+    def _record(self, call: str, timer: Timer, want: bool = True) -> Optional[dict[str, float]]:
+        """Keep ``timer`` as the call's last breakdown; its ms only when the caller
+        asked (reading CUDA events waits for them)."""
+        self._timers[call] = timer
+        return timer.result() if want else None
+
+    @property
+    def timings(self) -> dict[str, dict[str, float]]:
+        """Per call, the last breakdown in ms (``register``, ``propagate``, ``predict``,
+        ``learn``, ``propose``, ``fuse``, ``total``)."""
+        return {call: timer.result() for call, timer in self._timers.items()}
 
     @property
     def closed(self) -> bool:
@@ -198,7 +205,7 @@ class Session:
             with timer.stage("predict"):
                 p = self._prediction()
             out = self._kind.out(p.movedim(0, self.axis))
-            t = self._record("predict", timer)
+            t = self._record("predict", timer, return_timings)
         return (out, t) if return_timings else out
 
     def _region(self) -> Box:
@@ -233,8 +240,8 @@ class Session:
 
     @property
     def region(self) -> tuple[tuple[int, int], ...]:
-        """The region of interest of the last prediction, ``((z0, z1), (y0, y1), (x0,
-        x1))`` half-open, in the session's internal order (annotation axis first)."""
+        """The last prediction's region of interest, ``((z0, z1), (y0, y1), (x0, x1))``
+        half-open, annotation axis first."""
         return tuple((b.start, b.stop) for b in self._view.box)
 
     def propose(self, k: int, extent: Optional[tuple[int, int]] = None, rule: Optional[str] = None,
@@ -273,7 +280,7 @@ class Session:
                 scores=scores, contributors=lambda: self._proxy_result(timer))
             with timer.stage("propose"):
                 out = REGISTRY[rule].choose(ctx, int(k))
-            t = self._record("propose", timer)
+            t = self._record("propose", timer, return_timings)
         return (out, t) if return_timings else out
 
     # --- proxy mask --------------------------------------------------------------------------
@@ -283,7 +290,7 @@ class Session:
             with timer.stage("register"):  # the extent's slices only: the cost follows the object
                 self._registration = register_volume(self.image, self.engine.config.registration, self.extent,
                                                      axis=self.axis, spacing=self._spacing,
-                                                     margin=REGISTER_MARGIN)
+                                                     margin=REGISTER_MARGIN, timed=False)
         return self._registration
 
     def _proxy_result(self, timer: Timer) -> ProxyResult:
@@ -317,7 +324,7 @@ class Session:
             res = self._proxy_result(timer)
             out = (self._kind.out(res.proxy.movedim(0, self.axis)),
                    self._kind.out(res.confidence.movedim(0, self.axis)))
-            t = self._record("propagate", timer)
+            t = self._record("propagate", timer, return_timings)
         return (out, t) if return_timings else out
 
     def contributors(self) -> ProxyResult:
@@ -336,7 +343,8 @@ class Session:
         with timer.stage("predict"):
             p = self._prediction()  # the residual |Q - P| steers where patches are drawn
         p0 = self._p0 if self._p0 is not None else p  # the model's belief before this case
-        target, weight = build_targets(q, c, self.extent, 0, p0=p0, smoothing=cfg.smoothing, eps=cfg.smoothing_eps)
+        target, weight = build_targets(q, c, self.extent, 0, p0=p0, smoothing=cfg.smoothing, eps=cfg.smoothing_eps,
+                                       check_values=False)
         residual = (q - p).abs()
         return target, weight, residual
 
@@ -363,18 +371,20 @@ class Session:
                                        check_values=False, normalized=True)
                 eng.counters["steps"] += steps
                 eng.counters["rounds"] += 1
-                eng._sync_counters()
+                eng._sync_counters(device_tallies=False)
             eng.publish()
-        return timer.result()
+        return timer
 
     def learn(self, steps: Optional[int] = None, return_timings: bool = False) -> Any:
-        """Train the shared segmenter ``steps`` steps on this case's proxy mask (blocking)."""
+        """Train the shared segmenter ``steps`` steps on this case's proxy mask (blocking;
+        on CUDA it returns once the steps are queued: later calls are stream-ordered)."""
         fut = self.learn_async(steps)
         t = fut.result()
-        return t if return_timings else None
+        return dict(t) if return_timings else None
 
     def learn_async(self, steps: Optional[int] = None) -> Future:
-        """Start learning in the background; returns a Future of the timing dict.
+        """Start learning in the background; returns a Future of the timing dict (a
+        mapping read lazily: CUDA events are waited for only when it is read).
 
         The session stays usable: ``predict()`` answers from the last finished
         weights until this job completes. A second learn on this session while one
@@ -391,14 +401,18 @@ class Session:
             target, weight, residual = self._learn_inputs(timer)
             self._target = (target, weight)
             self.rounds += 1
-            fut = self.engine._pool.submit(self._run_learning, int(steps), target, weight, residual, timer)
-            self._learning = fut
+            inner = self.engine._pool.submit(self._run_learning, int(steps), target, weight, residual, timer)
+            fut: Future = Future()
 
             def _done(f: Future) -> None:
-                if f.exception() is None:
-                    self.timings["learn"] = f.result()
+                if f.exception() is not None:
+                    fut.set_exception(f.exception())
+                else:
+                    self._timers["learn"] = f.result()
+                    fut.set_result(LazyTimings(f.result()))
 
-            fut.add_done_callback(_done)
+            inner.add_done_callback(_done)
+            self._learning = fut
             return fut
 
     # --- front end ---------------------------------------------------------------------------
@@ -429,18 +443,17 @@ class Session:
                 f = p
             out = f if soft else (f >= 0.5).to(torch.uint8)
             res_out = self._kind.out(out.movedim(0, self.axis))
-            t = self._record("result", timer)
+            t = self._record("result", timer, return_timings)
         return (res_out, t) if return_timings else res_out
 
     def commit(self, final_mask: Any = None) -> None:
         """Store the case (patches, final target, weights) in the replay buffer, move
         the stream counters on, and close the session.
 
-        ``final_mask``: the person's corrected 3D mask (caller's layout, the image's
-        shape, binary, finite; NumPy / torch / CuPy). When given it is the case's
-        final training target with confidence 1 everywhere, instead of the proxy
-        mask and its confidence. Bad input raises a typed error and leaves the
-        session open and unchanged."""
+        ``final_mask``: the person's corrected 3D mask (caller's layout and shape,
+        binary, finite; NumPy / torch / CuPy): the case's final training target with
+        confidence 1 instead of the proxy mask. Bad input raises a typed error and
+        leaves the session open and unchanged."""
         with self._lock:
             self._check_open()
             final = None if final_mask is None else check_volume_mask(final_mask, "final_mask", self.shape,

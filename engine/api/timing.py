@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from collections.abc import Mapping
+from typing import Any, Iterator, Optional
 
 import torch
 
-__all__ = ["Timer"]
+__all__ = ["Timer", "LazyTimings"]
 
 
 class Timer:
@@ -43,3 +44,25 @@ class Timer:
             out[name] = out.get(name, 0.0) + ms
         out["total"] = sum(out.values())
         return out
+
+
+class LazyTimings(Mapping):
+    """A call's stage timings in ms, read from its :class:`Timer` on first access."""
+
+    def __init__(self, timer: Timer) -> None:
+        self._timer = timer
+        self._d: Optional[dict[str, float]] = None
+
+    def _get(self) -> dict[str, float]:
+        if self._d is None:
+            self._d = self._timer.result()
+        return self._d
+
+    def __getitem__(self, key: str) -> float:
+        return self._get()[key]
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())

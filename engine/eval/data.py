@@ -93,7 +93,7 @@ def load_stream_data(cfg: StreamConfig) -> StreamData:
         path = Path(data)
         if not path.is_dir():
             raise DataError(f"--data {data}: no such folder")
-        is_la = any(path.glob("la_*.npz"))
+        is_la = any(path.glob("la_*.npz")) or any(path.glob("la_*.h5"))  # the shared LA data, 1.25 or 0.625 mm
         folder = CaseFolder(path, axis=LA_AXIS if is_la else None)
         kind = "la" if is_la else "folder"
     if kind == "phantom":

@@ -26,6 +26,7 @@ _EXPORTS = {
     "la_folder": "dataset",
     "phantom_case": "phantoms",
     "phantom_stream": "phantoms",
+    "phantom_in_volume": "phantoms",
     "download_la2018": "download",
     "thick_slices": "variants",
     "apply_variant": "variants",

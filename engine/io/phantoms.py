@@ -39,7 +39,7 @@ import numpy as np
 from ..errors import InputError
 from .dataset import Case
 
-__all__ = ["phantom_case", "phantom_stream", "PHANTOM_SPACING"]
+__all__ = ["phantom_case", "phantom_stream", "phantom_in_volume", "PHANTOM_SPACING"]
 
 #: Voxel size of phantom cases (mm), as in the shared left-atrium data.
 PHANTOM_SPACING = 1.25
@@ -280,3 +280,31 @@ def phantom_stream(n: int, seed: int = 0, shape: Sequence[int] = (40, 72, 64),
         raise InputError(f"n must be a non-negative int, got {n!r}")
     for i in range(int(n)):
         yield phantom_case((seed, i), shape, axis)
+
+
+def phantom_in_volume(seed: SeedLike, shape: Sequence[int] = (240, 240, 155), inner: Sequence[int] = (96, 96, 64),
+                      axis: int = 2, spacing: float = 1.0) -> Case:
+    """A large volume with a *small* object: a phantom case of shape ``inner`` placed at
+    a seeded position inside ``shape`` (brain-MRI size by default: 240x240x155 at 1 mm,
+    the object about 1 % of the voxels), the rest smooth MR-like background with the
+    inner case's noise. For the cost of a round to be measured where the object is much
+    smaller than the volume (a tumour in a brain scan)."""
+    outer = _check_args(shape, axis)
+    inner_dims = tuple(int(v) for v in inner)
+    if len(inner_dims) != 3 or any(i > o for i, o in zip(inner_dims, outer)):
+        raise InputError(f"inner {tuple(inner)} must fit in shape {tuple(shape)}")
+    key = _seed_key(seed)
+    case = phantom_case(key, inner_dims, axis)
+    rng = np.random.default_rng(np.random.SeedSequence([0xB1A5, *key]))
+    lab = case.label.astype(bool)
+    bg = case.image[~lab]
+    mean, std = float(bg.mean()), float(bg.std())
+    coarse = tuple(max(4, n // 24) for n in outer)
+    field = sum(_smooth_field(rng, outer, c)[0] for c in set(coarse)) / len(set(coarse))
+    image = (mean + 0.5 * std * field + 0.5 * std * rng.standard_normal(outer, dtype=np.float32)).astype(np.float32)
+    label = np.zeros(outer, np.uint8)
+    start = [int(rng.integers(0, o - i + 1)) for o, i in zip(outer, inner_dims)]
+    box = tuple(slice(s, s + i) for s, i in zip(start, inner_dims))
+    image[box] = case.image
+    label[box] = case.label
+    return Case(f"big_{case.name}", image, label, (float(spacing),) * 3, axis)

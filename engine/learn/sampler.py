@@ -133,8 +133,7 @@ class PatchSampler:
         floor: share of the residual draws spread uniformly, in ``(0, 1]``.
         generator: ``torch.Generator`` on the case's device (``None``: global RNG).
 
-    Construction reads back one boolean (does the target hold foreground); ``sample``
-    never synchronises with the host.
+    Neither construction nor ``sample`` synchronises with the host.
     """
 
     def __init__(
@@ -181,8 +180,13 @@ class PatchSampler:
             mass = uniform
         self._cdf_res = _cdf(mass)
         fg = self.target > 0.5
-        self.has_foreground = bool(fg.any())
-        self._cdf_fg = _cdf(fg.float()) if self.has_foreground else self._cdf_res
+        self._any_fg = fg.any()  # stays on the device: no host read at construction
+        self._cdf_fg = _cdf(torch.where(self._any_fg, fg.float(), mass))  # no foreground: the residual draws
+
+    @property
+    def has_foreground(self) -> bool:
+        """Whether the target holds foreground (one read back)."""
+        return bool(self._any_fg)
 
     def _draw(self, cdf: torch.Tensor, n: int) -> torch.Tensor:
         u = torch.rand(n, generator=self.generator, device=self.device, dtype=torch.float64)

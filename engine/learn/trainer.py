@@ -305,10 +305,16 @@ class Trainer:
                 check_range(residual, "residual", 0.0, None)
         return image, target, weight, residual
 
-    def _params_finite(self) -> bool:
-        """Whether every weight is finite (one read back from the device)."""
+    def _end_of_call(self) -> bool:
+        """Fold the device-side skip count into :attr:`steps_skipped` and say whether
+        every weight is finite: one read back from the device for both."""
         norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
-        return bool(torch.isfinite(torch.stack(norms).sum()))
+        finite = torch.isfinite(torch.stack(norms).sum()).float().reshape(1)
+        skipped = self._skipped_dev if self._skipped_dev is not None else torch.zeros_like(finite)
+        ok, n = torch.cat([finite, skipped.float().reshape(1)]).tolist()
+        self.steps_skipped += int(n)
+        self._skipped_dev = None
+        return ok > 0
 
     def replay_share(self, step: int, ratio: float) -> int:
         """Replay patches in the batch of global step ``step`` for ``ratio``."""
@@ -394,10 +400,7 @@ class Trainer:
             batch = [torch.cat(ts) if len(ts) > 1 else ts[0] for ts in zip(*parts)]
             batch = random_flip(batch, self.generator, cfg.flip_axes)
             losses[i] = self.step(batch)
-        if self._skipped_dev is not None:  # CUDA: the one read of the call
-            self.steps_skipped += int(self._skipped_dev.item())
-            self._skipped_dev = None
-        if not self._params_finite():
+        if not self._end_of_call():  # the one read back of the call
             self._restore(snapshot)
             self.calls_restored += 1
         return losses

@@ -1,20 +1,29 @@
 """One Python entry per kernel op.
 
 Each op module holds, side by side: the pure-torch reference (the oracle and the
-last fallback), the glue to its C++ CPU, CUDA and Triton kernels (``IMPLS``), the
-registration as a torch custom op (``dilseg::<op>``) with a fake implementation
-for ``torch.compile`` and, where differentiable, an autograd formula. The rule
-that picks a backend is in :mod:`engine.ops._common`.
+last fallback), the adapters to its C++ CPU, CUDA and Triton kernels, and ONE
+declaration (:func:`engine.ops._declare.declare`) from which come the torch custom op
+``dilseg::<op>`` with its fake for ``torch.compile`` (and, where differentiable, its
+autograd formula), the backend table and the dispatch. The rule that picks a backend
+is in :mod:`engine.ops._common`; :func:`backend_table` reports, per op, the declared
+backends and which one serves CPU and CUDA tensors now. docs/ops.md is the guide.
 """
 
+from ._declare import table as backend_table
 from .warp2d import warp2d, warp2d_reference
 from .warp3d import warp3d, warp3d_reference
-from .compose2d import compose2d, compose2d_reference
-from .propagate_chain import PropagateChainResult, propagate_chain, propagate_chain_reference  # noqa: F401
-from .confidence_map import confidence_map, confidence_map_reference, confidence_vector  # noqa: F401
-from .slice_residuals import slice_residuals, slice_residuals_reference  # noqa: F401
-from .select_slices import select_slices, select_slices_reference  # noqa: F401
-from .demons_step import demons_step, demons_step_reference  # noqa: F401
-from .regularize_field import regularize_field, regularize_field_reference  # noqa: F401
+from .propagate_chain import PropagateChainResult, as_annotated, propagate_chain, propagate_chain_reference
+from .confidence_map import confidence_map, confidence_map_reference, confidence_vector
+from .slice_residuals import slice_residuals, slice_residuals_reference
+from .select_slices import select_slices, select_slices_reference
+from .demons_step import demons_step, demons_step_reference
+from .regularize_field import regularize_field, regularize_field_reference
 
-__all__ = ["warp2d", "warp2d_reference", "warp3d", "warp3d_reference", "compose2d", "compose2d_reference"]
+__all__ = [
+    "backend_table",
+    "warp2d", "warp2d_reference", "warp3d", "warp3d_reference",
+    "propagate_chain", "propagate_chain_reference", "PropagateChainResult", "as_annotated",
+    "confidence_map", "confidence_map_reference", "confidence_vector",
+    "slice_residuals", "slice_residuals_reference", "select_slices", "select_slices_reference",
+    "demons_step", "demons_step_reference", "regularize_field", "regularize_field_reference",
+]

@@ -1,7 +1,7 @@
-"""Plumbing shared by every op: backend selection, tensor descriptors for the
-compiled kernels, and input validation helpers.
+"""Plumbing shared by every op: the backend rule, and input validation helpers.
 
-The rule that picks an implementation (documented once, here):
+The rule that picks an implementation (documented once, here, and applied by
+:meth:`engine.ops._declare.Op.select` to every op):
 
 * CPU tensors: the C++ kernel of ``engine._C`` when it loaded and implements the op,
   else the pure-torch reference. ``ENGINE_CPU_BACKEND=reference`` forces the reference.
@@ -9,91 +9,89 @@ The rule that picks an implementation (documented once, here):
   ``engine._C_cuda`` when it loaded and implements the op, else the Triton kernel,
   else the reference. ``cuda`` / ``triton`` / ``reference`` pin one choice.
 * Any other device: the reference.
+* A kernel may declare a capacity (``Kernel.supports``: a predicate on the call's
+  shapes and sizes, never on values): for arguments beyond it the rule moves on to
+  the next backend in the order above, silently (the choice is documented and the
+  result is the same).
 
-A fallback to the reference that the user did not ask for prints a one-time
-``RuntimeWarning`` saying why. The environment is read at call time, never at
+A fallback to the reference because a backend is missing (not built, not loadable,
+no device) prints a one-time ``RuntimeWarning`` saying why; a pinned
+``...=reference`` never warns. The environment is read at call time, never at
 import, so a process can switch backends (tests do).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import torch
 
 from .. import _backends
-from ..errors import DTypeError, NonFiniteError, ShapeError, InputError
+from ..errors import DTypeError, InputError, NonFiniteError, ShapeError
+
+__all__ = ["Kernel", "select", "acc_dtype", "check_tensor", "check_finite", "check_same_device", "same_device", "check_out",
+           "check_choice", "check_number", "overlaps", "InputError", "DTypeError", "ShapeError", "NonFiniteError"]
 
 _GPU_ORDER = {"auto": ("cuda", "triton"), "cuda": ("cuda",), "triton": ("triton",), "reference": ()}
+# the order in which backends are listed everywhere (declarations, reports)
+BACKEND_ORDER = ("cpu", "cuda", "triton")
 
 
-def _has(mod: Any, op: str) -> bool:
-    return mod is not None and op in getattr(mod, "ops", ())
+class Kernel(NamedTuple):
+    """One backend's implementation of an op.
 
-
-def select(op: str, device: torch.device, available: tuple[str, ...]) -> str:
-    """Name of the implementation that serves ``op`` for tensors on ``device``.
-
-    ``available`` lists the backends the op implements besides the reference.
+    ``fn(*args)`` takes the op's arguments in schema order. ``supports(*args)``, when
+    given, returns None for arguments the kernel takes, or a sentence saying why not
+    (a capacity such as a shared-memory bound); it must look at metadata only.
     """
-    if device.type == "cpu":
+
+    fn: Callable[..., Any]
+    supports: Optional[Callable[..., Optional[str]]] = None
+
+
+def _loaded(backend: str, unit: str) -> Optional[str]:
+    """None when ``backend`` loaded and implements ``unit``, else why not."""
+    return _backends.missing(backend, unit)
+
+
+def select(op: str, device: torch.device, kernels: Mapping[str, Kernel], args: tuple = (), unit: str = "") -> str:
+    """Name of the implementation that serves ``op`` for ``args`` on ``device`` (the
+    rule in the module docstring). ``kernels``: the op's backends besides the
+    reference; ``unit``: the name the compiled modules list it under (default ``op``)."""
+    kind = device.type
+    if kind == "cpu":
         if _backends.cpu_choice() == "reference":
             return "reference"
-        if "cpu" in available:
-            if _has(_backends.load("cpu"), op):
-                return "cpu"
-            why = _backends.status("cpu").detail
-            if _backends.load("cpu") is not None:
-                why = "engine._C was built without this op"
-            _backends.warn_once(f"{op}:cpu", f"dilseg: {op} on CPU falls back to the pure-torch reference ({why})")
+        k = kernels.get("cpu")
+        if k is not None and _loaded("cpu", unit or op) is None and (k.supports is None or k.supports(*args) is None):
+            return "cpu"  # the common case, decided without building the order
+        order = BACKEND_ORDER[:1]
+    elif kind == "cuda":
+        choice = _backends.gpu_choice()
+        if choice == "reference":
+            return "reference"
+        order = _GPU_ORDER[choice]
+    else:
         return "reference"
-    if device.type == "cuda":
-        order = [b for b in _GPU_ORDER[_backends.gpu_choice()] if b in available]
-        reasons = []
-        for b in order:
-            if _has(_backends.load(b), op):
-                return b
-            reasons.append(f"{b}: {_backends.status(b).detail}")
-        if _backends.gpu_choice() != "reference":
-            _backends.warn_once(
-                f"{op}:cuda", f"dilseg: {op} on CUDA falls back to the pure-torch reference ({'; '.join(reasons) or 'no GPU kernel'})"
-            )
-        return "reference"
+    missing = []
+    for b in order:
+        k = kernels.get(b)
+        if k is None:
+            continue
+        why = _loaded(b, unit or op)
+        if why is not None:
+            missing.append(f"{b}: {why}")
+            continue
+        if k.supports is None or k.supports(*args) is None:
+            return b
+    where = "CPU" if kind == "cpu" else "CUDA"
+    if missing:
+        _backends.warn_once(f"{op}:{kind}", f"dilseg: {op} on {where} falls back to the pure-torch reference "
+                            f"({'; '.join(missing)})")
+    elif kind == "cuda" and not any(b in kernels for b in order):
+        _backends.warn_once(f"{op}:{kind}", f"dilseg: {op} on CUDA falls back to the pure-torch reference "
+                            "(no GPU kernel)")
     return "reference"
-
-
-def cpu_module() -> Any:
-    return _backends.load("cpu")
-
-
-def cuda_module() -> Any:
-    return _backends.load("cuda")
-
-
-def triton_module() -> Any:
-    return _backends.load("triton")
-
-
-def kernel_dtype(mod: Any, dtype: torch.dtype) -> Any:
-    """The named element type of a compiled module for a torch dtype."""
-    table = {
-        torch.float32: mod.DType.Float32,
-        torch.float64: mod.DType.Float64,
-        torch.float16: mod.DType.Float16,
-        torch.bfloat16: mod.DType.BFloat16,
-        torch.uint8: mod.DType.UInt8,
-    }
-    if dtype not in table:
-        raise DTypeError(f"no kernel for dtype {dtype}")
-    return table[dtype]
-
-
-def cuda_stream(t: torch.Tensor) -> int:
-    return torch.cuda.current_stream(t.device).cuda_stream
-
-
-def num_threads() -> int:
-    return max(1, torch.get_num_threads())
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -101,7 +99,7 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# --- validation ----------------------------------------------------------------
+# --- validation: metadata only, unless a check's name says it reads values -----------------
 
 def check_tensor(name: str, t: Any, ndim: int, dtypes: tuple[torch.dtype, ...]) -> None:
     if not isinstance(t, torch.Tensor):
@@ -113,14 +111,33 @@ def check_tensor(name: str, t: Any, ndim: int, dtypes: tuple[torch.dtype, ...]) 
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:
+    """Raise NonFiniteError when the floating tensor ``t`` holds NaN or Inf.
+
+    Reads every value: on CUDA a device synchronisation. The op entries call it only
+    when asked (``check_finite=True`` / ``check_inputs=True``); data is checked once
+    where it enters the engine."""
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         raise NonFiniteError(f"{name} holds NaN or Inf")
 
 
-def check_same_device(**tensors: torch.Tensor) -> None:
-    devs = {k: v.device for k, v in tensors.items() if isinstance(v, torch.Tensor)}
-    if len(set(devs.values())) > 1:
-        raise InputError(f"tensors are on different devices: {devs}")
+def check_same_device(**tensors: Optional[torch.Tensor]) -> None:
+    dev = None
+    for t in tensors.values():
+        if isinstance(t, torch.Tensor):
+            if dev is None:
+                dev = t.device
+            elif t.device != dev:
+                devs = {k: v.device for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+                raise InputError(f"tensors are on different devices: {devs}")
+
+
+def same_device(dev: torch.device, *tensors: Optional[torch.Tensor]) -> bool:
+    """Whether every tensor given (None skipped) lives on ``dev`` (the fast check the
+    entries make before building :func:`check_same_device`'s message)."""
+    for t in tensors:
+        if t is not None and t.device != dev:
+            return False
+    return True
 
 
 def check_out(name: str, out: Any, like: torch.Tensor, **inputs: torch.Tensor) -> None:
@@ -130,7 +147,7 @@ def check_out(name: str, out: Any, like: torch.Tensor, **inputs: torch.Tensor) -
         raise InputError(f"{name} must be a torch.Tensor, got {type(out).__name__}")
     if out.dtype != torch.float32:
         raise DTypeError(f"{name} must be float32, got {out.dtype}")
-    if tuple(out.shape) != tuple(like.shape) or out.device != like.device:
+    if out.shape != like.shape or out.device != like.device:
         raise ShapeError(f"{name} must have shape {tuple(like.shape)} on {like.device}, "
                          f"got {tuple(out.shape)} on {out.device}")
     if not out.is_contiguous():
@@ -147,10 +164,12 @@ def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
     sa, sb = a.untyped_storage(), b.untyped_storage()
     if sa.data_ptr() != sb.data_ptr():
         return False
+
     def span(t):
         lo = t.storage_offset() * t.element_size()
         hi = lo + (sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1) * t.element_size()
         return lo, hi
+
     (la, ha), (lb, hb) = span(a), span(b)
     return la < hb and lb < ha
 
@@ -160,60 +179,8 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise InputError(f"{name}={value!r}; expected one of {choices}")
 
 
-Impl = Callable[..., Any]
-
-
-def impl_table(**impls: Optional[Impl]) -> dict[str, Impl]:
-    return {k: v for k, v in impls.items() if v is not None}
-
-
-# --- the warp family (warp2d, warp3d): one validation and one autograd formula ---------------
-
-WARP_MODES = ("bilinear", "nearest")
-WARP_PADDINGS = ("zeros", "border")
-WARP_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def validate_warp(src: torch.Tensor, u: torch.Tensor, mode: str, padding: str, finite: bool,
-                  spatial: int) -> None:
-    """Checks shared by the pull-back warps: ``src`` ``[N, C, *S]``, ``u`` ``[N, spatial,
-    *T]`` with ``spatial`` = 2 (warp2d) or 3 (warp3d); ``finite``: scan ``u`` for
-    NaN/Inf (a device sync)."""
-    check_tensor("src", src, 2 + spatial, WARP_FLOAT_DTYPES + (torch.uint8,))
-    check_tensor("u", u, 2 + spatial, (torch.float32, torch.float64))
-    check_choice("mode", mode, WARP_MODES)
-    check_choice("padding", padding, WARP_PADDINGS)
-    check_same_device(src=src, u=u)
-    if u.shape[0] != src.shape[0] or u.shape[1] != spatial:
-        dims = ", ".join(("D", "H", "W")[3 - spatial:])
-        raise ShapeError(f"u must be [N=src.shape[0], {spatial}, {dims}]; got src {tuple(src.shape)}, "
-                         f"u {tuple(u.shape)}")
-    if src.dtype == torch.uint8 and mode != "nearest":
-        raise DTypeError("uint8 sources need mode='nearest' (linear interpolation would not be exact in uint8)")
-    if min(src.shape[2:]) < 1:
-        raise ShapeError(f"src must have non-empty spatial size, got {tuple(src.shape)}")
-    if finite:
-        check_finite("u", u)
-
-
-def register_warp_autograd(op: Any, backward_op: Callable) -> None:
-    """Autograd of a warp custom op ``op(src, u, mode, padding)`` through its backward
-    custom op ``backward_op(grad, src, u, mode, padding, need_src, need_u)``; uint8
-    sources (nearest masks) get no gradient."""
-
-    def setup_context(ctx, inputs, output):
-        src, u, mode, padding = inputs
-        ctx.save_for_backward(src, u)
-        ctx.mode, ctx.padding = mode, padding
-
-    def backward(ctx, grad):
-        src, u = ctx.saved_tensors
-        need_src, need_u = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if src.dtype == torch.uint8:
-            need_src = False
-        if not (need_src or need_u):
-            return None, None, None, None
-        gs, gu = backward_op(grad.contiguous(), src, u, ctx.mode, ctx.padding, need_src, need_u)
-        return (gs if need_src else None), (gu if need_u else None), None, None
-
-    op.register_autograd(backward, setup_context=setup_context)
+def check_number(name: str, v: Any, lo: float, hi: float = float("inf")) -> None:
+    """``v`` is an int or float (not a bool) in ``[lo, hi]``."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
+        bound = f">= {lo}" if hi == float("inf") else f"in [{lo}, {hi}]"
+        raise InputError(f"{name} must be a number {bound}, got {v!r}")

@@ -18,7 +18,7 @@ Backends (pinned to the reference by tests/ops/test_confidence_map.py):
 (C++/OpenMP, csrc/confidence_map/confidence_map_cpu.cpp), ``cuda``
 (csrc/confidence_map/confidence_map.cu: one launch; each block rebuilds the three
 vectors in shared memory with warp-ballot scans, then fills its part of the volume),
-``triton`` (kernels/confidence_map.py: one launch; each program computes the
+``triton`` (engine/kernels/confidence_map.py: one launch; each program computes the
 distances of its tile by a blocked min-search over the axis). Not differentiable.
 """
 
@@ -30,11 +30,13 @@ import torch
 from torch import Tensor
 
 from . import _common as C
+from ._declare import Kernel, Launch, declare, native, triton_module
 
 __all__ = ["confidence_map", "confidence_vector", "confidence_map_reference", "confidence_vector_reference", "IMPLS"]
 
-_OP = "confidence_map"
-# CUDA keeps the three vectors in (static) shared memory: D + H + W floats at most this.
+# CUDA keeps the three vectors in (static) shared memory: D + H + W floats at most this
+# (csrc/confidence_map/confidence_map.h: kConfidenceMapMaxAxisTotal); larger shapes go
+# to the next backend by the rule (Triton, else the reference).
 MAX_CUDA_AXIS_TOTAL = 12288
 
 AnnotationLike = Union[Tensor, Sequence[int], Sequence[bool], None]
@@ -68,61 +70,50 @@ def confidence_map_reference(ann_d: Optional[Tensor], ann_h: Optional[Tensor], a
     return torch.maximum(torch.maximum(cd, ch), cw).expand(D, H, W).contiguous()
 
 
-# --- compiled kernels ---------------------------------------------------------------
+# --- kernels ------------------------------------------------------------------------------
 
 def _vec_args(t: Optional[Tensor]) -> tuple[int, int]:
     return (0, 0) if t is None else (t.data_ptr(), t.stride(0))
 
 
-def _native(mod, last_arg, ann_d, ann_h, ann_w, shape):
+def _first(ann_d, ann_h, ann_w) -> Tensor:
+    return ann_d if ann_d is not None else (ann_h if ann_h is not None else ann_w)
+
+
+def _native(on: Launch, ann_d, ann_h, ann_w, shape):
     D, H, W = (int(s) for s in shape)
-    ref = next(t for t in (ann_d, ann_h, ann_w) if t is not None)
-    out = torch.empty((D, H, W), dtype=torch.float32, device=ref.device)
+    out = torch.empty((D, H, W), dtype=torch.float32, device=_first(ann_d, ann_h, ann_w).device)
     if out.numel():
         (pd, sd), (ph, sh), (pw, sw) = _vec_args(ann_d), _vec_args(ann_h), _vec_args(ann_w)
-        mod.confidence_map(pd, sd, ph, sh, pw, sw, out.data_ptr(), [D, H, W], last_arg(out))
+        on.mod.confidence_map(pd, sd, ph, sh, pw, sw, out.data_ptr(), [D, H, W], on.last(out))
     return out
 
 
-def _cpu(ann_d, ann_h, ann_w, shape):
-    return _native(C.cpu_module(), lambda t: C.num_threads(), ann_d, ann_h, ann_w, shape)
-
-
-def _cuda(ann_d, ann_h, ann_w, shape):
-    if sum(int(s) for s in shape) > MAX_CUDA_AXIS_TOTAL:
-        return _triton(ann_d, ann_h, ann_w, shape) if C.triton_module() is not None else \
-            confidence_map_reference(ann_d, ann_h, ann_w, shape)
-    ref = next(t for t in (ann_d, ann_h, ann_w) if t is not None)
-    with torch.cuda.device(ref.device):  # the kernel launches on the current device
-        return _native(C.cuda_module(), C.cuda_stream, ann_d, ann_h, ann_w, shape)
+def _cuda_capacity(ann_d, ann_h, ann_w, shape) -> Optional[str]:
+    total = sum(int(s) for s in shape)
+    if total > MAX_CUDA_AXIS_TOTAL:
+        return f"D + H + W = {total} exceeds the CUDA kernel's shared-memory bound {MAX_CUDA_AXIS_TOTAL}"
+    return None
 
 
 def _triton(ann_d, ann_h, ann_w, shape):
     D, H, W = (int(s) for s in shape)
-    ref = next(t for t in (ann_d, ann_h, ann_w) if t is not None)
-    out = torch.empty((D, H, W), dtype=torch.float32, device=ref.device)
+    out = torch.empty((D, H, W), dtype=torch.float32, device=_first(ann_d, ann_h, ann_w).device)
     if out.numel():
-        C.triton_module().confidence_map(ann_d, ann_h, ann_w, out)
+        triton_module().confidence_map(ann_d, ann_h, ann_w, out)
     return out
 
 
-IMPLS = C.impl_table(reference=confidence_map_reference, cpu=_cpu, cuda=_cuda, triton=_triton)
-_NATIVE = ("cpu", "cuda", "triton")
+# --- the declaration (not differentiable) ---------------------------------------------------
 
+confidence_map_op = declare(
+    "confidence_map", "(Tensor? ann_d, Tensor? ann_h, Tensor? ann_w, int[] shape) -> Tensor",
+    reference=confidence_map_reference,
+    kernels={**native(_native, supports={"cuda": _cuda_capacity}), "triton": Kernel(_triton)},
+    fake=lambda ann_d, ann_h, ann_w, shape: _first(ann_d, ann_h, ann_w).new_empty(tuple(shape),
+                                                                                   dtype=torch.float32))
 
-# --- torch custom op (not differentiable) ----------------------------------------------
-
-@torch.library.custom_op("dilseg::confidence_map", mutates_args=())
-def _confidence_map_op(ann_d: Optional[Tensor], ann_h: Optional[Tensor], ann_w: Optional[Tensor],
-                       shape: list[int]) -> Tensor:
-    ref = next(t for t in (ann_d, ann_h, ann_w) if t is not None)
-    return IMPLS[C.select(_OP, ref.device, _NATIVE)](ann_d, ann_h, ann_w, shape)
-
-
-@_confidence_map_op.register_fake
-def _(ann_d, ann_h, ann_w, shape):
-    ref = next(t for t in (ann_d, ann_h, ann_w) if t is not None)
-    return ref.new_empty(tuple(shape), dtype=torch.float32)
+IMPLS = confidence_map_op.impls
 
 
 # --- public entries -----------------------------------------------------------------------
@@ -157,7 +148,10 @@ def confidence_map(shape: Sequence[int], annotated: Sequence[AnnotationLike], *,
     of that axis' length, a sequence of slice indices, or None (axis not annotated).
     ``device``: where the map lives (default: the device of the first tensor entry,
     else CPU); the vectors are moved there. With no annotation at all: zeros.
-    Raises ``ShapeError`` / ``DTypeError`` / ``InputError`` / ``SliceIndexError``.
+    The entry reads no tensor value: bool vectors on ``device`` cost no sync; indices
+    and CPU vectors are one small host-to-device copy each on CUDA (see
+    :func:`engine.ops.as_annotated`). Raises ``ShapeError`` / ``DTypeError`` /
+    ``InputError`` / ``SliceIndexError``.
     """
     dims = _check_shape(shape)
     if isinstance(annotated, Tensor) or not isinstance(annotated, (list, tuple)):
@@ -171,7 +165,7 @@ def confidence_map(shape: Sequence[int], annotated: Sequence[AnnotationLike], *,
     vecs = [_as_vector(f"annotated[{k}]", a, dims[k], device) for k, a in enumerate(entries)]
     if all(v is None for v in vecs) or min(dims) == 0:
         return torch.zeros(dims, dtype=torch.float32, device=device)
-    return _confidence_map_op(vecs[0], vecs[1], vecs[2], list(dims))
+    return confidence_map_op(vecs[0], vecs[1], vecs[2], list(dims))
 
 
 def confidence_vector(annotated: AnnotationLike, length: Optional[int] = None, *,

@@ -20,7 +20,7 @@ Backends (pinned to the reference by tests/ops/test_demons_step.py):
 ``reference`` (pure torch: warp2d_reference, the gradient stencil, elementwise
 math — ten-odd full-size temporaries per iteration), ``cpu`` (C++/OpenMP,
 csrc/demons_step/demons_step_cpu.cpp: one pass per pair through a scratch plane),
-``triton`` (kernels/demons_step.py: one launch, each program recomputes the five
+``triton`` (engine/kernels/demons_step.py: one launch, each program recomputes the five
 warped samples of its stencil, nothing but the step is written). There is no
 hand-written CUDA kernel: the Triton kernel serves CUDA tensors, and a pointwise
 stencil gains nothing from one. Not differentiable (registration never
@@ -35,11 +35,10 @@ import torch
 from torch import Tensor
 
 from . import _common as C
+from ._declare import Kernel, Launch, declare, native, triton_module
 from .warp2d import warp2d_reference
 
 __all__ = ["demons_step", "demons_step_reference", "IMPLS"]
-
-_OP = "demons_step"
 
 
 # --- reference -------------------------------------------------------------------
@@ -69,15 +68,15 @@ def demons_step_reference(fixed: Tensor, moving: Tensor, u: Tensor, g_fixed: Ten
     return g * (diff / den.clamp_min(1e-12))
 
 
-# --- compiled kernels ---------------------------------------------------------------
+# --- kernels ------------------------------------------------------------------------------
 
-def _cpu(fixed, moving, u, g_fixed, inv_k, out=None):
+def _native(on: Launch, fixed, moving, u, g_fixed, inv_k, out=None):
     fixed, moving, u, g_fixed = (t.contiguous() for t in (fixed, moving, u, g_fixed))
     N, _, H, W = fixed.shape
     out = torch.empty((N, 2, H, W), dtype=torch.float32, device=fixed.device) if out is None else out
     if out.numel():
-        C.cpu_module().demons_step(fixed.data_ptr(), moving.data_ptr(), u.data_ptr(), g_fixed.data_ptr(),
-                                   out.data_ptr(), N, H, W, float(inv_k), C.num_threads())
+        on.mod.demons_step(fixed.data_ptr(), moving.data_ptr(), u.data_ptr(), g_fixed.data_ptr(), out.data_ptr(),
+                           N, H, W, float(inv_k), on.last(fixed))
     return out
 
 
@@ -85,7 +84,7 @@ def _triton(fixed, moving, u, g_fixed, inv_k, out=None):
     N, _, H, W = fixed.shape
     out = torch.empty((N, 2, H, W), dtype=torch.float32, device=fixed.device) if out is None else out
     if out.numel():
-        C.triton_module().demons_step_forward(fixed, moving, u, g_fixed, float(inv_k), out)
+        triton_module().demons_step_forward(fixed, moving, u, g_fixed, float(inv_k), out)
     return out
 
 
@@ -94,51 +93,42 @@ def _reference(fixed, moving, u, g_fixed, inv_k, out=None):
     return r if out is None else out.copy_(r)
 
 
-IMPLS = C.impl_table(reference=_reference, cpu=_cpu, triton=_triton)
-_NATIVE = ("cpu", "triton")
+# --- the declaration (not differentiable); dilseg::demons_step_out writes into out ---------------
 
+demons_step_op = declare(
+    "demons_step", "(Tensor fixed, Tensor moving, Tensor u, Tensor g_fixed, float inv_k) -> Tensor",
+    reference=_reference,
+    kernels={**native(_native, backends=("cpu",)), "triton": Kernel(_triton)},
+    fake=lambda fixed, moving, u, g_fixed, inv_k: fixed.new_empty((fixed.shape[0], 2, fixed.shape[2],
+                                                                   fixed.shape[3]), dtype=torch.float32),
+    out=True)
 
-# --- torch custom op (not differentiable) ----------------------------------------------
-
-@torch.library.custom_op("dilseg::demons_step", mutates_args=())
-def _demons_step_op(fixed: Tensor, moving: Tensor, u: Tensor, g_fixed: Tensor, inv_k: float) -> Tensor:
-    return IMPLS[C.select(_OP, fixed.device, _NATIVE)](fixed, moving, u, g_fixed, inv_k)
-
-
-@_demons_step_op.register_fake
-def _(fixed, moving, u, g_fixed, inv_k):
-    return fixed.new_empty((fixed.shape[0], 2, fixed.shape[2], fixed.shape[3]), dtype=torch.float32)
-
-
-@torch.library.custom_op("dilseg::demons_step_out", mutates_args=("out",))
-def _demons_step_out_op(fixed: Tensor, moving: Tensor, u: Tensor, g_fixed: Tensor, inv_k: float, out: Tensor) -> None:
-    IMPLS[C.select(_OP, fixed.device, _NATIVE)](fixed, moving, u, g_fixed, inv_k, out)
-
-
-@_demons_step_out_op.register_fake
-def _(fixed, moving, u, g_fixed, inv_k, out):
-    return None
+IMPLS = demons_step_op.impls
 
 
 # --- public entry -----------------------------------------------------------------------
 
 def demons_step(fixed: Tensor, moving: Tensor, u: Tensor, g_fixed: Tensor, inv_k: float, *,
-                out: Optional[Tensor] = None, check_finite: bool = True) -> Tensor:
+                out: Optional[Tensor] = None, check_finite: bool = False) -> Tensor:
     """The demons step ``[N, 2, H, W]`` of every pair (module docstring).
 
     ``out``: a contiguous float32 ``[N, 2, H, W]`` tensor on the inputs' device,
     sharing no memory with them, to write into (the registration loop reuses one: a
     fresh multi-megabyte output costs first-touch page faults on the CPU).
 
-    ``check_finite=False`` skips the NaN/Inf scan of the inputs (a device sync; the
-    registration loop validates once, before iterating). Raises
-    ``engine.errors.ShapeError`` / ``DTypeError`` / ``InputError`` / ``NonFiniteError``.
+    The entry checks types, shapes, dtypes, devices, ``inv_k`` and ``out``, all
+    metadata: no value is read, no device sync. ``check_finite=True`` also scans the
+    four inputs for NaN/Inf (reads every value: a sync on CUDA); data is checked once
+    where it enters the engine, the registration loop leaves it off. Raises
+    ``engine.errors.ShapeError`` / ``DTypeError`` / ``InputError``, and
+    ``NonFiniteError`` when ``check_finite=True``.
     """
     for name, t, ch in (("fixed", fixed, 1), ("moving", moving, 1), ("u", u, 2), ("g_fixed", g_fixed, 2)):
         C.check_tensor(name, t, 4, (torch.float32,))
         if t.shape[1] != ch:
             raise C.ShapeError(f"{name} must be [N, {ch}, H, W], got {tuple(t.shape)}")
-    C.check_same_device(fixed=fixed, moving=moving, u=u, g_fixed=g_fixed)
+    if not C.same_device(fixed.device, moving, u, g_fixed):
+        C.check_same_device(fixed=fixed, moving=moving, u=u, g_fixed=g_fixed)
     N, _, H, W = fixed.shape
     for name, t in (("moving", moving), ("u", u), ("g_fixed", g_fixed)):
         if t.shape[0] != N or tuple(t.shape[2:]) != (H, W):
@@ -151,6 +141,6 @@ def demons_step(fixed: Tensor, moving: Tensor, u: Tensor, g_fixed: Tensor, inv_k
         for name, t in (("fixed", fixed), ("moving", moving), ("u", u), ("g_fixed", g_fixed)):
             C.check_finite(name, t)
     if out is not None:
-        _demons_step_out_op(fixed, moving, u, g_fixed, float(inv_k), out)
+        demons_step_op.call_out(fixed, moving, u, g_fixed, float(inv_k), out)
         return out
-    return _demons_step_op(fixed, moving, u, g_fixed, float(inv_k))
+    return demons_step_op(fixed, moving, u, g_fixed, float(inv_k))

@@ -43,7 +43,7 @@ chains, and over the rows of each step when there are fewer chains than threads)
 ``cuda`` (csrc/propagate_chain/propagate_chain.cu: ONE kernel launch for the whole
 volume, one block per segment between consecutive annotated slices stepping its two
 chains, running masks in shared memory when they fit, no host synchronisation),
-``triton`` (kernels/propagate_chain.py: one launch, one program per segment looping
+``triton`` (engine/kernels/propagate_chain.py: one launch, one program per segment looping
 over its slices; non-float32 masks are first converted to float32, one more launch).
 Not differentiable (masks are data): no autograd is registered.
 
@@ -52,7 +52,7 @@ The CUDA path is one launch per call by construction: outputs come from
 included), the annotated vector is read on the device (no copy, no sync to find the
 segments), and the host function issues exactly one ``<<<>>>``;
 tests/ops/test_propagate_chain.py::test_cuda_is_one_launch checks it with the torch
-profiler (pass ``check_inputs=False``: the input scan launches reductions).
+profiler (with the default ``check_inputs=False``: the input scan launches reductions).
 
 The mass threshold compares sums accumulated in different orders by each backend; a
 chain whose mass lands within rounding of the threshold may stop one slice apart
@@ -67,13 +67,13 @@ import torch
 from torch import Tensor
 
 from . import _common as C
+from ._declare import Kernel, Launch, declare, native, triton_module
 from .warp2d import warp2d_reference
 
 __all__ = ["propagate_chain", "propagate_chain_reference", "PropagateChainResult", "IMPLS", "FUSE_MODES"]
 
 FUSE_MODES = ("none", "nearest", "linear")
 MASK_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8)
-_OP = "propagate_chain"
 
 
 class PropagateChainResult(NamedTuple):
@@ -164,7 +164,7 @@ def propagate_chain_reference(masks: Tensor, annotated: Tensor, fwd: Tensor, bwd
     return from_below, from_above, db, da, q, confidence_reference(db, da)
 
 
-# --- compiled kernels ---------------------------------------------------------------
+# --- kernels ------------------------------------------------------------------------------
 
 _FUSE_ENUM = {"none": "None_", "nearest": "Nearest", "linear": "Linear"}  # names of the bound enum
 
@@ -182,53 +182,39 @@ def _outputs(masks: Tensor, fuse: str):
     return fb, fa, db, da, q, conf
 
 
-def _native(mod, last_arg, masks: Tensor, annotated: Tensor, fwd: Tensor, bwd: Tensor, min_mass: float, fuse: str):
+def _as_flags(annotated: Tensor) -> Tensor:
+    return annotated if annotated.dtype in (torch.bool, torch.uint8) else annotated.to(torch.bool)
+
+
+def _native(on: Launch, masks: Tensor, annotated: Tensor, fwd: Tensor, bwd: Tensor, min_mass: float, fuse: str):
     outs = _outputs(masks, fuse)
     fb, fa, db, da, q, conf = outs
     D, H, W = masks.shape
-    ann = annotated if annotated.dtype in (torch.bool, torch.uint8) else annotated.to(torch.bool)
-    mod.propagate_chain(masks.data_ptr(), list(masks.stride()), C.kernel_dtype(mod, masks.dtype), ann.data_ptr(),
-                        ann.stride(0), fwd.data_ptr(), list(fwd.stride()), bwd.data_ptr(), list(bwd.stride()),
+    ann = _as_flags(annotated)
+    mod = on.mod
+    mod.propagate_chain(masks.data_ptr(), list(masks.stride()), on.dtype(masks.dtype), ann.data_ptr(), ann.stride(0),
+                        fwd.data_ptr(), list(fwd.stride()), bwd.data_ptr(), list(bwd.stride()),
                         fb.data_ptr(), fa.data_ptr(), db.data_ptr(), da.data_ptr(),
                         q.data_ptr() if fuse != "none" else 0, conf.data_ptr(), [D, H, W], float(min_mass),
-                        getattr(mod.Fuse, _FUSE_ENUM[fuse]), last_arg(masks))
+                        getattr(mod.Fuse, _FUSE_ENUM[fuse]), on.last(masks))
     return outs
-
-
-def _cpu(masks, annotated, fwd, bwd, min_mass, fuse):
-    return _native(C.cpu_module(), lambda t: C.num_threads(), masks, annotated, fwd, bwd, min_mass, fuse)
-
-
-def _cuda(masks, annotated, fwd, bwd, min_mass, fuse):
-    with torch.cuda.device(masks.device):  # the kernel launches on the current device
-        return _native(C.cuda_module(), C.cuda_stream, masks, annotated, fwd, bwd, min_mass, fuse)
 
 
 def _triton(masks, annotated, fwd, bwd, min_mass, fuse):
-    tk = C.triton_module()
     outs = _outputs(masks, fuse)
-    ann = annotated if annotated.dtype in (torch.bool, torch.uint8) else annotated.to(torch.bool)
-    tk.propagate_chain(masks, ann, fwd, bwd, *outs, min_mass=float(min_mass), fuse=fuse)
+    triton_module().propagate_chain(masks, _as_flags(annotated), fwd, bwd, *outs, min_mass=float(min_mass), fuse=fuse)
     return outs
 
 
-IMPLS = C.impl_table(reference=propagate_chain_reference, cpu=_cpu, cuda=_cuda, triton=_triton)
-_NATIVE = ("cpu", "cuda", "triton")
+def _nonempty(masks, *rest) -> Optional[str]:
+    # the kernels assume D, H, W >= 1 (the public entry rejects empty volumes; a direct
+    # call of the custom op with one is served by the reference)
+    return None if masks.numel() else "empty volume"
 
 
-# --- torch custom op (no autograd: masks are data) ------------------------------------
+# --- the declaration (no autograd: masks are data) -------------------------------------------
 
-@torch.library.custom_op("dilseg::propagate_chain", mutates_args=())
-def _propagate_chain_op(masks: Tensor, annotated: Tensor, fwd: Tensor, bwd: Tensor, min_mass: float,
-                        fuse: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    D, H, W = masks.shape
-    if D * H * W == 0:
-        return propagate_chain_reference(masks, annotated, fwd, bwd, min_mass, fuse)
-    return IMPLS[C.select(_OP, masks.device, _NATIVE)](masks, annotated, fwd, bwd, min_mass, fuse)
-
-
-@_propagate_chain_op.register_fake
-def _(masks, annotated, fwd, bwd, min_mass, fuse):
+def _fake(masks, annotated, fwd, bwd, min_mass, fuse):
     D, H, W = masks.shape
     vol = lambda: masks.new_empty((D, H, W), dtype=torch.float32)  # noqa: E731
     vec = lambda dt: masks.new_empty((D,), dtype=dt)  # noqa: E731
@@ -236,10 +222,28 @@ def _(masks, annotated, fwd, bwd, min_mass, fuse):
     return vol(), vol(), vec(torch.int32), vec(torch.int32), q, vec(torch.float32)
 
 
+propagate_chain_op = declare(
+    "propagate_chain",
+    "(Tensor masks, Tensor annotated, Tensor fwd, Tensor bwd, float min_mass, str fuse)"
+    " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    reference=propagate_chain_reference,
+    kernels={**native(_native, supports={"cpu": _nonempty, "cuda": _nonempty}),
+             "triton": Kernel(_triton, _nonempty)},
+    fake=_fake)
+
+IMPLS = propagate_chain_op.impls
+
+
 # --- public entry -------------------------------------------------------------------------
 
 def as_annotated(annotated: Union[Tensor, Sequence[int], Sequence[bool]], D: int, device: torch.device) -> Tensor:
-    """``[D]`` bool on ``device`` from a bool vector or a sequence of slice indices."""
+    """``[D]`` bool on ``device`` from a bool vector or a sequence of slice indices.
+
+    Costs on CUDA: a bool vector already on ``device`` is used as is (no sync); a CPU
+    bool vector, Python bools or Python indices are copied to the device (one small,
+    synchronous host-to-device copy); a tensor of indices is read on the host to check
+    its range (``tolist``: a device sync when it lives on the GPU). Callers on a
+    round's hot path pass a bool vector on the device."""
     if isinstance(annotated, Tensor) and annotated.dtype == torch.bool:
         if annotated.dim() != 1 or annotated.shape[0] != D:
             raise C.ShapeError(f"annotated must be a bool vector of length D={D}, got shape {tuple(annotated.shape)}")
@@ -279,7 +283,8 @@ def validate(masks: Tensor, annotated: Tensor, fwd: Tensor, bwd: Tensor, min_mas
     C.check_tensor("fwd", fwd, 4, (torch.float32,))
     C.check_tensor("bwd", bwd, 4, (torch.float32,))
     C.check_choice("fuse", fuse, FUSE_MODES)
-    C.check_same_device(masks=masks, fwd=fwd, bwd=bwd)
+    if not C.same_device(masks.device, fwd, bwd):
+        C.check_same_device(masks=masks, fwd=fwd, bwd=bwd)
     D, H, W = masks.shape
     want = (max(D - 1, 0), 2, H, W)
     for name, f in (("fwd", fwd), ("bwd", bwd)):
@@ -305,15 +310,19 @@ def validate(masks: Tensor, annotated: Tensor, fwd: Tensor, bwd: Tensor, min_mas
 
 
 def propagate_chain(masks: Tensor, annotated: Union[Tensor, Sequence[int], Sequence[bool]], fwd: Tensor, bwd: Tensor,
-                    min_mass: float = 0.02, fuse: str = "none", *, check_inputs: bool = True) -> PropagateChainResult:
+                    min_mass: float = 0.02, fuse: str = "none", *, check_inputs: bool = False) -> PropagateChainResult:
     """Propagate the annotated slices of ``masks`` ``[D,H,W]`` through ``fwd`` / ``bwd``
     ``[D-1,2,H,W]`` and fuse; see the module docstring for every output.
 
-    ``annotated``: a ``[D]`` bool vector or slice indices (any order). ``check_inputs``
-    (default True) scans the fields for NaN/Inf and the annotated masks for values
-    outside [0, 1] (device syncs); the kernels stay memory-safe without it.
-    Raises ``engine.errors.ShapeError`` / ``DTypeError`` / ``InputError`` /
-    ``NonFiniteError`` / ``MaskError`` / ``SliceIndexError`` on bad input.
+    ``annotated``: a ``[D]`` bool vector or slice indices (any order; see
+    :func:`as_annotated` for what each form costs on CUDA). The entry checks types,
+    shapes, dtypes, devices, ``min_mass`` and ``fuse``, all metadata: no device sync
+    for a bool vector on the masks' device. ``check_inputs=True`` also scans the
+    fields for NaN/Inf and the annotated masks for values outside [0, 1] (reads
+    values: syncs on CUDA); data is checked once where it enters the engine, and the
+    kernels stay memory-safe without it. Raises ``engine.errors.ShapeError`` /
+    ``DTypeError`` / ``InputError`` / ``SliceIndexError``, and ``NonFiniteError`` /
+    ``MaskError`` when ``check_inputs=True``.
     """
     if not isinstance(masks, Tensor):
         raise C.InputError(f"masks must be a torch.Tensor, got {type(masks).__name__}")
@@ -321,5 +330,5 @@ def propagate_chain(masks: Tensor, annotated: Union[Tensor, Sequence[int], Seque
         raise C.ShapeError(f"masks must have 3 dimensions [D, H, W], got shape {tuple(masks.shape)}")
     ann = as_annotated(annotated, masks.shape[0], masks.device)
     validate(masks, ann, fwd, bwd, min_mass, fuse, check_inputs)
-    fb, fa, db, da, q, conf = _propagate_chain_op(masks, ann, fwd, bwd, float(min_mass), fuse)
+    fb, fa, db, da, q, conf = propagate_chain_op(masks, ann, fwd, bwd, float(min_mass), fuse)
     return PropagateChainResult(fb, fa, db, da, q if fuse != "none" else None, conf)

@@ -25,7 +25,7 @@ Backends: ``reference`` (pure torch: index gathers, the formula above as written
 about 25 small tensor ops per call in the registration's old composition), ``cpu``
 (C++/OpenMP, csrc/regularize_field/regularize_field_cpu.cpp: one task per plane,
 couple -> vertical -> horizontal through two per-thread scratch planes, nothing
-allocated), ``triton`` (kernels/regularize_field.py: one launch, each program
+allocated), ``triton`` (engine/kernels/regularize_field.py: one launch, each program
 computes the 2D Gaussian of its pixels directly from the coupled sum, nothing but
 the output written). No hand-written CUDA kernel: as for demons_step, the Triton
 kernel serves CUDA tensors and a small stencil gains nothing from one. Not
@@ -42,10 +42,9 @@ import torch
 from torch import Tensor
 
 from . import _common as C
+from ._declare import Kernel, Launch, declare, native, triton_module
 
 __all__ = ["regularize_field", "regularize_field_reference", "gaussian_taps", "IMPLS"]
-
-_OP = "regularize_field"
 
 
 @lru_cache(maxsize=32)
@@ -98,21 +97,20 @@ def regularize_field_reference(u: Tensor, step: Tensor, sigma: float, coupling: 
     return _smooth_axis_reference(_smooth_axis_reference(c, taps, -2), taps, -1)
 
 
-# --- compiled kernels -------------------------------------------------------------------
+# --- kernels ----------------------------------------------------------------------------------
 
 def _taps_for(sigma: float, H: int, W: int) -> tuple[float, ...]:
     """The kernels' taps: the Gaussian's, or the single tap (1,) where no smoothing applies."""
     return gaussian_taps(float(sigma)) if _smooths(sigma, H, W) else (1.0,)
 
 
-def _cpu(u, step, sigma, coupling, groups, out=None):
+def _native(on: Launch, u, step, sigma, coupling, groups, out=None):
     u, step = u.contiguous(), step.contiguous()
     N, Cc, H, W = u.shape
     out = torch.empty_like(u) if out is None else out
     if out.numel():
-        C.cpu_module().regularize_field(u.data_ptr(), step.data_ptr(), out.data_ptr(), N, Cc, H, W,
-                                        list(_taps_for(sigma, H, W)), float(coupling), int(groups),
-                                        C.num_threads())
+        on.mod.regularize_field(u.data_ptr(), step.data_ptr(), out.data_ptr(), N, Cc, H, W,
+                                list(_taps_for(sigma, H, W)), float(coupling), int(groups), on.last(u))
     return out
 
 
@@ -120,8 +118,7 @@ def _triton(u, step, sigma, coupling, groups, out=None):
     N, Cc, H, W = u.shape
     out = torch.empty_like(u.contiguous()) if out is None else out
     if out.numel():
-        C.triton_module().regularize_field_forward(u, step, _taps_for(sigma, H, W), float(coupling),
-                                                   int(groups), out)
+        triton_module().regularize_field_forward(u, step, _taps_for(sigma, H, W), float(coupling), int(groups), out)
     return out
 
 
@@ -130,50 +127,39 @@ def _reference(u, step, sigma, coupling, groups, out=None):
     return r if out is None else out.copy_(r)
 
 
-IMPLS = C.impl_table(reference=_reference, cpu=_cpu, triton=_triton)
-_NATIVE = ("cpu", "triton")
+# --- the declaration (not differentiable); dilseg::regularize_field_out writes into out ----------
 
+regularize_field_op = declare(
+    "regularize_field", "(Tensor u, Tensor step, float sigma, float coupling, int groups) -> Tensor",
+    reference=_reference,
+    kernels={**native(_native, backends=("cpu",)), "triton": Kernel(_triton)},
+    fake=lambda u, step, sigma, coupling, groups: torch.empty_like(u, memory_format=torch.contiguous_format),
+    out=True)
 
-# --- torch custom op (not differentiable) ---------------------------------------------------
-
-@torch.library.custom_op("dilseg::regularize_field", mutates_args=())
-def _regularize_field_op(u: Tensor, step: Tensor, sigma: float, coupling: float, groups: int) -> Tensor:
-    return IMPLS[C.select(_OP, u.device, _NATIVE)](u, step, sigma, coupling, groups)
-
-
-@_regularize_field_op.register_fake
-def _(u, step, sigma, coupling, groups):
-    return torch.empty_like(u, memory_format=torch.contiguous_format)
-
-
-@torch.library.custom_op("dilseg::regularize_field_out", mutates_args=("out",))
-def _regularize_field_out_op(u: Tensor, step: Tensor, sigma: float, coupling: float, groups: int,
-                             out: Tensor) -> None:
-    IMPLS[C.select(_OP, u.device, _NATIVE)](u, step, sigma, coupling, groups, out)
-
-
-@_regularize_field_out_op.register_fake
-def _(u, step, sigma, coupling, groups, out):
-    return None
+IMPLS = regularize_field_op.impls
 
 
 # --- public entry ------------------------------------------------------------------------------
 
 def regularize_field(u: Tensor, step: Tensor, sigma: float, coupling: float = 0.0, groups: int = 1, *,
-                     out: Optional[Tensor] = None, check_finite: bool = True) -> Tensor:
+                     out: Optional[Tensor] = None, check_finite: bool = False) -> Tensor:
     """``G_sigma * couple(u + step)`` ``[N, C, H, W]`` (module docstring).
 
     ``coupling`` in [0, 0.5]; ``groups`` divides N. ``out``: a contiguous float32
     tensor of ``u``'s shape on its device, sharing no memory with ``u`` or ``step``, to
     write into (an iteration loop reuses two buffers: a fresh multi-megabyte output
     costs more in first-touch page faults on the CPU than the kernel's own work).
-    ``check_finite=False`` skips the NaN/Inf scan (a device sync; the registration
-    loop validates once). Raises
-    ``engine.errors.ShapeError`` / ``DTypeError`` / ``InputError`` / ``NonFiniteError``.
+    The entry checks types, shapes, dtypes, devices, the numbers and ``out``, all
+    metadata: no value is read, no device sync. ``check_finite=True`` also scans ``u``
+    and ``step`` for NaN/Inf (reads every value: a sync on CUDA); data is checked once
+    where it enters the engine, the registration loop leaves it off. Raises
+    ``engine.errors.ShapeError`` / ``DTypeError`` / ``InputError``, and
+    ``NonFiniteError`` when ``check_finite=True``.
     """
     for name, t in (("u", u), ("step", step)):
         C.check_tensor(name, t, 4, (torch.float32,))
-    C.check_same_device(u=u, step=step)
+    if step.device != u.device:
+        C.check_same_device(u=u, step=step)
     if tuple(step.shape) != tuple(u.shape):
         raise C.ShapeError(f"step {tuple(step.shape)} does not match u {tuple(u.shape)}")
     for name, v, lo, hi in (("sigma", sigma, 0.0, 64.0), ("coupling", coupling, 0.0, 0.5)):
@@ -187,6 +173,6 @@ def regularize_field(u: Tensor, step: Tensor, sigma: float, coupling: float = 0.
         C.check_finite("u", u)
         C.check_finite("step", step)
     if out is not None:
-        _regularize_field_out_op(u, step, float(sigma), float(coupling), int(groups), out)
+        regularize_field_op.call_out(u, step, float(sigma), float(coupling), int(groups), out)
         return out
-    return _regularize_field_op(u, step, float(sigma), float(coupling), int(groups))
+    return regularize_field_op(u, step, float(sigma), float(coupling), int(groups))

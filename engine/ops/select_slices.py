@@ -27,7 +27,7 @@ Backends (pinned to the reference by tests/ops/test_select_slices.py):
 ``reference`` (pure torch), ``cpu`` (C++, serial: D is a slice count, a few
 hundred; a k×D scan costs microseconds, threads would cost more),
 ``cuda`` (one launch: one block, k rounds of block-wide argmax with the
-eligibility flags in shared memory; D ≤ 32768, larger D uses the reference),
+eligibility flags in shared memory; D ≤ 32768, larger D goes to the next backend),
 ``triton`` (one launch: one program holding all D slices in registers, k rounds).
 """
 
@@ -39,12 +39,15 @@ import torch
 from torch import Tensor
 
 from . import _common as C
+from ._declare import Kernel, Launch, declare, native, triton_module
 from ..errors import InputError, ShapeError
 
 __all__ = ["select_slices", "select_slices_reference", "IMPLS", "CUDA_MAX_D"]
 
-_OP = "select_slices"
-CUDA_MAX_D = 32768  # eligibility flags of the CUDA kernel live in 32 KiB of shared memory
+# eligibility flags of the CUDA kernel live in 32 KiB of shared memory
+# (csrc/select_slices/select_slices.h: kSelectSlicesCudaMaxD); larger D goes to the next
+# backend by the rule (Triton, else the reference)
+CUDA_MAX_D = 32768
 
 
 # --- reference -------------------------------------------------------------------
@@ -88,14 +91,14 @@ def select_slices_reference(scores: Tensor, annotated: Optional[Tensor], k: int,
     return torch.cat([t.reshape(-1) for t in picks]).to(torch.int64)
 
 
-# --- compiled kernels ---------------------------------------------------------------
+# --- kernels ------------------------------------------------------------------------------
 
 def _flag_args(t: Optional[Tensor]) -> tuple[int, int]:
     # bool tensors are one byte per element (0/1): passed as uint8 with their stride
     return (0, 0) if t is None else (t.data_ptr(), t.stride(0))
 
 
-def _native(mod, last_arg, scores, annotated, k, min_gap, valid, out=None):
+def _native(on: Launch, scores, annotated, k, min_gap, valid, out=None):
     D = scores.shape[0]
     if out is None:
         out = torch.empty(k, dtype=torch.int64, device=scores.device)
@@ -105,19 +108,15 @@ def _native(mod, last_arg, scores, annotated, k, min_gap, valid, out=None):
         return out.fill_(-1)
     a_ptr, a_st = _flag_args(annotated)
     v_ptr, v_st = _flag_args(valid)
-    mod.select_slices(scores.data_ptr(), scores.stride(0), a_ptr, a_st, v_ptr, v_st, D, k, min_gap,
-                      out.data_ptr(), last_arg(scores))
+    on.mod.select_slices(scores.data_ptr(), scores.stride(0), a_ptr, a_st, v_ptr, v_st, D, k, min_gap,
+                         out.data_ptr(), on.last(scores))
     return out
 
 
-def _cpu(scores, annotated, k, min_gap, valid, out=None):
-    return _native(C.cpu_module(), lambda t: 1, scores, annotated, k, min_gap, valid, out)
-
-
-def _cuda(scores, annotated, k, min_gap, valid, out=None):
+def _cuda_capacity(scores, *rest) -> Optional[str]:
     if scores.shape[0] > CUDA_MAX_D:
-        return _reference(scores, annotated, k, min_gap, valid, out)
-    return _native(C.cuda_module(), C.cuda_stream, scores, annotated, k, min_gap, valid, out)
+        return f"D = {scores.shape[0]} exceeds the CUDA kernel's shared-memory bound {CUDA_MAX_D}"
+    return None
 
 
 def _triton(scores, annotated, k, min_gap, valid, out=None):
@@ -126,7 +125,7 @@ def _triton(scores, annotated, k, min_gap, valid, out=None):
     if k and scores.shape[0] == 0:
         out.fill_(-1)
     elif k:
-        C.triton_module().select_slices_forward(scores, annotated, k, min_gap, valid, out)
+        triton_module().select_slices_forward(scores, annotated, k, min_gap, valid, out)
     return out
 
 
@@ -138,21 +137,15 @@ def _reference(scores, annotated, k, min_gap, valid, out=None):
     return out
 
 
-IMPLS = C.impl_table(reference=_reference, cpu=_cpu, cuda=_cuda, triton=_triton)
-_NATIVE = ("cpu", "cuda", "triton")
+# --- the declaration ----------------------------------------------------------------------------
 
+select_slices_op = declare(
+    "select_slices", "(Tensor scores, Tensor? annotated, int k, int min_gap, Tensor? valid) -> Tensor",
+    reference=_reference,
+    kernels={**native(_native, supports={"cuda": _cuda_capacity}), "triton": Kernel(_triton)},
+    fake=lambda scores, annotated, k, min_gap, valid: scores.new_empty((k,), dtype=torch.int64))
 
-# --- torch custom op -------------------------------------------------------------------
-
-@torch.library.custom_op("dilseg::select_slices", mutates_args=())
-def _select_slices_op(scores: Tensor, annotated: Optional[Tensor], k: int, min_gap: int,
-                      valid: Optional[Tensor]) -> Tensor:
-    return IMPLS[C.select(_OP, scores.device, _NATIVE)](scores, annotated, k, min_gap, valid)
-
-
-@_select_slices_op.register_fake
-def _(scores, annotated, k, min_gap, valid):
-    return scores.new_empty((k,), dtype=torch.int64)
+IMPLS = select_slices_op.impls
 
 
 # --- public entry -------------------------------------------------------------------------
@@ -175,7 +168,8 @@ def validate(scores: Tensor, annotated: Optional[Tensor], k: int, min_gap: int, 
             raise InputError(f"{name} must be an int, got {type(v).__name__}")
         if v < 0:
             raise InputError(f"{name} must be >= 0, got {v}")
-    C.check_same_device(scores=scores, annotated=annotated, valid=valid)
+    if not C.same_device(scores.device, annotated, valid):
+        C.check_same_device(scores=scores, annotated=annotated, valid=valid)
 
 
 def select_slices(scores: Tensor, annotated: Optional[Tensor], k: int, min_gap: int = 0,
@@ -191,4 +185,4 @@ def select_slices(scores: Tensor, annotated: Optional[Tensor], k: int, min_gap: 
     """
     validate(scores, annotated, k, min_gap, valid)
     min_gap = min(min_gap, max(scores.shape[0], 1))  # larger gaps act the same; keeps int32 math safe
-    return _select_slices_op(scores.detach(), annotated, k, min_gap, valid)
+    return select_slices_op(scores, annotated, k, min_gap, valid)

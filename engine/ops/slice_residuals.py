@@ -26,7 +26,7 @@ slice_residuals_cpu.cpp: parallel over z-planes, per-thread row/column partials
 reduced at the end, no atomics), ``cuda`` (csrc/slice_residuals/slice_residuals.cu:
 one zero-fill of the [D+H+W] output buffer + one kernel launch, tiles reduced in
 registers/shared memory, partial sums added atomically), ``triton``
-(kernels/slice_residuals.py: same zero-fill + one launch).
+(engine/kernels/slice_residuals.py: same zero-fill + one launch).
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ import torch
 from torch import Tensor
 
 from . import _common as C
+from ._declare import Kernel, Launch, declare, native, triton_module
 from ..errors import MaskError, ShapeError
 
 __all__ = ["slice_residuals", "slice_residuals_reference", "IMPLS"]
 
 DATA_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8)
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_OP = "slice_residuals"
 
 
 # --- reference -------------------------------------------------------------------
@@ -59,10 +59,16 @@ def slice_residuals_reference(q: Tensor, p: Tensor, w: Optional[Tensor] = None) 
     return r.sum(dim=(1, 2)), r.sum(dim=(0, 2)), r.sum(dim=(0, 1))
 
 
-# --- compiled kernels ---------------------------------------------------------------
+# --- kernels: each returns the packed float32 [D+H+W] buffer cat(sz, sy, sx) ------------------
 
-def _split(out: Tensor, D: int, H: int, W: int) -> tuple[Tensor, Tensor, Tensor]:
+def split(out: Tensor, D: int, H: int, W: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(sz, sy, sx)``: views of the packed buffer."""
     return out[:D], out[D:D + H], out[D + H:D + H + W]
+
+
+def _packed(q: Tensor, out: Optional[Tensor]) -> Tensor:
+    D, H, W = q.shape
+    return torch.empty(D + H + W, dtype=torch.float32, device=q.device) if out is None else out
 
 
 def _weight_args(w: Optional[Tensor]):
@@ -74,12 +80,13 @@ def _weight_args(w: Optional[Tensor]):
     return "full", w
 
 
-def _native(mod, last_arg, q: Tensor, p: Tensor, w: Optional[Tensor], out: Optional[Tensor] = None):
-    """CPU / CUDA glue. ``out``: optional float32 [D+H+W] buffer (tests hand a poisoned one)."""
+def _native(on: Launch, q: Tensor, p: Tensor, w: Optional[Tensor], out: Optional[Tensor] = None) -> Tensor:
+    """CPU / CUDA glue. ``out``: optional float32 [D+H+W] buffer (tests hand a poisoned
+    one). The CUDA entry zero-fills it itself (cudaMemsetAsync) before its one kernel."""
     D, H, W = q.shape
-    if out is None:
-        out = torch.empty(D + H + W, dtype=torch.float32, device=q.device)
+    out = _packed(q, out)
     mode, wk = _weight_args(w)
+    mod = on.mod
     rw = mod.ResidualWeight
     wmode = {"none": rw.Unweighted, "slice": rw.PerSlice, "full": rw.Full}[mode]
     wptr = 0 if wk is None else wk.data_ptr()
@@ -89,65 +96,39 @@ def _native(mod, last_arg, q: Tensor, p: Tensor, w: Optional[Tensor], out: Optio
         wst = [wk.stride(0), 0, 0]
     else:
         wst = [0, 0, 0]
-    wdt = C.kernel_dtype(mod, wk.dtype if mode == "full" else torch.float32)
-    mod.slice_residuals(q.data_ptr(), list(q.stride()), C.kernel_dtype(mod, q.dtype), p.data_ptr(),
-                        list(p.stride()), C.kernel_dtype(mod, p.dtype), wptr, wst, wdt, wmode, out.data_ptr(),
-                        [D, H, W], last_arg(q))
-    return _split(out, D, H, W)
-
-
-def _cpu(q, p, w, out=None):
-    return _native(C.cpu_module(), lambda t: C.num_threads(), q, p, w, out)
-
-
-def _cuda(q, p, w, out=None):
-    # the CUDA entry zero-fills `out` itself (cudaMemsetAsync) before its one kernel
-    return _native(C.cuda_module(), C.cuda_stream, q, p, w, out)
-
-
-def _triton(q, p, w, out=None):
-    D, H, W = q.shape
-    if out is None:
-        out = torch.empty(D + H + W, dtype=torch.float32, device=q.device)
-    out.zero_()  # launch 1: zero-fill (the kernel adds partial sums atomically)
-    mode, wk = _weight_args(w)
-    C.triton_module().slice_residuals_forward(q, p, wk, mode, out)  # launch 2
-    return _split(out, D, H, W)
-
-
-def _reference(q, p, w, out=None):
-    sz, sy, sx = slice_residuals_reference(q, p, w)
-    if out is None:
-        return sz, sy, sx
-    D, H, W = q.shape
-    a, b, c = _split(out, D, H, W)
-    a.copy_(sz), b.copy_(sy), c.copy_(sx)
-    return a, b, c
-
-
-IMPLS = C.impl_table(reference=_reference, cpu=_cpu, cuda=_cuda, triton=_triton)
-_NATIVE = ("cpu", "cuda", "triton")
-
-
-# --- torch custom op -------------------------------------------------------------------
-
-@torch.library.custom_op("dilseg::slice_residuals", mutates_args=())
-def _slice_residuals_op(q: Tensor, p: Tensor, w: Optional[Tensor]) -> Tensor:
-    """Returns the packed float32 ``[D+H+W]`` buffer ``cat(sz, sy, sx)`` (one output:
-    the native kernels write the three sums into one buffer; the entry splits it)."""
-    impl = C.select(_OP, q.device, _NATIVE)
-    if impl == "reference":
-        return torch.cat(slice_residuals_reference(q, p, w))
-    D, H, W = q.shape
-    out = torch.empty(D + H + W, dtype=torch.float32, device=q.device)
-    IMPLS[impl](q, p, w, out)
+    wdt = on.dtype(wk.dtype if mode == "full" else torch.float32)
+    mod.slice_residuals(q.data_ptr(), list(q.stride()), on.dtype(q.dtype), p.data_ptr(), list(p.stride()),
+                        on.dtype(p.dtype), wptr, wst, wdt, wmode, out.data_ptr(), [D, H, W], on.last(q))
     return out
 
 
-@_slice_residuals_op.register_fake
-def _(q, p, w):
+def _triton(q, p, w, out=None):
+    out = _packed(q, out)
+    out.zero_()  # launch 1: zero-fill (the kernel adds partial sums atomically)
+    mode, wk = _weight_args(w)
+    triton_module().slice_residuals_forward(q, p, wk, mode, out)  # launch 2
+    return out
+
+
+def _reference(q, p, w, out=None):
+    sums = slice_residuals_reference(q, p, w)
+    if out is None:
+        return torch.cat(sums)
     D, H, W = q.shape
-    return q.new_empty((D + H + W,), dtype=torch.float32)
+    for dst, src in zip(split(out, D, H, W), sums):
+        dst.copy_(src)
+    return out
+
+
+# --- the declaration (one output: the native kernels write the three sums into one buffer) ------
+
+slice_residuals_op = declare(
+    "slice_residuals", "(Tensor q, Tensor p, Tensor? w) -> Tensor",
+    reference=_reference,
+    kernels={**native(_native), "triton": Kernel(_triton)},
+    fake=lambda q, p, w: q.new_empty((q.shape[0] + q.shape[1] + q.shape[2],), dtype=torch.float32))
+
+IMPLS = slice_residuals_op.impls
 
 
 # --- public entry -------------------------------------------------------------------------
@@ -170,7 +151,8 @@ def validate(q: Tensor, p: Tensor, w: Optional[Tensor], check_finite: bool) -> O
             w = w.reshape(D)
         if not (tuple(w.shape) == (D,) or tuple(w.shape) == (D, H, W)):
             raise ShapeError(f"w must be [D]={D} (per slice) or [D,H,W]={(D, H, W)}; got {tuple(w.shape)}")
-    C.check_same_device(q=q, p=p, w=w)
+    if not C.same_device(q.device, p, w):
+        C.check_same_device(q=q, p=p, w=w)
     if check_finite:
         C.check_finite("q", q)
         C.check_finite("p", p)
@@ -183,16 +165,19 @@ def validate(q: Tensor, p: Tensor, w: Optional[Tensor], check_finite: bool) -> O
 
 
 def slice_residuals(q: Tensor, p: Tensor, w: Optional[Tensor] = None, *,
-                    check_finite: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+                    check_finite: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Per-slice sums of ``w * |q - p|`` along z, y and x of ``[D, H, W]`` volumes.
 
     Returns ``(sz [D], sy [H], sx [W])`` float32. ``w``: None, ``[D]`` (per slice)
-    or ``[D,H,W]``. ``check_finite=False`` skips the value scans (NaN/Inf, uint8
-    masks not 0/1) — each is a device sync; the kernels are memory-safe either way
-    (NaN propagates into the sums). Raises ``engine.errors.ShapeError`` /
-    ``DTypeError`` / ``InputError`` / ``NonFiniteError`` / ``MaskError``.
+    or ``[D,H,W]``. The entry checks types, shapes, dtypes and devices, all metadata:
+    no value is read, no device sync. ``check_finite=True`` also runs the value scans
+    (NaN/Inf in ``q``, ``p``, ``w``; uint8 masks holding values other than 0 and 1),
+    each reading every value (a sync on CUDA); data is checked once where it enters
+    the engine, and the kernels stay memory-safe without it (NaN propagates into the
+    sums). Raises ``engine.errors.ShapeError`` / ``DTypeError`` / ``InputError``, and
+    ``NonFiniteError`` / ``MaskError`` when ``check_finite=True``.
     Not differentiable (inputs are detached).
     """
     w = validate(q, p, w, check_finite)
     D, H, W = q.shape
-    return _split(_slice_residuals_op(q.detach(), p.detach(), None if w is None else w.detach()), D, H, W)
+    return split(slice_residuals_op(q, p, w), D, H, W)

@@ -17,24 +17,23 @@ Equal to ``F.grid_sample(src, grid, align_corners=True)`` on the normalised grid
 Backends (all pinned to the reference by tests/ops/test_warp2d.py):
 ``reference`` (pure torch, differentiable by autograd), ``cpu`` (C++/OpenMP,
 csrc/warp2d/warp2d_cpu.cpp), ``cuda`` (csrc/warp2d/warp2d.cu), ``triton``
-(kernels/warp2d.py). Gradients flow to ``src`` and ``u`` (not for uint8 sources);
+(engine/kernels/warp2d.py). Gradients flow to ``src`` and ``u`` (not for uint8 sources);
 the backward is itself an op (``dilseg::warp2d_backward``) with the same backends.
 Accumulation is float32 (float64 for float64 inputs); 16-bit outputs are rounded once.
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
 from . import _common as C
+from . import _warp
+from ._declare import Kernel, Launch, declare, native, triton_module
 
 __all__ = ["warp2d", "warp2d_reference", "IMPLS", "BACKWARD_IMPLS"]
 
-MODES, PADDINGS, FLOAT_DTYPES = C.WARP_MODES, C.WARP_PADDINGS, C.WARP_FLOAT_DTYPES
-_OP = "warp2d"
+MODES, PADDINGS, FLOAT_DTYPES = _warp.MODES, _warp.PADDINGS, _warp.FLOAT_DTYPES
 
 
 # --- reference -------------------------------------------------------------------
@@ -139,145 +138,104 @@ def _reference_backward(grad: Tensor, src: Tensor, u: Tensor, mode: str, padding
                     gu_y += gv * (1.0 if dy else -1.0) * wxk.reshape(N, H, W)
                     gu_x += gv * (1.0 if dx else -1.0) * wyk.reshape(N, H, W)
     gu = torch.stack([gu_y * sy, gu_x * sx], 1) if need_u else None
-    return _pack(gs.reshape(src.shape) if gs is not None else None, gu, src, u)
+    return _warp.pack_grads(gs.reshape(src.shape) if gs is not None else None, gu, src, u)
 
 
-def _pack(gs: Optional[Tensor], gu: Optional[Tensor], src: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    empty = src.new_empty((0,))
-    gs = empty if gs is None else gs.to(src.dtype)
-    gu = u.new_empty((0,)) if gu is None else gu.to(u.dtype)
-    return gs, gu
-
-
-# --- compiled kernels ---------------------------------------------------------------
+# --- kernels ------------------------------------------------------------------------------
 
 def _geom(src: Tensor, u: Tensor) -> list[int]:
     N, Cc, Hs, Ws = src.shape
     return [N, Cc, Hs, Ws, u.shape[2], u.shape[3]]
 
 
-def _enums(mod, mode: str, padding: str):
-    interp = mod.Interp.Bilinear if mode == "bilinear" else mod.Interp.Nearest
-    pad = mod.Padding.Zeros if padding == "zeros" else mod.Padding.Border
-    return interp, pad
+def _out_shape(src: Tensor, u: Tensor) -> tuple[int, ...]:
+    return (src.shape[0], src.shape[1], u.shape[2], u.shape[3])
 
 
-def _native_forward(mod, last_arg, src: Tensor, u: Tensor, mode: str, padding: str) -> Tensor:
+def _native_forward(on: Launch, src: Tensor, u: Tensor, mode: str, padding: str) -> Tensor:
     uk = u.to(C.acc_dtype(src.dtype))
-    N, Cc = src.shape[:2]
-    out = torch.empty((N, Cc, u.shape[2], u.shape[3]), dtype=src.dtype, device=src.device)
+    out = torch.empty(_out_shape(src, u), dtype=src.dtype, device=src.device)
     if out.numel() == 0:
         return out
-    interp, pad = _enums(mod, mode, padding)
-    mod.warp2d_forward(src.data_ptr(), list(src.stride()), C.kernel_dtype(mod, src.dtype), uk.data_ptr(),
-                       list(uk.stride()), out.data_ptr(), _geom(src, uk), interp, pad, last_arg(src))
+    mod = on.mod
+    interp, pad = _warp.enums(mod, mode, padding)
+    mod.warp2d_forward(src.data_ptr(), list(src.stride()), on.dtype(src.dtype), uk.data_ptr(), list(uk.stride()),
+                       out.data_ptr(), _geom(src, uk), interp, pad, on.last(src))
     return out
 
 
-def _native_backward(mod, last_arg, grad: Tensor, src: Tensor, u: Tensor, mode: str, padding: str,
-                     need_src: bool, need_u: bool):
+def _native_backward(on: Launch, grad: Tensor, src: Tensor, u: Tensor, mode: str, padding: str, need_src: bool,
+                     need_u: bool):
     acc = C.acc_dtype(src.dtype)
     uk = u.to(acc)
     grad = grad.to(src.dtype)
     gs = torch.zeros(src.shape, dtype=acc, device=src.device) if need_src else None
     gu = torch.empty(uk.shape, dtype=acc, device=src.device) if need_u else None
     if grad.numel() and (need_src or need_u):
-        interp, pad = _enums(mod, mode, padding)
+        mod = on.mod
+        interp, pad = _warp.enums(mod, mode, padding)
         mod.warp2d_backward(grad.data_ptr(), list(grad.stride()), src.data_ptr(), list(src.stride()),
-                            C.kernel_dtype(mod, src.dtype), uk.data_ptr(), list(uk.stride()),
+                            on.dtype(src.dtype), uk.data_ptr(), list(uk.stride()),
                             gs.data_ptr() if gs is not None else 0, gu.data_ptr() if gu is not None else 0,
-                            _geom(src, uk), interp, pad, last_arg(src))
+                            _geom(src, uk), interp, pad, on.last(src))
     elif gu is not None:
         gu.zero_()
-    return _pack(gs, gu, src, u)
-
-
-def _cpu_forward(src, u, mode, padding):
-    return _native_forward(C.cpu_module(), lambda t: C.num_threads(), src, u, mode, padding)
-
-
-def _cpu_backward(grad, src, u, mode, padding, need_src, need_u):
-    return _native_backward(C.cpu_module(), lambda t: C.num_threads(), grad, src, u, mode, padding, need_src, need_u)
-
-
-def _cuda_forward(src, u, mode, padding):
-    return _native_forward(C.cuda_module(), C.cuda_stream, src, u, mode, padding)
-
-
-def _cuda_backward(grad, src, u, mode, padding, need_src, need_u):
-    return _native_backward(C.cuda_module(), C.cuda_stream, grad, src, u, mode, padding, need_src, need_u)
+    return _warp.pack_grads(gs, gu, src, u)
 
 
 def _triton_forward(src, u, mode, padding):
-    tk = C.triton_module()
     uk = u.to(C.acc_dtype(src.dtype))
-    out = torch.empty((src.shape[0], src.shape[1], u.shape[2], u.shape[3]), dtype=src.dtype, device=src.device)
+    out = torch.empty(_out_shape(src, u), dtype=src.dtype, device=src.device)
     if out.numel():
-        tk.warp2d_forward(src, uk, out, bilinear=mode == "bilinear", border=padding == "border")
+        triton_module().warp2d_forward(src, uk, out, bilinear=mode == "bilinear", border=padding == "border")
     return out
 
 
 def _triton_backward(grad, src, u, mode, padding, need_src, need_u):
-    tk = C.triton_module()
     acc = C.acc_dtype(src.dtype)
     uk = u.to(acc)
     gs = torch.zeros(src.shape, dtype=acc, device=src.device) if need_src else None
     gu = torch.zeros(uk.shape, dtype=acc, device=src.device) if need_u else None
     if grad.numel() and (need_src or need_u):
-        tk.warp2d_backward(grad.to(src.dtype), src, uk, gs, gu, bilinear=mode == "bilinear", border=padding == "border")
-    return _pack(gs, gu, src, u)
+        triton_module().warp2d_backward(grad.to(src.dtype), src, uk, gs, gu, bilinear=mode == "bilinear",
+                                        border=padding == "border")
+    return _warp.pack_grads(gs, gu, src, u)
 
 
-IMPLS = C.impl_table(reference=warp2d_reference, cpu=_cpu_forward, cuda=_cuda_forward, triton=_triton_forward)
-BACKWARD_IMPLS = C.impl_table(reference=_reference_backward, cpu=_cpu_backward, cuda=_cuda_backward,
-                              triton=_triton_backward)
-_NATIVE = ("cpu", "cuda", "triton")
+# --- the declarations -------------------------------------------------------------------------
 
+warp2d_backward_op = declare(
+    "warp2d_backward",
+    "(Tensor grad, Tensor src, Tensor u, str mode, str padding, bool need_src, bool need_u) -> (Tensor, Tensor)",
+    reference=_reference_backward,
+    kernels={**native(_native_backward), "triton": Kernel(_triton_backward)},
+    fake=_warp.fake_backward, unit="warp2d")
 
-# --- torch custom ops -----------------------------------------------------------------
+warp2d_op = declare(
+    "warp2d", "(Tensor src, Tensor u, str mode, str padding) -> Tensor",
+    reference=warp2d_reference,
+    kernels={**native(_native_forward), "triton": Kernel(_triton_forward)},
+    fake=lambda src, u, mode, padding: src.new_empty(_out_shape(src, u)),
+    autograd=_warp.autograd(warp2d_backward_op))
 
-@torch.library.custom_op("dilseg::warp2d", mutates_args=())
-def _warp2d_op(src: Tensor, u: Tensor, mode: str, padding: str) -> Tensor:
-    return IMPLS[C.select(_OP, src.device, _NATIVE)](src, u, mode, padding)
-
-
-@_warp2d_op.register_fake
-def _(src, u, mode, padding):
-    return src.new_empty((src.shape[0], src.shape[1], u.shape[2], u.shape[3]))
-
-
-@torch.library.custom_op("dilseg::warp2d_backward", mutates_args=())
-def _warp2d_backward_op(grad: Tensor, src: Tensor, u: Tensor, mode: str, padding: str, need_src: bool,
-                        need_u: bool) -> tuple[Tensor, Tensor]:
-    impl = BACKWARD_IMPLS[C.select(_OP, src.device, _NATIVE)]
-    return impl(grad, src, u, mode, padding, need_src, need_u)
-
-
-@_warp2d_backward_op.register_fake
-def _(grad, src, u, mode, padding, need_src, need_u):
-    gs = src.new_empty(src.shape) if need_src else src.new_empty((0,))
-    gu = u.new_empty(u.shape) if need_u else u.new_empty((0,))
-    return gs, gu
-
-
-C.register_warp_autograd(_warp2d_op, _warp2d_backward_op)
+IMPLS = warp2d_op.impls
+BACKWARD_IMPLS = warp2d_backward_op.impls
 
 
 # --- public entry -------------------------------------------------------------------------
 
-def validate(src: Tensor, u: Tensor, mode: str, padding: str, check_finite: bool) -> None:
-    C.validate_warp(src, u, mode, padding, check_finite, spatial=2)
-
-
 def warp2d(src: Tensor, u: Tensor, mode: str = "bilinear", padding: str = "zeros", *,
-           check_finite: bool = True) -> Tensor:
+           check_finite: bool = False) -> Tensor:
     """Warp ``src`` ``[N,C,Hs,Ws]`` by pixel displacements ``u`` ``[N,2,H,W]``.
 
     Returns ``[N, C, H, W]`` in ``src``'s dtype. Differentiable w.r.t. ``src`` and
-    ``u``. ``check_finite=False`` skips the NaN/Inf scan of ``u`` (a device sync);
-    the kernels stay memory-safe either way (non-finite positions read padding).
-    Raises ``engine.errors.ShapeError`` / ``DTypeError`` / ``InputError`` /
-    ``NonFiniteError`` on bad input.
+    ``u``. The entry checks types, shapes, dtypes, devices and the mode names, all
+    metadata: it never reads a value and makes no device sync. ``check_finite=True``
+    also scans ``u`` for NaN/Inf (reads every value: a sync on CUDA); data is checked
+    once where it enters the engine, so internal calls leave it off, and the kernels
+    stay memory-safe without it (non-finite positions read padding).
+    Raises ``engine.errors.ShapeError`` / ``DTypeError`` / ``InputError``, and
+    ``NonFiniteError`` when ``check_finite=True``.
     """
-    validate(src, u, mode, padding, check_finite)
-    return _warp2d_op(src, u, mode, padding)
+    _warp.validate(src, u, mode, padding, check_finite, 2)
+    return warp2d_op(src, u, mode, padding)

@@ -134,11 +134,11 @@ def assemble_proxy(registration: Optional[Registration], shape: Sequence[int], m
             q[:, :, idx] = m.float()
     per_axis = [inside or None] + [sorted(i for (a, i) in planes if a == ax) or None for ax in (1, 2)]
     c = confidence_map((D, H, W), per_axis, device=device)
-    if extent is not None:
-        outside = torch.ones(D, dtype=torch.bool, device=device)
-        outside[lo : hi + 1] = False
-        q[outside] = 0.0
-        c[outside] = 1.0
+    if extent is not None:  # slices, not a boolean mask: no host synchronisation
+        q[:lo] = 0.0
+        q[hi + 1 :] = 0.0
+        c[:lo] = 1.0
+        c[hi + 1 :] = 1.0
     seconds = {"normalize": 0.0, "register": 0.0, "propagate": time.perf_counter() - t0}
     seconds["total"] = seconds["propagate"]
     return ProxyResult(proxy=q, confidence=c, annotated=tuple(sorted(int(z) for z in main)), fusion=fusion,

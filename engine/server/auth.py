@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .._files import atomic_write
+
 ROLES = ("annotator", "admin")
 PREFIX = "dsk_"
 
@@ -109,14 +111,7 @@ class KeyStore:
     def _save(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"keys": self._entries}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps({"keys": self._entries}, indent=1), mkdir=True, mode=0o600)
 
     def verify(self, token: Optional[str]) -> Optional[Principal]:
         """The principal of ``token``, or None. Every entry is compared (constant time

@@ -40,7 +40,7 @@ class Job:
             exc = f.exception()
             out.update(state="failed", error=type(exc).__name__, message=str(exc))
         else:
-            out.update(state="done", timings=f.result())
+            out.update(state="done", timings=dict(f.result()))
         return out
 
 

@@ -50,7 +50,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import errors as E
 from . import codecs as C
-from .app import ServerState
+from .context import ServerState
 from .errors import AuthError, NotFoundError, TooLargeError
 from .leases import Lease
 

@@ -8,14 +8,15 @@ import time
 from typing import Any, Callable, Optional
 
 import numpy as np
-from fastapi import APIRouter, Header, Path as PathParam, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from .. import errors as E
 from . import codecs as C
-from .app import ServerState, read_body
+from .context import ServerState, read_body
 from .errors import ForbiddenError, TooLargeError
 from .leases import Lease
 

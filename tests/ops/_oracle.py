@@ -7,7 +7,7 @@
   kernel that forgets to write an element is caught.
 * ``triton_interpret``: a context that runs Triton launchers with the interpreter on
   CPU tensors. Triton 3.9 reads TRITON_INTERPRET when a kernel is decorated, so
-  the launchers in kernels/ jit lazily at launch (see kernels/_jit.py, LazyJit).
+  the launchers in engine/kernels/ jit lazily at launch (see engine/kernels/_jit.py).
 * ``backends_for(device)``: which implementations of an op to compare on a device.
 """
 
@@ -112,3 +112,45 @@ def cpu_ext_loaded(op: str) -> bool:
 requires_cpu_ext = pytest.mark.skipif(
     os.environ.get("ENGINE_NO_EXTENSION") == "1", reason="ENGINE_NO_EXTENSION=1: no compiled kernels"
 )
+
+
+def load_backend(name: str):
+    """The backend module ``name`` (``cpu``, ``cuda``, ``triton``) or None."""
+    from engine import _backends
+
+    return _backends.load(name)
+
+
+def has_kernel(op: str, backend: str) -> bool:
+    """Whether ``op`` declares a ``backend`` kernel and that backend loaded with it."""
+    from engine.ops import _common
+    from engine.ops._declare import registry
+
+    d = registry[op]
+    return backend in d.kernels and _common._loaded(backend, d.unit) is None
+
+
+def kernel_dtype(mod, dtype):
+    """The compiled module's named element type for a torch dtype."""
+    names = {torch.float32: "Float32", torch.float64: "Float64", torch.float16: "Float16",
+             torch.bfloat16: "BFloat16", torch.uint8: "UInt8"}
+    return getattr(mod.DType, names[dtype])
+
+
+class FixedThreads:
+    """A CPU launch with a fixed OpenMP thread count (tests of the scheduling paths)."""
+
+    backend = "cpu"
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    @property
+    def mod(self):
+        return load_backend("cpu")
+
+    def last(self, t, work=None):
+        return self.n
+
+    def dtype(self, dtype):
+        return kernel_dtype(self.mod, dtype)

@@ -11,7 +11,7 @@ import engine.ops  # noqa: F401  (registers dilseg::confidence_map)
 from engine.errors import InputError, ShapeError, SliceIndexError
 from engine.ops import confidence_map, confidence_map_reference, confidence_vector
 
-from ._oracle import poisoned, requires_cpu_ext, triton_interpret
+from ._oracle import has_kernel, load_backend, poisoned, requires_cpu_ext, triton_interpret
 
 CM = sys.modules["engine.ops.confidence_map"]
 
@@ -78,7 +78,7 @@ def test_cpu_matches_reference():
 
 @requires_cpu_ext
 def test_cpu_kernel_writes_every_output_element():
-    mod = CM.C.cpu_module()
+    mod = load_backend("cpu")
     a = torch.tensor([False, True, False, False])
     out = poisoned((4, 3, 5), torch.float32)
     mod.confidence_map(a.data_ptr(), 1, 0, 0, 0, 0, out.data_ptr(), [4, 3, 5], 2)
@@ -87,7 +87,7 @@ def test_cpu_kernel_writes_every_output_element():
 
 def test_triton_interpreter_matches_reference():
     with triton_interpret():
-        tk = CM.C.triton_module()
+        tk = load_backend("triton")
         for D, H, W in SHAPES[:2]:
             for axes in _axes(D, H, W, D + 2):
                 out = poisoned((D, H, W), torch.float32)
@@ -129,8 +129,8 @@ def test_confidence_vector_needs_a_length_for_indices():
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_gpu_matches_reference(backend):
-    mod = CM.C.cuda_module() if backend == "cuda" else CM.C.triton_module()
-    if mod is None or "confidence_map" not in mod.ops:
+    mod = load_backend(backend)
+    if mod is None or not has_kernel("confidence_map", backend):
         pytest.skip(f"{backend} backend not available")
     for D, H, W in SHAPES + [(64, 128, 128), (44, 95, 71)]:
         for axes in _axes(D, H, W, D + 3):
@@ -141,8 +141,8 @@ def test_gpu_matches_reference(backend):
 
 @pytest.mark.gpu
 def test_cuda_is_one_launch():
-    mod = CM.C.cuda_module()
-    if mod is None or "confidence_map" not in mod.ops:
+    mod = load_backend("cuda")
+    if mod is None or not has_kernel("confidence_map", "cuda"):
         pytest.skip("cuda backend not available")
     from torch.profiler import ProfilerActivity, profile
 

@@ -11,7 +11,10 @@ import engine.ops  # noqa: F401  (registers dilseg::demons_step)
 from engine.errors import DTypeError, InputError, NonFiniteError, ShapeError
 from engine.ops import demons_step, demons_step_reference, warp2d_reference
 
-from ._oracle import TOLERANCES, assert_close, poisoned, rand, requires_cpu_ext, smooth_field, triton_interpret
+from ._oracle import (
+    TOLERANCES, assert_close, has_kernel, load_backend, poisoned, rand,
+    requires_cpu_ext, smooth_field, triton_interpret,
+)
 
 DS = sys.modules["engine.ops.demons_step"]
 
@@ -70,14 +73,14 @@ def test_cpu_kernel_writes_every_output_element():
     N, H, W = 3, 10, 7
     f, m, u, g = (t.contiguous() for t in _inputs(N, H, W, seed=9))
     out = poisoned((N, 2, H, W), torch.float32)
-    DS.C.cpu_module().demons_step(f.data_ptr(), m.data_ptr(), u.data_ptr(), g.data_ptr(), out.data_ptr(), N, H, W,
+    load_backend("cpu").demons_step(f.data_ptr(), m.data_ptr(), u.data_ptr(), g.data_ptr(), out.data_ptr(), N, H, W,
                                   1.0, 2)
     assert_close(out, demons_step_reference(f, m, u, g, 1.0))
 
 
 def test_triton_interpreter_matches_reference():
     with triton_interpret():
-        tk = DS.C.triton_module()
+        tk = load_backend("triton")
         for shape in SHAPES[:4]:
             args = _inputs(*shape, seed=11)
             out = poisoned((shape[0], 2, shape[1], shape[2]), torch.float32)
@@ -111,15 +114,15 @@ def _bad(which, value):
     ],
 )
 def test_bad_input_raises_typed_error(args, err):
-    with pytest.raises(err):
-        demons_step(*args, 1.0)
+    with pytest.raises(err):  # value scans are opt-in: NaN/Inf with check_finite=True
+        demons_step(*args, 1.0, check_finite=err is NonFiniteError)
     with pytest.raises(InputError):
         demons_step(*_inputs(2, 6, 5), -1.0)
 
 
 @pytest.mark.gpu
 def test_triton_on_gpu_matches_reference():
-    if DS.C.triton_module() is None or "demons_step" not in DS.C.triton_module().ops:
+    if not has_kernel("demons_step", "triton"):
         pytest.skip("triton backend not available")
     for shape in SHAPES + [(43, 95, 71), (63, 128, 128)]:
         args = _inputs(*shape, seed=5)

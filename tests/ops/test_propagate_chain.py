@@ -14,7 +14,10 @@ import engine.ops  # noqa: F401  (registers dilseg::propagate_chain)
 from engine.errors import DTypeError, InputError, MaskError, NonFiniteError, ShapeError, SliceIndexError
 from engine.ops import propagate_chain, propagate_chain_reference
 
-from ._oracle import assert_close, cpu_ext_loaded, poisoned, requires_cpu_ext, smooth_field, triton_interpret
+from ._oracle import (
+    FixedThreads, assert_close, cpu_ext_loaded, has_kernel, load_backend,
+    poisoned, requires_cpu_ext, smooth_field, triton_interpret,
+)
 
 PC = sys.modules["engine.ops.propagate_chain"]
 FUSES = ["none", "nearest", "linear"]
@@ -205,19 +208,18 @@ def test_cpu_matches_reference(dtype, fuse):
 
 
 @requires_cpu_ext
-def test_cpu_chain_and_row_parallel_paths_agree(monkeypatch):
+def test_cpu_chain_and_row_parallel_paths_agree():
     # 4 chains: with 2 threads whole chains run in parallel; with 8 the rows of each step
     masks, ann, fwd, bwd = _case(12, 21, 19, [3, 8], drift=0.4)
     exp = propagate_chain_reference(masks, ann, fwd, bwd, 0.05, "linear")
     for nt in (1, 2, 8):
-        monkeypatch.setattr(PC.C, "num_threads", lambda nt=nt: nt)
-        _check_same(PC.IMPLS["cpu"](masks, ann, fwd, bwd, 0.05, "linear"), exp, f"nt={nt}")
+        _check_same(PC._native(FixedThreads(nt), masks, ann, fwd, bwd, 0.05, "linear"), exp, f"nt={nt}")
 
 
 @requires_cpu_ext
 def test_cpu_kernel_writes_every_output_element():
     masks, ann, fwd, bwd = _case(8, 7, 6, [2, 3])
-    mod = PC.C.cpu_module()
+    mod = load_backend("cpu")
     for idx in ([2, 3], [], [7]):
         ann = torch.zeros(8, dtype=torch.bool)
         ann[idx] = True
@@ -239,7 +241,7 @@ def test_triton_interpreter_matches_reference():
             outs = PC._outputs(masks, fuse)
             for o in outs:
                 o.copy_(poisoned(o.shape, o.dtype))
-            C = PC.C.triton_module()
+            C = load_backend("triton")
             C.propagate_chain(masks, ann, fwd, bwd, *outs, min_mass=mm, fuse=fuse)
             _check_same(outs, exp, f"case {k}")
 
@@ -274,8 +276,9 @@ def test_opcheck_and_compile():
         (lambda m, a, f, b: (m, a[1:], f, b, {}), ShapeError),
         (lambda m, a, f, b: (m.int(), a, f, b, {}), DTypeError),
         (lambda m, a, f, b: (m, a, f.double(), b, {}), DTypeError),
-        (lambda m, a, f, b: (m, a, f.index_fill(0, torch.tensor([1]), float("nan")), b, {}), NonFiniteError),
-        (lambda m, a, f, b: (m * 3, a, f, b, {}), MaskError),
+        (lambda m, a, f, b: (m, a, f.index_fill(0, torch.tensor([1]), float("nan")), b, {"check_inputs": True}),
+         NonFiniteError),
+        (lambda m, a, f, b: (m * 3, a, f, b, {"check_inputs": True}), MaskError),
         (lambda m, a, f, b: (m, [0, 9], f, b, {}), SliceIndexError),
         (lambda m, a, f, b: (m, [1.5], f, b, {}), InputError),
         (lambda m, a, f, b: (m, a, f, b, {"fuse": "mean"}), InputError),
@@ -295,8 +298,8 @@ def test_bad_input_raises_typed_error(make, err):
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_gpu_matches_reference(backend):
-    mod = PC.C.cuda_module() if backend == "cuda" else PC.C.triton_module()
-    if mod is None or "propagate_chain" not in mod.ops:
+    mod = load_backend(backend)
+    if mod is None or not has_kernel("propagate_chain", backend):
         pytest.skip(f"{backend} backend not available")
     cases = CASES + [(12, 200, 190, [3, 9], 0.02, 0.3)]  # 200x190: the CUDA global-memory path
     for k, (D, H, W, idx, mm, drift) in enumerate(cases):
@@ -312,8 +315,8 @@ def test_gpu_matches_reference(backend):
 
 @pytest.mark.gpu
 def test_cuda_is_one_launch():
-    mod = PC.C.cuda_module()
-    if mod is None or "propagate_chain" not in mod.ops:
+    mod = load_backend("cuda")
+    if mod is None or not has_kernel("propagate_chain", "cuda"):
         pytest.skip("cuda backend not available")
     from torch.profiler import ProfilerActivity, profile
 

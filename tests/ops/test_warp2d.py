@@ -13,8 +13,9 @@ import torch.nn.functional as F
 import engine.ops  # noqa: F401  (registers dilseg::warp2d)
 from engine.errors import DTypeError, InputError, NonFiniteError, ShapeError
 from engine.ops import warp2d, warp2d_reference
+from engine.ops._warp import enums
 
-from ._oracle import GRAD_TOLERANCES, assert_close, poisoned, rand, requires_cpu_ext, smooth_field
+from ._oracle import GRAD_TOLERANCES, assert_close, load_backend, poisoned, rand, requires_cpu_ext, smooth_field
 
 W2 = sys.modules["engine.ops.warp2d"]
 MODES = ["bilinear", "nearest"]
@@ -68,11 +69,11 @@ def test_cpu_matches_reference(dtype, mode, padding, noncontig):
 def test_cpu_kernel_writes_every_output_element():
     shape = (2, 3, 13, 11)
     src, u = rand(shape), _field(shape, 4.0)
-    mod = W2.C.cpu_module()
+    mod = load_backend("cpu")
     for mode in MODES:
         for padding in PADS:
             out = poisoned(shape, torch.float32)
-            interp, pad = W2._enums(mod, mode, padding)
+            interp, pad = enums(mod, mode, padding)
             mod.warp2d_forward(src.data_ptr(), list(src.stride()), mod.DType.Float32, u.data_ptr(),
                                list(u.stride()), out.data_ptr(), W2._geom(src, u), interp, pad, 2)
             assert torch.isfinite(out).all()
@@ -169,8 +170,8 @@ def test_compile_traces_through_fake():
 )
 def test_bad_input_raises_typed_error(make, err):
     src, u = make()
-    with pytest.raises(err):
-        warp2d(src, u)
+    with pytest.raises(err):  # value scans are opt-in: NaN/Inf with check_finite=True
+        warp2d(src, u, check_finite=err is NonFiniteError)
 
 
 def test_bad_mode_and_uint8_bilinear():
@@ -215,3 +216,34 @@ def test_smooth_field_large_batch_matches_reference():
     src = rand((12, 1, 40, 33))
     u = smooth_field(12, 40, 33, amplitude=3.0, seed=4)
     assert_close(warp2d(src, u), warp2d_reference(src, u))
+
+@requires_cpu_ext
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+def test_cpu_vector_paths_match_reference(isa):
+    """The float32 bilinear forward runs vector row kernels where the CPU has them
+    (csrc/warp2d/warp2d_cpu_avx2.cpp, _avx512.cpp) and the scalar kernel elsewhere:
+    each path, pinned by capping the instruction set, against the reference, on odd
+    widths (vector tails), several channels, strided sources, poisoned outputs and
+    non-finite displacements."""
+    mod = load_backend("cpu")
+    best = mod.cpu_isa()
+    try:
+        got = mod.cpu_isa(isa)
+        if got != isa:
+            pytest.skip(f"this CPU runs {got} at most")
+        for shape in [(1, 1, 7, 9), (3, 2, 17, 23), (2, 3, 5, 31), (2, 1, 19, 40)]:
+            for noncontig in (False, True):
+                src = rand(shape, low=-2, high=3, noncontig=noncontig)
+                u = _field(shape, 5.0, seed=3)  # contiguous rows: the vector path
+                u[0, 0, 1, 2] = float("nan")
+                u[0, 1, 2, 3] = float("inf")
+                for padding in PADS:
+                    out = poisoned(shape, torch.float32)
+                    interp, pad = enums(mod, "bilinear", padding)
+                    mod.warp2d_forward(src.data_ptr(), list(src.stride()), mod.DType.Float32, u.data_ptr(),
+                                       list(u.stride()), out.data_ptr(), W2._geom(src, u), interp, pad, 2)
+                    assert torch.isfinite(out).all()
+                    assert_close(out, warp2d_reference(src, u, "bilinear", padding), msg=f"{isa} {shape} {padding}")
+    finally:
+        mod.cpu_isa(best)
+    assert mod.cpu_isa() == best

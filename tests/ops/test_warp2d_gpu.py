@@ -20,8 +20,9 @@ import torch
 import engine.ops  # noqa: F401  (registers dilseg::warp2d)
 from engine import _backends
 from engine.ops import warp2d_reference
+from engine.ops._warp import enums
 
-from ._oracle import GRAD_TOLERANCES, assert_close, poisoned, rand
+from ._oracle import GRAD_TOLERANCES, assert_close, has_kernel, kernel_dtype, poisoned, rand
 
 W2 = sys.modules["engine.ops.warp2d"]
 FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -75,7 +76,7 @@ def interp(monkeypatch):
     _backends.reset()
     mod = _backends.load("triton")
     assert mod is not None, _backends.status("triton").detail
-    assert "warp2d" in mod.ops
+    assert has_kernel("warp2d", "triton")
     return mod
 
 
@@ -207,7 +208,7 @@ def _gpu_backend(monkeypatch, backend):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     _backends.reset()
     mod = _backends.load(backend)
-    if mod is None or "warp2d" not in mod.ops:
+    if mod is None or not has_kernel("warp2d", backend):
         pytest.skip(f"{backend} backend not available: {_backends.status(backend).detail}")
     return mod
 
@@ -262,9 +263,9 @@ def test_cuda_kernel_writes_every_element(monkeypatch):
             src, u = _inputs(shape, h, w, dtype, device="cuda")
             for mode in MODES:
                 for padding in PADS:
-                    interp, pad = W2._enums(mod, mode, padding)
+                    interp, pad = enums(mod, mode, padding)
                     out = poisoned((shape[0], shape[1], h, w), dtype, "cuda")
-                    mod.warp2d_forward(src.data_ptr(), list(src.stride()), W2.C.kernel_dtype(mod, dtype),
+                    mod.warp2d_forward(src.data_ptr(), list(src.stride()), kernel_dtype(mod, dtype),
                                        u.data_ptr(), list(u.stride()), out.data_ptr(), W2._geom(src, u), interp,
                                        pad, stream)
                     assert_close(out, warp2d_reference(src, u, mode, padding), dtype)
@@ -272,7 +273,7 @@ def test_cuda_kernel_writes_every_element(monkeypatch):
                     gs = torch.zeros(shape, dtype=_acc(dtype), device="cuda")
                     gu = poisoned(u.shape, _acc(dtype), "cuda")
                     mod.warp2d_backward(g.data_ptr(), list(g.stride()), src.data_ptr(), list(src.stride()),
-                                        W2.C.kernel_dtype(mod, dtype), u.data_ptr(), list(u.stride()),
+                                        kernel_dtype(mod, dtype), u.data_ptr(), list(u.stride()),
                                         gs.data_ptr(), gu.data_ptr(), W2._geom(src, u), interp, pad, stream)
                     exp_s, exp_u = _expected_grads(g, src, u, mode, padding)
                     assert_close(gs.to(dtype).float(), exp_s.float(), dtype, GRAD_TOLERANCES)

@@ -25,8 +25,12 @@ import engine.ops  # noqa: F401  (registers dilseg::warp3d)
 from engine import _backends
 from engine.errors import DTypeError, InputError, NonFiniteError, ShapeError
 from engine.ops import warp2d_reference, warp3d, warp3d_reference
+from engine.ops._warp import enums
 
-from ._oracle import GRAD_TOLERANCES, assert_close, poisoned, rand, requires_cpu_ext
+from ._oracle import (
+    GRAD_TOLERANCES, assert_close, has_kernel, kernel_dtype, load_backend, poisoned,
+    rand, requires_cpu_ext,
+)
 
 W3 = sys.modules["engine.ops.warp3d"]
 FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -138,7 +142,7 @@ def test_cpu_matches_reference(dtype, mode, padding):
 
 @requires_cpu_ext
 def test_cpu_kernel_writes_every_output_element():
-    mod = W3.C.cpu_module()
+    mod = load_backend("cpu")
     for dtype in FLOATS + [torch.uint8]:
         src, u = _inputs((2, 3, 5, 7, 6), 4, 6, 5, dtype, "strided")
         for mode in MODES:
@@ -146,8 +150,8 @@ def test_cpu_kernel_writes_every_output_element():
                 continue
             for padding in PADS:
                 out = poisoned((2, 3, 4, 6, 5), dtype)
-                interp, pad = W3._enums(mod, mode, padding)
-                mod.warp3d_forward(src.data_ptr(), list(src.stride()), W3.C.kernel_dtype(mod, dtype), u.data_ptr(),
+                interp, pad = enums(mod, mode, padding)
+                mod.warp3d_forward(src.data_ptr(), list(src.stride()), kernel_dtype(mod, dtype), u.data_ptr(),
                                    list(u.stride()), out.data_ptr(), W3._geom(src, u), interp, pad, 2)
                 assert_close(out, warp3d_reference(src, u, mode, padding), dtype)
 
@@ -178,13 +182,13 @@ def test_cpu_backward_scheduling_paths(nt):
     """Direct calls with 1-3 threads: N*C = 6 volumes take the per-volume path (then
     a separate grad_u pass) for nt in 2..3, N*C = 1 the per-thread grad_src copies,
     nt = 1 the plain row pass; grad_u is written completely into poison each time."""
-    mod = W3.C.cpu_module()
+    mod = load_backend("cpu")
     for shape, d, h, w in [((3, 2, 5, 6, 7), 5, 6, 7), ((1, 1, 6, 5, 7), 6, 5, 7)]:
         src, u = _inputs(shape, d, h, w, torch.float32, scale=3.0)
         g = rand(shape[:2] + (d, h, w), low=-1, high=1, seed=5)
         exp_s, exp_u = _expected_grads(g, src, u, "bilinear", "zeros")
         gs, gu = torch.zeros(src.shape), poisoned(u.shape, torch.float32)
-        interp, pad = W3._enums(mod, "bilinear", "zeros")
+        interp, pad = enums(mod, "bilinear", "zeros")
         mod.warp3d_backward(g.data_ptr(), list(g.stride()), src.data_ptr(), list(src.stride()), mod.DType.Float32,
                             u.data_ptr(), list(u.stride()), gs.data_ptr(), gu.data_ptr(), W3._geom(src, u), interp,
                             pad, nt)
@@ -298,7 +302,7 @@ def test_nonfinite_positions_stay_memory_safe():
         for (b, m, p), out in outs.items():
             assert_close(out, outs[("cpu", m, p)])  # the CPU kernel defines NaN semantics
     with pytest.raises(NonFiniteError):
-        warp3d(src, u)
+        warp3d(src, u, check_finite=True)
 
 
 # --- validation ----------------------------------------------------------------------------------
@@ -318,8 +322,8 @@ def test_nonfinite_positions_stay_memory_safe():
 )
 def test_bad_input_raises_typed_error(make, err):
     src, u = make()
-    with pytest.raises(err):
-        warp3d(src, u)
+    with pytest.raises(err):  # value scans are opt-in: NaN/Inf with check_finite=True
+        warp3d(src, u, check_finite=err is NonFiniteError)
 
 
 def test_bad_mode_padding_and_uint8_trilinear():
@@ -351,7 +355,7 @@ def interp(monkeypatch):
     _backends.reset()
     mod = _backends.load("triton")
     assert mod is not None, _backends.status("triton").detail
-    assert "warp3d" in mod.ops
+    assert has_kernel("warp3d", "triton")
     return mod
 
 
@@ -423,7 +427,7 @@ def _gpu_backend(monkeypatch, backend):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     _backends.reset()
     mod = _backends.load(backend)
-    if mod is None or "warp3d" not in mod.ops:
+    if mod is None or not has_kernel("warp3d", backend):
         pytest.skip(f"{backend} backend not available: {_backends.status(backend).detail}")
     return mod
 
@@ -477,16 +481,16 @@ def test_cuda_kernel_writes_every_element(monkeypatch):
         src, u = _inputs(shape, d, h, w, dtype, device="cuda")
         for mode in MODES:
             for padding in PADS:
-                interp, pad = W3._enums(mod, mode, padding)
+                interp, pad = enums(mod, mode, padding)
                 out = poisoned(shape[:2] + (d, h, w), dtype, "cuda")
-                mod.warp3d_forward(src.data_ptr(), list(src.stride()), W3.C.kernel_dtype(mod, dtype), u.data_ptr(),
+                mod.warp3d_forward(src.data_ptr(), list(src.stride()), kernel_dtype(mod, dtype), u.data_ptr(),
                                    list(u.stride()), out.data_ptr(), W3._geom(src, u), interp, pad, stream)
                 assert_close(out, warp3d_reference(src, u, mode, padding), dtype)
                 g = rand(out.shape, dtype, low=-1, high=1, seed=2).cuda()
                 gs = torch.zeros(shape, dtype=_acc(dtype), device="cuda")
                 gu = poisoned(u.shape, _acc(dtype), "cuda")
                 mod.warp3d_backward(g.data_ptr(), list(g.stride()), src.data_ptr(), list(src.stride()),
-                                    W3.C.kernel_dtype(mod, dtype), u.data_ptr(), list(u.stride()), gs.data_ptr(),
+                                    kernel_dtype(mod, dtype), u.data_ptr(), list(u.stride()), gs.data_ptr(),
                                     gu.data_ptr(), W3._geom(src, u), interp, pad, stream)
                 exp_s, exp_u = _expected_grads(g, src, u, mode, padding)
                 assert_close(gs.to(dtype).float(), exp_s.float(), dtype, GRAD_TOLERANCES)

@@ -12,7 +12,7 @@ planes (scaled once per plane by a per-slice weight), adds each plane's total to
 
 TRITON_INTERPRET is honoured per launch (the kernel is jitted lazily, once per
 mode) and only ``triton.language`` builtins are called (reductions through
-``tl.reduce`` with the standard combine functions), as kernels/propagate_chain.py
+``tl.reduce`` with the standard combine functions), as engine/kernels/_jit.py
 explains.
 """
 
@@ -26,8 +26,6 @@ import triton.language as tl
 from ._jit import LazyJit as _LazyJit
 
 __all__ = ["slice_residuals_forward"]
-
-
 
 
 def _slice_residuals_kernel(

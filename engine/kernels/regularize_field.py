@@ -8,7 +8,7 @@ loads, all from cache for the small fields of the registration. Nothing but the
 output is written; the taps (at most 9) come from a small device tensor cached per
 sigma, their count is a compile-time constant.
 
-TRITON_INTERPRET is honoured per launch (kernels/_jit.py) and only
+TRITON_INTERPRET is honoured per launch (engine/kernels/_jit.py) and only
 ``triton.language`` builtins are called.
 """
 
@@ -44,7 +44,7 @@ def _regularize_field_kernel(u_ptr, s_ptr, taps_ptr, out_ptr, C, H, W, HW, total
     off_c = plane * HW
     off_p = (prev * C + ch) * HW
     off_n = (nxt * C + ch) * HW
-    acc = (offs * 0).to(tl.float32)  # tl.zeros is a jit helper, not a builtin (kernels/_jit.py)
+    acc = (offs * 0).to(tl.float32)  # tl.zeros is a jit helper, not a builtin (engine/kernels/_jit.py)
     for i in tl.static_range(K):
         ki = tl.load(taps_ptr + i)
         yy = tl.minimum(tl.maximum(y + (i - R), 0), H - 1)

@@ -30,11 +30,12 @@ extra elementwise launch; the CUDA kernel reads every dtype directly): the first
 step then gathers from an fp32 slice like every later step, so one gather serves
 both (a pointer select instead of a second, differently typed gather).
 
-TRITON_INTERPRET is honoured per launch (the kernel is jitted lazily, once per
-mode), and the kernel calls only builtins of ``triton.language`` (reductions through
-``tl.reduce`` with the standard combine functions): ``tl.sum`` / ``tl.max`` and
-other ``@triton.jit`` helpers are decorated in whatever mode was active when triton
-was imported, and a compiled-mode helper cannot run under the interpreter.
+TRITON_INTERPRET is honoured per launch (the kernel and the shared sampling helpers
+of engine/kernels/_helpers.py are jitted lazily, once per mode: engine/kernels/_jit.py);
+reductions go through ``tl.reduce`` with the standard combine functions: ``tl.sum`` /
+``tl.max`` are Triton's own ``@triton.jit`` functions, decorated in whatever mode was
+active when triton was imported, and a compiled-mode function cannot run under the
+interpreter.
 """
 
 from __future__ import annotations
@@ -42,13 +43,12 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from ._helpers import bilinear, linear_taps, pad_position
 from ._jit import LazyJit as _LazyJit
 
 __all__ = ["propagate_chain"]
 
 _FUSE = {"none": 0, "nearest": 1, "linear": 2}
-
-
 
 
 def _propagate_chain_kernel(
@@ -153,28 +153,13 @@ def _propagate_chain_kernel(
                             src = src_d
                             sy = sd_y
                             sx = sd_x
-                        # bilinear, zeros padding; NaN-safe clamp far outside first
-                        py = yf + uy
-                        px = xf + ux
-                        py = tl.where(py > -2.0, tl.where(py < H + 1.0, py, H + 1.0), -2.0)
-                        px = tl.where(px > -2.0, tl.where(px < W + 1.0, px, W + 1.0), -2.0)
-                        fy = tl.floor(py)
-                        fx = tl.floor(px)
-                        wy = py - fy
-                        wx = px - fx
-                        y0 = fy.to(tl.int32)
-                        x0 = fx.to(tl.int32)
-                        iy0 = (y0 >= 0) & (y0 < H)
-                        iy1 = (y0 + 1 >= 0) & (y0 + 1 < H)
-                        ix0 = (x0 >= 0) & (x0 < W)
-                        ix1 = (x0 + 1 >= 0) & (x0 + 1 < W)
-                        o = y0.to(tl.int64) * sy + x0.to(tl.int64) * sx
-                        v00 = tl.load(src + o, mask=m & iy0 & ix0, other=0.0)
-                        v01 = tl.load(src + o + sx, mask=m & iy0 & ix1, other=0.0)
-                        v10 = tl.load(src + o + sy, mask=m & iy1 & ix0, other=0.0)
-                        v11 = tl.load(src + o + sy + sx, mask=m & iy1 & ix1, other=0.0)
-                        v = (1.0 - wy) * (1.0 - wx) * v00 + (1.0 - wy) * wx * v01 + \
-                            wy * (1.0 - wx) * v10 + wy * wx * v11
+                        # bilinear, zeros padding (warp2d's arithmetic: the shared helpers)
+                        py = pad_position(yf + uy, H, False)
+                        px = pad_position(xf + ux, W, False)
+                        yc0, yc1, ay, wy, vy0, vy1 = linear_taps(py, H)
+                        xc0, xc1, ax, wx, vx0, vx1 = linear_taps(px, W)
+                        v = bilinear(src, yc0 * sy, yc1 * sy, xc0 * sx, xc1 * sx, ay, wy, ax, wx,
+                                     m & vy0 & vx0, m & vy0 & vx1, m & vy1 & vx0, m & vy1 & vx1)
                         if c == 0:
                             tl.store(fb_ptr + zu * HW + p, v, mask=m)
                             acc_u += tl.where(m, v, 0.0)

@@ -11,7 +11,7 @@ the volume for the axis lengths of medical slices (a few hundred).
 
 TRITON_INTERPRET is honoured per launch (lazy jit per mode) and the kernel calls
 only ``triton.language`` builtins (``tl.reduce`` with the standard ``min`` combine
-instead of the ``@triton.jit`` helper ``tl.min``), as kernels/propagate_chain.py.
+instead of the ``@triton.jit`` helper ``tl.min``), as engine/kernels/_jit.py explains.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import triton.language as tl
 from ._jit import LazyJit as _LazyJit
 
 __all__ = ["confidence_map"]
-
-
 
 
 def _confidence_map_kernel(

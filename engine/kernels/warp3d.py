@@ -19,8 +19,8 @@ Launchers (called by engine/ops/warp3d.py, which validates and allocates):
 One program per BLOCK output voxels of the flattened (n, z, y, x) index (int64),
 looping over channels; accumulation in u's dtype (float32, or float64 for float64
 inputs). Kernels are jitted at launch time in the mode TRITON_INTERPRET asks for
-(``LazyJit`` of kernels/_jit.py, shared), and for that reason call only builtins
-of ``triton.language``.
+(engine/kernels/_jit.py); the sampling steps are the shared helpers of
+engine/kernels/_helpers.py.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 from triton import knobs
 
+from ._helpers import border_gate, linear_taps, nearest_tap, pad_position, round_bf16
 from ._jit import LazyJit as _LazyJit
 
 __all__ = ["warp3d_forward", "warp3d_backward"]
@@ -59,47 +60,24 @@ def _warp3d_fwd_kernel(
     uz = tl.load(ub, mask=mask, other=0.0)
     uy = tl.load(ub + us1, mask=mask, other=0.0)
     ux = tl.load(ub + 2 * us1, mask=mask, other=0.0)
-    # positions in the accumulation dtype (u's: float32, float64 for float64 data)
-    pz = z.to(uz.dtype) + uz
-    py = y.to(uy.dtype) + uy
-    px = x.to(ux.dtype) + ux
-    # NaN-safe clamps (NaN -> lower bound), as clampnan in the CPU kernel
-    if BORDER:
-        pz = tl.where(pz > 0, tl.where(pz < Ds - 1, pz, Ds - 1), 0)
-        py = tl.where(py > 0, tl.where(py < Hs - 1, py, Hs - 1), 0)
-        px = tl.where(px > 0, tl.where(px < Ws - 1, px, Ws - 1), 0)
-    else:
-        pz = tl.where(pz > -2, tl.where(pz < Ds + 1, pz, Ds + 1), -2)
-        py = tl.where(py > -2, tl.where(py < Hs + 1, py, Hs + 1), -2)
-        px = tl.where(px > -2, tl.where(px < Ws + 1, px, Ws + 1), -2)
+    # positions in the accumulation dtype (u's: float32, float64 for float64 data),
+    # under the padding rule (NaN-safe clamps)
+    pz = pad_position(z.to(uz.dtype) + uz, Ds, BORDER)
+    py = pad_position(y.to(uy.dtype) + uy, Hs, BORDER)
+    px = pad_position(x.to(ux.dtype) + ux, Ws, BORDER)
     sp = src_ptr + n * ss0  # per-voxel base of volume n (pointer arithmetic: 64-bit)
     op = out_ptr + n * os0 + z * os2 + y * os3 + x * os4
     if BILINEAR:
-        z0f = tl.floor(pz)
-        y0f = tl.floor(py)
-        x0f = tl.floor(px)
-        wz = pz - z0f
-        wy = py - y0f
-        wx = px - x0f
-        z0 = z0f.to(tl.int64)
-        y0 = y0f.to(tl.int64)
-        x0 = x0f.to(tl.int64)
-        vz0 = (z0 >= 0) & (z0 < Ds)
-        vz1 = (z0 + 1 >= 0) & (z0 + 1 < Ds)
-        vy0 = (y0 >= 0) & (y0 < Hs)
-        vy1 = (y0 + 1 >= 0) & (y0 + 1 < Hs)
-        vx0 = (x0 >= 0) & (x0 < Ws)
-        vx1 = (x0 + 1 >= 0) & (x0 + 1 < Ws)
+        zc0, zc1, az, wz, vz0, vz1 = linear_taps(pz, Ds)
+        yc0, yc1, ay, wy, vy0, vy1 = linear_taps(py, Hs)
+        xc0, xc1, ax, wx, vx0, vx1 = linear_taps(px, Ws)
         # invalid corners are masked (read 0); clamped indices keep every address in range
-        oz0 = tl.minimum(tl.maximum(z0, 0), Ds - 1) * ss2
-        oz1 = tl.minimum(tl.maximum(z0 + 1, 0), Ds - 1) * ss2
-        oy0 = tl.minimum(tl.maximum(y0, 0), Hs - 1) * ss3
-        oy1 = tl.minimum(tl.maximum(y0 + 1, 0), Hs - 1) * ss3
-        ox0 = tl.minimum(tl.maximum(x0, 0), Ws - 1) * ss4
-        ox1 = tl.minimum(tl.maximum(x0 + 1, 0), Ws - 1) * ss4
-        az = 1 - wz
-        ay = 1 - wy
-        ax = 1 - wx
+        oz0 = zc0 * ss2
+        oz1 = zc1 * ss2
+        oy0 = yc0 * ss3
+        oy1 = yc1 * ss3
+        ox0 = xc0 * ss4
+        ox1 = xc1 * ss4
         # weight products in the reference's order: (wz * wy) * wx
         w00 = az * ay
         w01 = az * wy
@@ -126,22 +104,17 @@ def _warp3d_fwd_kernel(
             val = (w00 * ax * v000 + w00 * wx * v001 + w01 * ax * v010 + w01 * wx * v011
                    + w10 * ax * v100 + w10 * wx * v101 + w11 * ax * v110 + w11 * wx * v111)
             if ROUND_BF16:
-                # round float32 -> bfloat16 to nearest even by hand; the truncating cast
-                # below is then exact (the interpreter's own cast truncates)
-                bits = val.to(tl.uint32, bitcast=True)
-                bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-                val = bits.to(tl.float32, bitcast=True)
+                val = round_bf16(val)
             # one rounding to the storage dtype (round to nearest even, as the CPU kernel)
             tl.store(op, val.to(out_ptr.dtype.element_ty), mask=mask)
             sp += ss1
             op += os1
     else:
-        zi = tl.floor(pz + 0.5).to(tl.int64)  # ties round up
-        yi = tl.floor(py + 0.5).to(tl.int64)
-        xi = tl.floor(px + 0.5).to(tl.int64)
-        valid = mask & (zi >= 0) & (zi < Ds) & (yi >= 0) & (yi < Hs) & (xi >= 0) & (xi < Ws)
-        off = (tl.minimum(tl.maximum(zi, 0), Ds - 1) * ss2 + tl.minimum(tl.maximum(yi, 0), Hs - 1) * ss3
-               + tl.minimum(tl.maximum(xi, 0), Ws - 1) * ss4)
+        zi, vz = nearest_tap(pz, Ds)
+        yi, vy = nearest_tap(py, Hs)
+        xi, vx = nearest_tap(px, Ws)
+        valid = mask & vz & vy & vx
+        off = zi * ss2 + yi * ss3 + xi * ss4
         for _c in range(0, C):
             v = tl.load(sp + off, mask=valid, other=0)  # a copy: no conversion (uint8 too)
             tl.store(op, v, mask=mask)
@@ -183,44 +156,23 @@ def _warp3d_bwd_kernel(
     if BORDER:
         # no gradient w.r.t. u along an axis where the position is clamped (NaN counts
         # as clamped)
-        gzs = ((pz > 0) & (pz < Ds - 1)).to(pz.dtype)
-        gys = ((py > 0) & (py < Hs - 1)).to(py.dtype)
-        gxs = ((px > 0) & (px < Ws - 1)).to(px.dtype)
-        pz = tl.where(pz > 0, tl.where(pz < Ds - 1, pz, Ds - 1), 0)
-        py = tl.where(py > 0, tl.where(py < Hs - 1, py, Hs - 1), 0)
-        px = tl.where(px > 0, tl.where(px < Ws - 1, px, Ws - 1), 0)
+        gzs = border_gate(pz, Ds)
+        gys = border_gate(py, Hs)
+        gxs = border_gate(px, Ws)
     else:
         gzs = tl.full(pz.shape, 1, pz.dtype)
         gys = tl.full(py.shape, 1, py.dtype)
         gxs = tl.full(px.shape, 1, px.dtype)
-        pz = tl.where(pz > -2, tl.where(pz < Ds + 1, pz, Ds + 1), -2)
-        py = tl.where(py > -2, tl.where(py < Hs + 1, py, Hs + 1), -2)
-        px = tl.where(px > -2, tl.where(px < Ws + 1, px, Ws + 1), -2)
+    pz = pad_position(pz, Ds, BORDER)
+    py = pad_position(py, Hs, BORDER)
+    px = pad_position(px, Ws, BORDER)
     gop = go_ptr + n * gos0 + z * gos2 + y * gos3 + x * gos4
     sp = src_ptr + n * ss0
     gsp = gs_ptr + n * gss0
     if BILINEAR:
-        z0f = tl.floor(pz)
-        y0f = tl.floor(py)
-        x0f = tl.floor(px)
-        wz = pz - z0f
-        wy = py - y0f
-        wx = px - x0f
-        z0 = z0f.to(tl.int64)
-        y0 = y0f.to(tl.int64)
-        x0 = x0f.to(tl.int64)
-        vz0 = (z0 >= 0) & (z0 < Ds)
-        vz1 = (z0 + 1 >= 0) & (z0 + 1 < Ds)
-        vy0 = (y0 >= 0) & (y0 < Hs)
-        vy1 = (y0 + 1 >= 0) & (y0 + 1 < Hs)
-        vx0 = (x0 >= 0) & (x0 < Ws)
-        vx1 = (x0 + 1 >= 0) & (x0 + 1 < Ws)
-        zc0 = tl.minimum(tl.maximum(z0, 0), Ds - 1)
-        zc1 = tl.minimum(tl.maximum(z0 + 1, 0), Ds - 1)
-        yc0 = tl.minimum(tl.maximum(y0, 0), Hs - 1)
-        yc1 = tl.minimum(tl.maximum(y0 + 1, 0), Hs - 1)
-        xc0 = tl.minimum(tl.maximum(x0, 0), Ws - 1)
-        xc1 = tl.minimum(tl.maximum(x0 + 1, 0), Ws - 1)
+        zc0, zc1, az, wz, vz0, vz1 = linear_taps(pz, Ds)
+        yc0, yc1, ay, wy, vy0, vy1 = linear_taps(py, Hs)
+        xc0, xc1, ax, wx, vx0, vx1 = linear_taps(px, Ws)
         m000 = mask & vz0 & vy0 & vx0
         m001 = mask & vz0 & vy0 & vx1
         m010 = mask & vz0 & vy1 & vx0
@@ -229,9 +181,6 @@ def _warp3d_bwd_kernel(
         m101 = mask & vz1 & vy0 & vx1
         m110 = mask & vz1 & vy1 & vx0
         m111 = mask & vz1 & vy1 & vx1
-        az = 1 - wz
-        ay = 1 - wy
-        ax = 1 - wx
         w00 = az * ay
         w01 = az * wy
         w10 = wz * ay
@@ -273,12 +222,11 @@ def _warp3d_bwd_kernel(
             gsp += gss1
     else:
         if HAS_GS:
-            zi = tl.floor(pz + 0.5).to(tl.int64)  # ties round up
-            yi = tl.floor(py + 0.5).to(tl.int64)
-            xi = tl.floor(px + 0.5).to(tl.int64)
-            valid = mask & (zi >= 0) & (zi < Ds) & (yi >= 0) & (yi < Hs) & (xi >= 0) & (xi < Ws)
-            off = (tl.minimum(tl.maximum(zi, 0), Ds - 1) * gss2 + tl.minimum(tl.maximum(yi, 0), Hs - 1) * gss3
-                   + tl.minimum(tl.maximum(xi, 0), Ws - 1) * gss4)
+            zi, vz = nearest_tap(pz, Ds)
+            yi, vy = nearest_tap(py, Hs)
+            xi, vx = nearest_tap(px, Ws)
+            valid = mask & vz & vy & vx
+            off = zi * gss2 + yi * gss3 + xi * gss4
             for _c in range(0, C):
                 # grad_out widens exactly to the accumulation dtype
                 g = tl.load(gop, mask=mask, other=0.0).to(pz.dtype)

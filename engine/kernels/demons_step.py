@@ -6,11 +6,11 @@ row above / below, column left / right, clamped at the border; three padding
 columns masked off). It warps all of them at once (bilinear, border padding, each
 point with the displacement of its own pixel, as ``warp2d`` then ``image_gradient``
 would), extracts the five values per pixel by masked row sums (``tl.reduce`` with the
-standard combine function: only builtins, see kernels/_jit.py), and writes only the
+standard combine function, see engine/kernels/_jit.py), and writes only the
 step. No warped image is materialised.
 
-TRITON_INTERPRET is honoured per launch (kernels/_jit.py) and only
-``triton.language`` builtins are called.
+TRITON_INTERPRET is honoured per launch (engine/kernels/_jit.py); the warp is the
+shared sampling helpers of engine/kernels/_helpers.py.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._helpers import bilinear, linear_taps, pad_position
 from ._jit import LazyJit as _LazyJit
 
 __all__ = ["demons_step_forward"]
@@ -47,24 +48,13 @@ def _demons_step_kernel(fixed_ptr, moving_ptr, u_ptr, gf_ptr, out_ptr, H, W, HW,
     ub = u_ptr + n[:, None] * 2 * HW + sy * W + sx
     uy = tl.load(ub, mask=m2, other=0.0)
     ux = tl.load(ub + HW, mask=m2, other=0.0)
-    py = sy.to(tl.float32) + uy
-    px = sx.to(tl.float32) + ux
-    py = tl.where(py > 0, tl.where(py < H - 1, py, H - 1), 0)  # border padding, NaN -> 0
-    px = tl.where(px > 0, tl.where(px < W - 1, px, W - 1), 0)
-    y0f = tl.floor(py)
-    x0f = tl.floor(px)
-    wy = py - y0f
-    wx = px - x0f
-    y0 = y0f.to(tl.int64)
-    x0 = x0f.to(tl.int64)
-    y1 = tl.minimum(y0 + 1, H - 1)  # weight 0 there when y0 is the last row
-    x1 = tl.minimum(x0 + 1, W - 1)
-    mb = moving_ptr + n[:, None] * HW
-    v00 = tl.load(mb + y0 * W + x0, mask=m2, other=0.0)
-    v01 = tl.load(mb + y0 * W + x1, mask=m2, other=0.0)
-    v10 = tl.load(mb + y1 * W + x0, mask=m2, other=0.0)
-    v11 = tl.load(mb + y1 * W + x1, mask=m2, other=0.0)
-    mw = (1 - wy) * ((1 - wx) * v00 + wx * v01) + wy * ((1 - wx) * v10 + wx * v11)
+    # border padding (NaN -> 0), bilinear: the shared sampling helpers
+    py = pad_position(sy.to(tl.float32) + uy, H, True)
+    px = pad_position(sx.to(tl.float32) + ux, W, True)
+    yc0, yc1, ay, wy, vy0, vy1 = linear_taps(py, H)
+    xc0, xc1, ax, wx, vx0, vx1 = linear_taps(px, W)
+    mw = bilinear(moving_ptr + n[:, None] * HW, yc0 * W, yc1 * W, xc0, xc1, ay, wy, ax, wx,
+                  m2 & vy0 & vx0, m2 & vy0 & vx1, m2 & vy1 & vx0, m2 & vy1 & vx1)
 
     mc = tl.reduce(tl.where(k == 0, mw, 0.0), 1, tl.standard._sum_combine)
     m_ym = tl.reduce(tl.where(k == 1, mw, 0.0), 1, tl.standard._sum_combine)

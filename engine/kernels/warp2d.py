@@ -19,13 +19,10 @@ Launchers (called by engine/ops/warp2d.py, which validates and allocates):
 One program per BLOCK output pixels of the flattened (n, y, x) index (int64), looping
 over channels; accumulation in u's dtype (float32, or float64 for float64 inputs).
 
-TRITON_INTERPRET is honoured per launch: the kernels are jitted lazily, once per
-mode (compiled / interpreter), so tests can switch to the interpreter on CPU
-tensors in a process that already launched compiled kernels, and vice versa
-(``triton.jit`` reads the variable when it decorates, not when it launches).
-For the same reason the kernels call only builtins of ``triton.language``, none of
-its own ``@triton.jit`` helpers (``tl.zeros``, ``tl.zeros_like``, ``tl.sum``, ``tl.cdiv``
-...): those were decorated in whatever mode was set when triton was imported.
+TRITON_INTERPRET is honoured per launch: the kernels and the shared helpers of
+engine/kernels/_helpers.py are jitted lazily, once per mode (compiled / interpreter;
+engine/kernels/_jit.py), so tests can switch to the interpreter on CPU tensors in a
+process that already launched compiled kernels, and vice versa.
 """
 
 from __future__ import annotations
@@ -35,14 +32,13 @@ import triton
 import triton.language as tl
 from triton import knobs
 
+from ._helpers import bilinear, border_gate, linear_taps, nearest_tap, pad_position, round_bf16
 from ._jit import LazyJit as _LazyJit
 
 __all__ = ["warp2d_forward", "warp2d_backward"]
 
 _BLOCK = 512
 _NUM_WARPS = 4
-
-
 
 
 def _warp2d_fwd_kernel(
@@ -63,66 +59,36 @@ def _warp2d_fwd_kernel(
     ub = u_ptr + n * us0 + y * us2 + x * us3
     uy = tl.load(ub, mask=mask, other=0.0)
     ux = tl.load(ub + us1, mask=mask, other=0.0)
-    # positions in the accumulation dtype (u's: float32, float64 for float64 data)
-    py = y.to(uy.dtype) + uy
-    px = x.to(ux.dtype) + ux
-    # NaN-safe clamps (NaN -> lower bound), as clampnan in the CPU kernel
-    if BORDER:
-        py = tl.where(py > 0, tl.where(py < Hs - 1, py, Hs - 1), 0)
-        px = tl.where(px > 0, tl.where(px < Ws - 1, px, Ws - 1), 0)
-    else:
-        py = tl.where(py > -2, tl.where(py < Hs + 1, py, Hs + 1), -2)
-        px = tl.where(px > -2, tl.where(px < Ws + 1, px, Ws + 1), -2)
+    # positions in the accumulation dtype (u's: float32, float64 for float64 data),
+    # under the padding rule (NaN-safe clamps)
+    py = pad_position(y.to(uy.dtype) + uy, Hs, BORDER)
+    px = pad_position(x.to(ux.dtype) + ux, Ws, BORDER)
     sp = src_ptr + n * ss0  # per-pixel base of image n (pointer arithmetic: 64-bit)
     op = out_ptr + n * os0 + y * os2 + x * os3
     if BILINEAR:
-        y0f = tl.floor(py)
-        x0f = tl.floor(px)
-        wy = py - y0f
-        wx = px - x0f
-        y0 = y0f.to(tl.int64)
-        x0 = x0f.to(tl.int64)
-        y1 = y0 + 1
-        x1 = x0 + 1
-        vy0 = (y0 >= 0) & (y0 < Hs)
-        vy1 = (y1 >= 0) & (y1 < Hs)
-        vx0 = (x0 >= 0) & (x0 < Ws)
-        vx1 = (x1 >= 0) & (x1 < Ws)
-        # invalid corners are masked (read 0); clamped indices keep every address in range
-        r0 = tl.minimum(tl.maximum(y0, 0), Hs - 1) * ss2
-        r1 = tl.minimum(tl.maximum(y1, 0), Hs - 1) * ss2
-        c0 = tl.minimum(tl.maximum(x0, 0), Ws - 1) * ss3
-        c1 = tl.minimum(tl.maximum(x1, 0), Ws - 1) * ss3
-        w00 = (1 - wy) * (1 - wx)
-        w01 = (1 - wy) * wx
-        w10 = wy * (1 - wx)
-        w11 = wy * wx
+        yc0, yc1, ay, wy, vy0, vy1 = linear_taps(py, Hs)
+        xc0, xc1, ax, wx, vx0, vx1 = linear_taps(px, Ws)
+        r0 = yc0 * ss2
+        r1 = yc1 * ss2
+        c0 = xc0 * ss3
+        c1 = xc1 * ss3
         m00 = mask & vy0 & vx0
         m01 = mask & vy0 & vx1
         m10 = mask & vy1 & vx0
         m11 = mask & vy1 & vx1
         for _c in range(0, C):
-            # loads widen exactly to the accumulation dtype
-            v00 = tl.load(sp + r0 + c0, mask=m00, other=0.0).to(wy.dtype)
-            v01 = tl.load(sp + r0 + c1, mask=m01, other=0.0).to(wy.dtype)
-            v10 = tl.load(sp + r1 + c0, mask=m10, other=0.0).to(wy.dtype)
-            v11 = tl.load(sp + r1 + c1, mask=m11, other=0.0).to(wy.dtype)
-            val = w00 * v00 + w01 * v01 + w10 * v10 + w11 * v11
+            val = bilinear(sp, r0, r1, c0, c1, ay, wy, ax, wx, m00, m01, m10, m11)
             if ROUND_BF16:
-                # round float32 -> bfloat16 to nearest even by hand; the truncating cast
-                # below is then exact (the interpreter's own cast truncates)
-                bits = val.to(tl.uint32, bitcast=True)
-                bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-                val = bits.to(tl.float32, bitcast=True)
+                val = round_bf16(val)
             # one rounding to the storage dtype (round to nearest even, as the CPU kernel)
             tl.store(op, val.to(out_ptr.dtype.element_ty), mask=mask)
             sp += ss1
             op += os1
     else:
-        yi = tl.floor(py + 0.5).to(tl.int64)  # ties round up
-        xi = tl.floor(px + 0.5).to(tl.int64)
-        valid = mask & (yi >= 0) & (yi < Hs) & (xi >= 0) & (xi < Ws)
-        off = tl.minimum(tl.maximum(yi, 0), Hs - 1) * ss2 + tl.minimum(tl.maximum(xi, 0), Ws - 1) * ss3
+        yi, vy = nearest_tap(py, Hs)
+        xi, vx = nearest_tap(px, Ws)
+        valid = mask & vy & vx
+        off = yi * ss2 + xi * ss3
         for _c in range(0, C):
             v = tl.load(sp + off, mask=valid, other=0)  # a copy: no conversion (uint8 too)
             tl.store(op, v, mask=mask)
@@ -158,41 +124,23 @@ def _warp2d_bwd_kernel(
     ax = tl.full(px.shape, 0, px.dtype)
     if BORDER:
         # no gradient w.r.t. u where the position is clamped (NaN counts as clamped)
-        gys = ((py > 0) & (py < Hs - 1)).to(py.dtype)
-        gxs = ((px > 0) & (px < Ws - 1)).to(px.dtype)
-        py = tl.where(py > 0, tl.where(py < Hs - 1, py, Hs - 1), 0)
-        px = tl.where(px > 0, tl.where(px < Ws - 1, px, Ws - 1), 0)
+        gys = border_gate(py, Hs)
+        gxs = border_gate(px, Ws)
     else:
         gys = tl.full(py.shape, 1, py.dtype)
         gxs = tl.full(px.shape, 1, px.dtype)
-        py = tl.where(py > -2, tl.where(py < Hs + 1, py, Hs + 1), -2)
-        px = tl.where(px > -2, tl.where(px < Ws + 1, px, Ws + 1), -2)
+    py = pad_position(py, Hs, BORDER)
+    px = pad_position(px, Ws, BORDER)
     gop = go_ptr + n * gos0 + y * gos2 + x * gos3
     sp = src_ptr + n * ss0
     gsp = gs_ptr + n * gss0
     if BILINEAR:
-        y0f = tl.floor(py)
-        x0f = tl.floor(px)
-        wy = py - y0f
-        wx = px - x0f
-        y0 = y0f.to(tl.int64)
-        x0 = x0f.to(tl.int64)
-        y1 = y0 + 1
-        x1 = x0 + 1
-        vy0 = (y0 >= 0) & (y0 < Hs)
-        vy1 = (y1 >= 0) & (y1 < Hs)
-        vx0 = (x0 >= 0) & (x0 < Ws)
-        vx1 = (x1 >= 0) & (x1 < Ws)
-        yc0 = tl.minimum(tl.maximum(y0, 0), Hs - 1)
-        yc1 = tl.minimum(tl.maximum(y1, 0), Hs - 1)
-        xc0 = tl.minimum(tl.maximum(x0, 0), Ws - 1)
-        xc1 = tl.minimum(tl.maximum(x1, 0), Ws - 1)
+        yc0, yc1, a0, wy, vy0, vy1 = linear_taps(py, Hs)
+        xc0, xc1, b0, wx, vx0, vx1 = linear_taps(px, Ws)
         m00 = mask & vy0 & vx0
         m01 = mask & vy0 & vx1
         m10 = mask & vy1 & vx0
         m11 = mask & vy1 & vx1
-        a0 = 1 - wy
-        b0 = 1 - wx
         for _c in range(0, C):
             # grad_out widens exactly to the accumulation dtype
             g = tl.load(gop, mask=mask, other=0.0).to(wy.dtype)
@@ -214,10 +162,10 @@ def _warp2d_bwd_kernel(
             gsp += gss1
     else:
         if HAS_GS:
-            yi = tl.floor(py + 0.5).to(tl.int64)  # ties round up
-            xi = tl.floor(px + 0.5).to(tl.int64)
-            valid = mask & (yi >= 0) & (yi < Hs) & (xi >= 0) & (xi < Ws)
-            off = tl.minimum(tl.maximum(yi, 0), Hs - 1) * gss2 + tl.minimum(tl.maximum(xi, 0), Ws - 1) * gss3
+            yi, vy = nearest_tap(py, Hs)
+            xi, vx = nearest_tap(px, Ws)
+            valid = mask & vy & vx
+            off = yi * gss2 + xi * gss3
             for _c in range(0, C):
                 # grad_out widens exactly to the accumulation dtype
                 g = tl.load(gop, mask=mask, other=0.0).to(py.dtype)

@@ -10,7 +10,7 @@ index holding it, store, suppress ``|z - pick| <= min_gap``; the remaining
 
 TRITON_INTERPRET is honoured per launch (lazy jit per mode); reductions use
 ``tl.reduce`` with the standard combine functions, as
-kernels/propagate_chain.py explains.
+engine/kernels/_jit.py explains.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import triton.language as tl
 from ._jit import LazyJit as _LazyJit
 
 __all__ = ["select_slices_forward"]
-
-
 
 
 def _select_slices_kernel(
