@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.metadata as md
 
 import numpy as np
-import pytest
 from qtpy.QtCore import Qt
 
 from .conftest import dice, paint, tiny_config, wait_idle
