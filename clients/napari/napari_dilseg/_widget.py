@@ -379,9 +379,9 @@ class DilsegWidget(QWidget):
         image = np.asarray(layer.data)
 
         def work() -> Any:
-            if old is not None and not _closed(old):
-                old.close()  # a case opened and not committed: closed without committing
             session, status = yield from _rounds.open_case(self.engine, image, spacing, axis)
+            if old is not None and not _closed(old):
+                old.close()  # the case before, opened and not committed: closed without committing
             return session, status
 
         def done(value: Any) -> None:

@@ -170,4 +170,13 @@ def test_changed_slices_only(dock, qtbot):
     assert sorted(sent.annotate) == sorted([a, c, empty]) and sent.erase == [b]
     assert not sent.annotate[empty].any()
     assert sorted(w.session.annotated[0]) == sorted([a, c, empty])
+
+    first_session = w.session  # opening another image closes this case without committing it
+    other = viewer.add_image(phantom_case(6, shape=(20, 24, 24)).image, name="p6")
+    viewer.layers.selection.active = other
+    qtbot.mouseClick(w.open_btn, Qt.LeftButton)
+    wait_idle(qtbot, w)
+    assert first_session.closed and w.session is not first_session and w.session.shape == (20, 24, 24)
+    assert w.drawing_layer.name == "p6 drawing" and w.book.sent == []
+    assert w.engine.counters["cases"] == 0
     w.engine.close()
