@@ -23,6 +23,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"dilseg {engine.__version__}  torch {torch.__version__}")
     for status in engine.backends().values():
         print(f"  {status}")
+    from engine import _backends
+    from engine.ops import backend_table
+
+    cpu = _backends.load("cpu")
+    if cpu is not None and hasattr(cpu, "cpu_isa"):
+        print(f"  CPU vector kernels: {cpu.cpu_isa()}")
+    print("  op                 backends                       serves CPU  serves CUDA")
+    for name, row in backend_table().items():
+        print(f"  {name:<18} {', '.join(row['backends']):<30} {row['cpu']:<11} {row['cuda']}")
     return 0
 
 
