@@ -29,6 +29,7 @@ from .errors import AuthError, TooLargeError, error_body, status_of
 from .leases import LeaseTable
 from .limits import Limits
 from .state import StateDir
+from .web import is_public as web_is_public
 
 log = logging.getLogger("dilseg.server")
 
@@ -55,6 +56,18 @@ class ServerState:
             self._tmp = tempfile.TemporaryDirectory(prefix="dilseg-datastore-")
             self.datastore_dir = Path(self._tmp.name)
         self.datastore_dir.mkdir(parents=True, exist_ok=True)
+        self._datastore: Any = None
+        self.web_dir: Optional[Path] = None  # the page's build folder when served (--web)
+
+    @property
+    def datastore(self) -> Any:
+        """The MONAI Label datastore (images of the stream and their final labels),
+        shared by the MONAI routes and ``/v1`` sessions opened on a stream image."""
+        if self._datastore is None:
+            from .monai import Datastore
+
+            self._datastore = Datastore(self.datastore_dir)
+        return self._datastore
 
     @property
     def auth_enabled(self) -> bool:
@@ -144,7 +157,8 @@ class AuthGate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         state = scope.setdefault("state", {})
-        if scope.get("path") in PUBLIC:
+        path = scope.get("path")
+        if path in PUBLIC or (self.srv.web_dir is not None and web_is_public(path)):
             state["principal"] = None
         else:
             try:
@@ -178,18 +192,25 @@ async def read_body(request: Request, expected: Optional[int] = None, limit: Opt
 # ----------------------------------------------------------------------------- factory
 def create_app(engine_or_state: Union[Any, str, os.PathLike, None] = None, keys: Optional[KeyStore] = None,
                limits: Optional[Limits] = None, config: Any = None, monai: bool = True,
-               reap_interval_s: float = 1.0) -> FastAPI:
+               reap_interval_s: float = 1.0, web: Union[str, os.PathLike, None] = None) -> FastAPI:
     """The FastAPI app for one engine.
 
     ``engine_or_state``: an :class:`engine.Engine` (served as it is, never saved), a
     state folder path (the engine is loaded from it, or built from ``config`` when
     it is empty, and saved after every commit and at shutdown), or None (a fresh
     engine from ``config``, not saved). ``keys``: a :class:`KeyStore` (None: no
-    auth, for loopback use). ``limits``: :class:`Limits`.
+    auth, for loopback use). ``limits``: :class:`Limits`. ``web``: the annotation
+    page's build folder (``clients/web/dist``, see :mod:`.web`), served under
+    ``/web/``; :class:`.web.WebBuildMissing` before anything starts when it is not built.
     """
     from .. import __version__
 
     limits = limits or Limits()
+    web_dir = None
+    if web is not None:
+        from .web import check_dir
+
+        web_dir = check_dir(web)  # before an engine is built: a missing build fails fast
     state: Optional[StateDir] = None
     owns = True
     if engine_or_state is None:
@@ -265,6 +286,10 @@ def create_app(engine_or_state: Union[Any, str, os.PathLike, None] = None, keys:
         from . import monai as monai_routes
 
         app.include_router(monai_routes.router(srv))
+    if web_dir is not None:
+        from .web import mount
+
+        srv.web_dir = mount(app, web_dir)
     return app
 
 

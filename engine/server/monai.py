@@ -142,6 +142,15 @@ class Datastore:
             self._write_index()
         return e["labels"][tag]
 
+    def save_mask(self, image_id: str, mask: np.ndarray, tag: str = "final", info: Optional[dict] = None) -> dict:
+        """Store a label given as an array (the image's layout) in the image's format and
+        geometry, e.g. what a ``/v1`` session on this image committed."""
+        e = self.entry(image_id)
+        vol = self.volume(image_id)
+        fmt = e["format"]
+        data = C.write_volume_bytes(np.ascontiguousarray(mask, dtype=np.uint8), vol, fmt)
+        return self.save_label(image_id, tag, data, f"{image_id}{C.FILE_FORMATS[fmt]}", info or {})
+
     def listing(self, base: str) -> dict:
         objects = {}
         for i in self.index["order"]:
@@ -218,7 +227,7 @@ def _multipart(params: dict, file_name: Optional[str], data: Optional[bytes]) ->
 def router(srv: ServerState) -> APIRouter:
     eng = srv.engine
     L = srv.limits
-    store = Datastore(srv.datastore_dir)
+    store = srv.datastore
     r = APIRouter(tags=["monai-label"])
 
     def principal(request: Request):

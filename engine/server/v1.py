@@ -279,6 +279,27 @@ def router(srv: ServerState) -> APIRouter:
         image = np.ascontiguousarray(vol.array, dtype=np.float32)
         return await open_lease(request, image, list(vol.spacing), axis, like=vol)
 
+    @r.post("/sessions/datastore", tags=["sessions"], status_code=201,
+            summary="open a session on an image of the server's stream (the MONAI Label datastore); "
+                    "committing it stores the result as the image's final label")
+    async def open_session_datastore(request: Request, image: str = Query(..., max_length=128),
+                                     axis: int = Query(2, ge=0, le=2)) -> JSONResponse:
+        store = srv.datastore
+        store.check_id(image)
+        store.entry(image)  # 404 before a lease is reserved
+        srv.leases.reserve()
+        vol = await run_in_threadpool(store.volume, image)
+        C.check_shape(vol.shape, L.max_voxels)
+        arr = np.ascontiguousarray(vol.array, dtype=np.float32)
+        s = await run_in_threadpool(eng.open, arr, list(vol.spacing), axis)
+        lease = Lease(s, principal(request).name, like=vol, meta={"monai_image": image})
+        try:
+            srv.leases.add(lease)
+        except BaseException:
+            await run_in_threadpool(s.close)
+            raise
+        return JSONResponse(dict(session_info(lease, srv), image=image), status_code=201)
+
     @r.get("/sessions/{sid}", tags=["sessions"], summary="the session's state")
     async def get_session(request: Request, sid: str = PathParam(..., max_length=64)) -> dict:
         lease = lease_of(request, sid)
@@ -292,6 +313,21 @@ def router(srv: ServerState) -> APIRouter:
         await call(lease, lease.session.close)
         srv.leases.drop(lease.id, "closed")
         return {"closed": True}
+
+    @r.get("/sessions/{sid}/image", tags=["sessions"], responses=FRAME_RESPONSE,
+           summary="the session's image as the engine holds it: a frame of float32 in the caller's layout")
+    async def session_image(request: Request, sid: str = PathParam(..., max_length=64)) -> Response:
+        lease = lease_of(request, sid)
+
+        def get() -> np.ndarray:
+            s = lease.session
+            return np.ascontiguousarray(s.image.movedim(0, s.axis).float().cpu().numpy())
+
+        a = await call(lease, get)
+        meta = {"kind": "image", "dtype": "float32", "shape": list(a.shape), "bbox": [[0, n] for n in a.shape],
+                "volume_shape": list(a.shape), "base": None, "axis": lease.session.axis}
+        # not gzipped: image floats barely compress, and a 512^3 volume would cost seconds
+        return Response(C.frame(meta, a.tobytes()), media_type=C.FRAME_TYPE)
 
     @r.post("/sessions/{sid}/heartbeat", tags=["sessions"], summary="keep the lease alive")
     async def heartbeat(request: Request, sid: str = PathParam(..., max_length=64)) -> dict:
@@ -401,6 +437,16 @@ def router(srv: ServerState) -> APIRouter:
             return file_response(out, lease, format.value, "result")
         return versioned(request, lease, "soft" if soft else "result", out, since, if_none_match, {"timings": t})
 
+    @r.get("/sessions/{sid}/proxy", tags=["rounds"], responses=FRAME_RESPONSE,
+           summary="the proxy mask Q >= 0.5 (uint8): the changed bounding box since `since`")
+    async def proxy(request: Request, sid: str = PathParam(..., max_length=64),
+                    since: Optional[str] = Query(None, max_length=64),
+                    if_none_match: Optional[str] = Header(None)) -> Response:
+        lease = lease_of(request, sid)
+        (q, _), t = await call(lease, lambda: lease.session.propagate(return_timings=True))
+        out = np.ascontiguousarray(np.asarray(q) >= 0.5, dtype=np.uint8)
+        return versioned(request, lease, "proxy", out, since, if_none_match, {"timings": t})
+
     @r.get("/sessions/{sid}/prediction", tags=["rounds"], responses=FRAME_RESPONSE,
            summary="back-end probabilities: the changed bounding box since `since` (frame), or a file")
     async def prediction(request: Request, sid: str = PathParam(..., max_length=64),
@@ -485,9 +531,18 @@ def router(srv: ServerState) -> APIRouter:
                 if buf:
                     vol = await run_in_threadpool(C.read_volume_bytes, buf, fmt)
                     final = np.asarray(vol.array)
+        image_id = lease.meta.get("monai_image")
+        label = final
+        if image_id is not None and final is None:  # a stream image: what the person accepted is its label
+            label = await call(lease, lambda: np.ascontiguousarray(s.result()))
         await call(lease, lambda: s.commit(final_mask=final))
         srv.leases.drop(lease.id, "committed")
         saved = await srv.save()
-        return {"committed": True, "saved": saved, "counters": dict(eng.counters)}
+        out = {"committed": True, "saved": saved, "counters": dict(eng.counters)}
+        if image_id is not None:  # the stream moves on (/activelearning skips images with a final label)
+            await run_in_threadpool(srv.datastore.save_mask, image_id, label, "final",
+                                    {"source": "v1 commit", "final_mask": final is not None})
+            out["image"] = image_id
+        return out
 
     return r
