@@ -63,6 +63,17 @@ def test_annotate_a_phantom_case(tab_factory, tmp_path):
         sid = page.evaluate("window.dilsegPage.cs.sid")
         assert page.evaluate("window.dilsegPage.cs.shape") == list(label.shape)
 
+        # a stroke on a fresh case, undone: nothing left to send
+        painter = Painter(page)
+        page.locator("#gl").hover()
+        z0 = page.evaluate("window.dilsegPage.cs.slice")
+        painter.tool("brush", 3)
+        painter.stroke(z0, [(5, 5), (5, 12), (9, 12)])
+        assert page.evaluate("[...window.dilsegPage.cs.pending]") == [z0]
+        page.keyboard.press("Control+z")
+        assert page.evaluate("window.dilsegPage.cs.pending.size") == 0
+        assert not painter.page_mask(z0, label.shape[:2]).any()
+
         # the object's first and last slice, by keyboard
         zs = np.flatnonzero(label.any((0, 1)))
         first, last = int(zs[0]), int(zs[-1])
@@ -76,8 +87,6 @@ def test_annotate_a_phantom_case(tab_factory, tmp_path):
         shot(page, "phantom-1-open")
 
         # draw the proposed slices by mouse
-        painter = Painter(page)
-        page.locator("#gl").hover()
         for z in proposals:
             go(page, z)
             info = painter.draw(z, label[:, :, z])

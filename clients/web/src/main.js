@@ -77,7 +77,7 @@ async function initViewer () {
     loadingText: '',
     penSize: 3,
     sliceType: SLICE_TYPE.AXIAL,
-    maxDrawUndoBitmaps: 32
+    maxDrawUndoBitmaps: UNDO_DEPTH + 1
   })
   await nv.attachToCanvas($('gl'))
   nv.addColormap('dilseg_result', { R: [0, 0], G: [0, 230], B: [0, 118], A: [0, 255], I: [0, 255] })
@@ -87,12 +87,30 @@ async function initViewer () {
   page.nv = nv
 }
 
+const UNDO_DEPTH = 31 // NiiVue keeps maxDrawUndoBitmaps snapshots: the base and 31 strokes
+
 function onDrawn (action) {
   const cs = page.cs
   if (!cs || action !== 'draw') return
-  cs.pending.add(cs.slice)
-  cs.strokes += 1
+  noteStroke(cs.slice)
+}
+
+/** A change of the drawing on slice z (a stroke, a cleared or emptied slice). */
+function noteStroke (z) {
+  const cs = page.cs
+  cs.pending.add(z)
+  cs.strokes.push(z)
+  if (cs.strokes.length > UNDO_DEPTH) cs.overflow.add(cs.strokes.shift()) // no longer undoable stroke by stroke
   updatePending()
+}
+
+/** A fresh undo base: strokes before it are not undone stroke by stroke. */
+function resetStrokes () {
+  const cs = page.cs
+  cs.strokes = []
+  cs.overflow = new Set()
+  page.nv.drawClearAllUndoBitmaps()
+  page.nv.drawAddUndoBitmap()
 }
 
 function currentTool () {
@@ -251,6 +269,8 @@ async function showCase (info, name) {
   nv.setSliceType(view)
   nv.createEmptyDrawing()
   nv.setDrawingEnabled(true)
+  nv.drawClearAllUndoBitmaps()
+  nv.drawAddUndoBitmap() // the empty drawing is the first undo base
   page.caseNo += 1
   page.cs = {
     sid, name, shape, axis, geometry, image: data, map, bg, proxyImg, resultImg,
@@ -259,8 +279,10 @@ async function showCase (info, name) {
     result: new Uint8Array(n), resultEtag: null, hasResult: false,
     proxy: new Uint8Array(n), proxyEtag: null,
     sent: new Set((info.annotated && info.annotated[String(axis)]) || []),
-    pending: new Set(),
-    strokes: 0,
+    pending: new Set(), // slices drawn on since they were last sent
+    reopened: new Set(), // pending because a server undo took them back, not because of a stroke
+    strokes: [], // the slice of each stroke that Ctrl+Z can still undo, oldest first
+    overflow: new Set(), // slices with strokes older than the undo depth
     extent: info.extent ? { first: info.extent[0], last: info.extent[1] } : { first: null, last: null },
     serverExtent: info.extent,
     proposals: [],
@@ -412,9 +434,7 @@ function editSlice (value) {
   cs.map.fillSliceRas(nv.drawBitmap, cs.slice, cs.axis, value)
   nv.drawAddUndoBitmap()
   nv.refreshDrawing(true)
-  cs.pending.add(cs.slice)
-  cs.strokes += 1
-  updatePending()
+  noteStroke(cs.slice)
 }
 
 /** The drawn mask of slice z, in the server's layout. */
@@ -473,9 +493,8 @@ async function send () {
     })
     cs.sent = new Set(r.annotated[String(cs.axis)] || [])
     cs.pending.clear()
-    cs.strokes = 0
-    page.nv.drawClearAllUndoBitmaps()
-    page.nv.drawAddUndoBitmap()
+    cs.reopened.clear()
+    resetStrokes()
     updatePending()
   }
   // the proxy first: registration + propagation take milliseconds, learning takes longer
@@ -540,16 +559,22 @@ function renderRounds () {
 async function undo () {
   const cs = page.cs
   if (!cs) return
-  if (cs.strokes > 0) {
+  if (cs.strokes.length) {
+    const z = cs.strokes.pop()
     page.nv.drawUndo()
-    cs.strokes -= 1
-    status('stroke undone')
+    if (!cs.strokes.includes(z) && !cs.overflow.has(z) && !cs.reopened.has(z)) cs.pending.delete(z)
+    updatePending()
+    status(`stroke on slice ${z} undone`)
+    return
+  }
+  if (cs.overflow.size) {
+    status(`Older strokes (slices ${[...cs.overflow].join(', ')}) cannot be undone one by one: use Clear slice, or send them.`)
     return
   }
   const r = await api.json('POST', `/v1/sessions/${cs.sid}/undo`)
   const now = new Set(r.annotated[String(cs.axis)] || [])
   const back = [...cs.sent].filter((z) => !now.has(z))
-  back.forEach((z) => cs.pending.add(z)) // the drawing stays on the page, unsent: fix it and send again
+  back.forEach((z) => { cs.pending.add(z); cs.reopened.add(z) }) // the drawing stays on the page, unsent: fix it, send again
   cs.sent = now
   cs.serverExtent = r.extent
   if (r.extent) cs.extent = { first: r.extent[0], last: r.extent[1] }
