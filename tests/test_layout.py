@@ -124,7 +124,8 @@ ALLOWED = {
     "io": set(),
     "api": {"learn", "propagate", "guide", "ops"},
     "eval": {"api", "learn", "propagate", "guide", "ops", "io"},
-    "cli": {"eval", "propagate", "io", "api"},
+    "cli": {"eval", "propagate", "io", "api", "server"},
+    "server": {"api", "guide", "io"},
 }
 BOTTOM = {"errors", "checks", "_files", "_backends", ""}
 

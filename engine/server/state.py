@@ -24,17 +24,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import errors as E
+from .._files import atomic_write, fsync_dir
 
 KEEP = 2
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class StateDir:
@@ -82,16 +74,9 @@ class StateDir:
                     fd = os.open(f, os.O_RDONLY)
                     os.fsync(fd)
                     os.close(fd)
-            _fsync_dir(slot)
-            _fsync_dir(self.slots)
-            ptr = self.path / "CURRENT"
-            tmp = self.path / f".CURRENT.tmp-{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.write(name + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, ptr)
-            _fsync_dir(self.path)
+            fsync_dir(slot)
+            fsync_dir(self.slots)
+            atomic_write(self.path / "CURRENT", name + "\n")  # fsync, atomic rename, fsync the folder
             self._prune(keep_name=name)
             return slot
 

@@ -3,87 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from typing import Any, Callable, Optional
 
 import numpy as np
 from fastapi import APIRouter, Header, Path as PathParam, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from .. import errors as E
 from . import codecs as C
-from .app import ServerState, read_body
+from .core import ServerState, read_body
 from .errors import ForbiddenError, TooLargeError
 from .leases import Lease
-
-BINARY_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {
-    "schema": {"type": "string", "format": "binary"}}}}}
-OPTIONAL_BINARY_BODY = {"requestBody": {"required": False, "content": {"application/octet-stream": {
-    "schema": {"type": "string", "format": "binary"}}}}}
-FRAME_RESPONSE = {200: {"description": "a dilseg frame (JSON meta + raw array, see engine.server.codecs)",
-                        "content": {C.FRAME_TYPE: {"schema": {"type": "string", "format": "binary"}},
-                                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-                  304: {"description": "not modified (If-None-Match)"}}
-
-
-class DType(str, enum.Enum):
-    uint8 = "uint8"
-    int8 = "int8"
-    uint16 = "uint16"
-    int16 = "int16"
-    uint32 = "uint32"
-    int32 = "int32"
-    float32 = "float32"
-    float64 = "float64"
-
-
-class FileFormat(str, enum.Enum):
-    nifti = "nifti"
-    nrrd = "nrrd"
-
-
-class OutFormat(str, enum.Enum):
-    frame = "frame"
-    nifti = "nifti"
-    nrrd = "nrrd"
-
-
-class MaskEncoding(str, enum.Enum):
-    u8 = "u8"
-    bits = "bits"
-
-
-class CommitFormat(str, enum.Enum):
-    u8 = "u8"
-    bits = "bits"
-    nifti = "nifti"
-    nrrd = "nrrd"
-
-
-class Extent(BaseModel):
-    first: int = Field(ge=0, le=1_000_000)
-    last: int = Field(ge=0, le=1_000_000)
-
-
-def _annotated(s: Any) -> dict[str, list[int]]:
-    return {str(k): v for k, v in s.annotated.items()}
-
-
-def session_info(lease: Lease, srv: ServerState) -> dict:
-    s = lease.session
-    like = lease.like
-    geometry = None
-    if like is not None:
-        geometry = {"spacing": list(like.spacing), "origin": list(like.origin),
-                    "direction": np.asarray(like.direction).tolist()}
-    return {"session_id": lease.id, "shape": list(s.shape), "axis": s.axis, "spacing": list(s.spacing),
-            "extent": list(s.extent) if s.extent is not None else None, "annotated": _annotated(s),
-            "rounds": s.rounds, "fusion_weight": s.fusion_weight, "geometry": geometry, "owner": lease.owner,
-            "lease": {"idle_timeout_s": srv.limits.idle_timeout_s, "lease_timeout_s": srv.limits.lease_timeout_s}}
-
+from .schemas import (BINARY_BODY, FRAME_RESPONSE, OPTIONAL_BINARY_BODY, CommitFormat, DType, Extent, FileFormat,
+                      MaskEncoding, OutFormat, annotated_dict, session_info)
 
 def router(srv: ServerState) -> APIRouter:
     L = srv.limits
@@ -364,21 +298,21 @@ def router(srv: ServerState) -> APIRouter:
         idx = parse_indices(indices)
         masks = await read_masks(request, lease.session, idx, axis, encoding.value)
         await call(lease, lambda: annotate_all(lease.session, idx, masks, axis))
-        return {"annotated": _annotated(lease.session)}
+        return {"annotated": annotated_dict(lease.session)}
 
     @r.delete("/sessions/{sid}/slices/{index}", tags=["slices"], summary="erase a slice's annotation")
     async def erase(request: Request, sid: str = PathParam(..., max_length=64), index: int = PathParam(...),
                     axis: Optional[int] = Query(None, ge=0, le=2)) -> dict:
         lease = lease_of(request, sid)
         await call(lease, lambda: lease.session.erase(index, axis=axis))
-        return {"annotated": _annotated(lease.session)}
+        return {"annotated": annotated_dict(lease.session)}
 
     @r.post("/sessions/{sid}/undo", tags=["slices"], summary="revert the last annotate / erase / extent")
     async def undo(request: Request, sid: str = PathParam(..., max_length=64)) -> dict:
         lease = lease_of(request, sid)
         await call(lease, lease.session.undo)
         ext = lease.session.extent
-        return {"annotated": _annotated(lease.session), "extent": list(ext) if ext is not None else None}
+        return {"annotated": annotated_dict(lease.session), "extent": list(ext) if ext is not None else None}
 
     @r.post("/sessions/{sid}/propagate", tags=["rounds"], responses=FRAME_RESPONSE,
             summary="proxy mask Q and confidence C (arrays=true: a frame of float32 (2, *shape))")
@@ -504,7 +438,7 @@ def router(srv: ServerState) -> APIRouter:
             return np.ascontiguousarray(res), [int(z) for z in nxt], timings
 
         res, nxt, timings = await call(lease, work)
-        extra = {"proposals": nxt, "timings": timings, "annotated": _annotated(s), "fusion_weight": s.fusion_weight}
+        extra = {"proposals": nxt, "timings": timings, "annotated": annotated_dict(s), "fusion_weight": s.fusion_weight}
         etag = C.etag_of(res)
         return crop_frame(request, lease, "result", res, etag, since, extra)
 
