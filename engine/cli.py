@@ -4,7 +4,7 @@
     dilseg run --preset demo|paper      the main job: a stream of cases with a simulated annotator
     dilseg propagate IMAGE DRAWN -o P   proxy mask from a few drawn slices
     dilseg data la2018 --to DIR         download + convert the public left-atrium data
-    dilseg serve [--host H] [--port P] [--state DIR] [--keys FILE]   the HTTP server
+    dilseg serve [--host H] [--port P] [--state DIR] [--keys FILE] [--web]   the HTTP server (--web: the page)
     dilseg keys add NAME --role annotator|admin --file FILE           a new server key
 """
 
