@@ -4,6 +4,8 @@
 #   make build   rebuild the native modules in place (after editing csrc/ or bindings/)
 #   make bench   CPU benchmarks (pytest-benchmark)
 #   make serve   the HTTP server on 127.0.0.1:8000 with state in runs/serve-state
+#   make web     the annotation page: npm ci from clients/web/package-lock.json, esbuild into clients/web/dist
+#   make serve-web  `make serve` with the page at http://127.0.0.1:8000/web/
 #   make test-napari  the napari plugin's tests in their own .venv-napari (make test runs them)
 PYTHON ?= python3
 VENV   := .venv
@@ -23,7 +25,14 @@ NPY    := $(NVENV)/bin/python
 NAPARI_REQ   := clients/napari/requirements-test.txt
 NAPARI_STAMP := $(NVENV)/.dilseg-napari-installed
 
-.PHONY: demo test test-napari napari-system build bench venv clean serve
+# the web page (clients/web): node packages from the lock file only, bundled into dist/ (git-ignored)
+WEB      := clients/web
+WEBNPM   := $(WEB)/node_modules/.dilseg-npm-ci
+WEBBUILD := $(WEB)/dist/.built
+WEBSRC   := $(shell find $(WEB)/src -type f 2>/dev/null) $(WEB)/build.mjs
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test test-napari napari-system build bench venv clean serve serve-web web browser
 
 $(VENV)/.deps: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,13 +67,28 @@ napari-system:
 
 venv: $(STAMP)
 
+$(WEBNPM): $(WEB)/package.json $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(WEBBUILD): $(WEBNPM) $(WEBSRC)
+	cd $(WEB) && node build.mjs
+	touch $@
+
+web: $(WEBBUILD)
+
+# Debian's Chromium for tests/web (Playwright drives /usr/bin/chromium; it never downloads a browser)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "make: installing Debian's chromium for tests/web"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 build: $(VENV)/.deps
 	mkdir -p build
 	flock build/.lock $(PY) setup.py -q build_ext --inplace
 	touch $(STAMP)
 
-test: $(STAMP) $(TESTSTAMP)
-	$(PY) -m pytest -q tests
+test: $(STAMP) $(TESTSTAMP) $(WEBBUILD) browser
+	DILSEG_WEB_TESTS=required $(PY) -m pytest -q tests
 	$(MAKE) test-napari
 
 test-napari: $(STAMP) $(NAPARI_STAMP) napari-system
@@ -76,8 +100,11 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(PY) -m engine.cli serve --state runs/serve-state
 
+serve-web: $(STAMP) $(WEBBUILD)
+	$(PY) -m engine.cli serve --state runs/serve-state --web
+
 bench: $(STAMP)
 	$(PY) -m pytest -q benchmarks --benchmark-only
 
 clean:
-	rm -rf build engine/_C*.so *.egg-info
+	rm -rf build engine/_C*.so *.egg-info $(WEB)/dist

@@ -4,7 +4,7 @@
     dilseg run --preset demo|paper      the main job: a stream of cases with a simulated annotator
     dilseg propagate IMAGE DRAWN -o P   proxy mask from a few drawn slices
     dilseg data la2018 --to DIR         download + convert the public left-atrium data
-    dilseg serve [--host H] [--port P] [--state DIR] [--keys FILE]   the HTTP server
+    dilseg serve [--host H] [--port P] [--state DIR] [--keys FILE] [--web]   the HTTP server (--web: the page)
     dilseg keys add NAME --role annotator|admin --file FILE           a new server key
 """
 
@@ -23,6 +23,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"dilseg {engine.__version__}  torch {torch.__version__}")
     for status in engine.backends().values():
         print(f"  {status}")
+    from engine import _backends
+    from engine.ops import backend_table
+
+    cpu = _backends.load("cpu")
+    if cpu is not None and hasattr(cpu, "cpu_isa"):
+        print(f"  CPU vector kernels: {cpu.cpu_isa()}")
+    print("  op                 backends                       serves CPU  serves CUDA")
+    for name, row in backend_table().items():
+        print(f"  {name:<18} {', '.join(row['backends']):<30} {row['cpu']:<11} {row['cuda']}")
     return 0
 
 

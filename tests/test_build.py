@@ -103,8 +103,6 @@ def test_cuda_sources_compile_for_sm90(tmp_path):
 TRITON_KERNELS = {
     ("warp2d", "_fwd"): ({}, {"BILINEAR": True, "BORDER": False, "ROUND_BF16": False, "BLOCK": 512}),
     ("warp2d", "_bwd"): ({}, {"BILINEAR": True, "BORDER": True, "HAS_GS": True, "HAS_GU": True, "BLOCK": 512}),
-    ("warp3d", "_fwd"): ({}, {"BILINEAR": True, "BORDER": True, "ROUND_BF16": False, "BLOCK": 256}),
-    ("warp3d", "_bwd"): ({}, {"BILINEAR": True, "BORDER": False, "HAS_GS": True, "HAS_GU": True, "BLOCK": 256}),
     ("demons_step", "_kernel"): ({}, {"BLOCK": 128}),
     ("regularize_field", "_kernel"): ({}, {"K": 5, "R": 2, "COUPLE": True, "BLOCK": 128}),
     ("propagate_chain", "_kernel"): ({"ann_ptr": "*u8", "db_ptr": "*i32", "da_ptr": "*i32"},

@@ -125,7 +125,7 @@ ALLOWED = {
     "api": {"learn", "propagate", "guide", "ops"},
     "eval": {"api", "learn", "propagate", "guide", "ops", "io"},
     "server": {"api", "guide", "io"},  # above the API, beside eval: it serves Engine / Session
-    "cli": {"eval", "propagate", "io", "api", "server"},
+    "cli": {"eval", "propagate", "io", "api", "server", "ops"},  # `dilseg info` lists the ops
 }
 BOTTOM = {"errors", "checks", "_files", "_backends", ""}
 

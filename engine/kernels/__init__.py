@@ -9,7 +9,6 @@ op's declaration in engine/ops/<op>.py, nowhere else.
 """
 
 from .warp2d import warp2d_backward, warp2d_forward  # noqa: F401
-from .warp3d import warp3d_backward, warp3d_forward  # noqa: F401
 from .propagate_chain import propagate_chain  # noqa: F401
 from .confidence_map import confidence_map  # noqa: F401
 from .slice_residuals import slice_residuals_forward  # noqa: F401

@@ -1,5 +1,5 @@
-"""Triton device functions shared by the sampling kernels (warp2d, warp3d,
-demons_step, propagate_chain), written once: the padding rule of a sample position
+"""Triton device functions shared by the sampling kernels (warp2d, demons_step,
+propagate_chain), written once: the padding rule of a sample position
 with its NaN-safe clamps, the linear-interpolation taps along one axis, the bilinear
 gather, and the float32 -> bfloat16 rounding the interpreter lacks.
 

@@ -10,10 +10,13 @@ caller set in ``LearnConfig`` wins; ``None`` / ``"auto"`` fields are planned:
 
 * **target spacing**: the thick axis (spacing >= 3x the finest one, nnU-Net's
   anisotropy threshold) is never resampled; the other axes keep their native spacing
-  unless the object spans more than :data:`OBJECT_VOXELS` voxels at it, then they are
-  coarsened by an integer factor (``round(extent_mm / (OBJECT_VOXELS * spacing))``,
-  at least 2): resampling pays only when the object is resolved far more finely than
-  the segmenter needs (full-resolution LA at 0.625 mm: 2x, to 1.25 mm).
+  unless the object spans more voxels than a patch is wide in-plane (48 on the CPU,
+  96 on CUDA), then they are coarsened by a power of 2 (the one nearest to
+  ``extent_mm / (patch_width * spacing)``, at least 2; nnU-Net's low-resolution
+  stage, online): a patch that sees the whole object learns it in far fewer steps. On
+  the LA demo stream (objects of ~100 mm) 2.5 mm instead of the native 1.25 mm took
+  ours@cells' held-out Dice after 16 cases from 0.53-0.70 to 0.82; the resolution costs
+  little (resampling a label to 2.5 mm and back keeps Dice 0.978).
 * **patch**: a voxel budget (:data:`PATCH_VOXELS`, more on CUDA) spent first on
   in-plane context (:data:`INPLANE_PATCH` voxels, the image's size if smaller), then on
   slices; when the volume has fewer slices than that leaves room for, the whole slice
@@ -47,10 +50,8 @@ import torch
 
 from .config import LearnConfig
 
-__all__ = ["Fingerprint", "Plan", "make_plan", "grid_size", "OBJECT_VOXELS", "PATCH_VOXELS", "INPLANE_PATCH"]
+__all__ = ["Fingerprint", "Plan", "make_plan", "grid_size", "PATCH_VOXELS", "INPLANE_PATCH"]
 
-#: An object spanning more voxels than this along an isotropic axis is resampled coarser.
-OBJECT_VOXELS = 80
 #: Voxels per training patch on the CPU (32 x 48 x 48 at isotropic spacing); x4 on CUDA.
 PATCH_VOXELS = 32 * 48 * 48
 #: In-plane patch size (voxels) on the CPU; x2 on CUDA.
@@ -223,6 +224,10 @@ def make_plan(fp: Fingerprint, learn: LearnConfig, device: torch.device) -> Plan
     finest = min(native)
     thick = [s >= THICK_RATIO * finest for s in native]
 
+    inplane = INPLANE_PATCH * (2 if cuda else 1)
+    if learn.patch is not None:  # a given patch is the width the object should fit in
+        inplane = min(int(v) for v in learn.patch[1:])
+
     # --- target spacing
     if learn.target_spacing is not None:
         target = tuple(float(v) for v in learn.target_spacing)
@@ -232,17 +237,18 @@ def make_plan(fp: Fingerprint, learn: LearnConfig, device: torch.device) -> Plan
         if obj is not None:
             iso = [a for a in range(3) if not thick[a]]
             span = max(obj[a] for a in iso)
-            factor = span / (OBJECT_VOXELS * max(native[a] for a in iso))
+            factor = span / (inplane * max(native[a] for a in iso))
             if factor >= RESAMPLE_MIN:
-                k = max(2, int(round(factor)))
+                k = 2 ** max(1, int(round(math.log2(factor))))  # powers of 2: exact block averages
                 for a in iso:
                     target[a] = native[a] * k
                 reasons.append(f"target spacing {_fmt(target)} mm: the object spans {span:.0f} mm, "
                                f"{span / max(native[a] for a in iso):.0f} voxels at the native {_fmt(native)} mm; "
-                               f"{k}x coarser keeps it within {OBJECT_VOXELS}")
+                               f"{k}x coarser lets a {inplane}-voxel patch see most of it")
             else:
                 reasons.append(f"target spacing {_fmt(target)} mm: native; the object ({_fmt(obj)} mm) spans at "
-                               f"most {span / max(native[a] for a in iso):.0f} voxels (<= {OBJECT_VOXELS})")
+                               f"most {span / max(native[a] for a in iso):.0f} voxels, about a patch's width "
+                               f"({inplane})")
         else:
             reasons.append(f"target spacing {_fmt(target)} mm: native (no object seen yet)")
         if any(thick):
@@ -257,7 +263,6 @@ def make_plan(fp: Fingerprint, learn: LearnConfig, device: torch.device) -> Plan
         patch = tuple(int(v) for v in learn.patch)
         reasons.append(f"patch {_fmt(patch)}: set in LearnConfig")
     else:
-        inplane = INPLANE_PATCH * (2 if cuda else 1)
         ph, pw = (_mult(min(inplane, n), 8) for n in grid[1:])
         pd = max(1, min(grid[0], budget // (ph * pw)))
         if pd == grid[0] and pd * ph * pw < budget:  # few slices: spend the rest on in-plane context

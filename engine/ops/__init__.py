@@ -11,7 +11,6 @@ backends and which one serves CPU and CUDA tensors now. docs/ops.md is the guide
 
 from ._declare import table as backend_table
 from .warp2d import warp2d, warp2d_reference
-from .warp3d import warp3d, warp3d_reference
 from .propagate_chain import PropagateChainResult, as_annotated, propagate_chain, propagate_chain_reference
 from .confidence_map import confidence_map, confidence_map_reference, confidence_vector
 from .slice_residuals import slice_residuals, slice_residuals_reference
@@ -21,7 +20,7 @@ from .regularize_field import regularize_field, regularize_field_reference
 
 __all__ = [
     "backend_table",
-    "warp2d", "warp2d_reference", "warp3d", "warp3d_reference",
+    "warp2d", "warp2d_reference",
     "propagate_chain", "propagate_chain_reference", "PropagateChainResult", "as_annotated",
     "confidence_map", "confidence_map_reference", "confidence_vector",
     "slice_residuals", "slice_residuals_reference", "select_slices", "select_slices_reference",

@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional
 import torch
 
 from .. import _backends
+from ..checks import check_finite  # noqa: F401  (the op modules use it as C.check_finite)
 from ..errors import DTypeError, InputError, NonFiniteError, ShapeError
 
 __all__ = ["Kernel", "select", "acc_dtype", "check_tensor", "check_finite", "check_same_device", "same_device", "check_out",
@@ -110,14 +111,9 @@ def check_tensor(name: str, t: Any, ndim: int, dtypes: tuple[torch.dtype, ...]) 
         raise DTypeError(f"{name} has dtype {t.dtype}; expected one of {[str(d) for d in dtypes]}")
 
 
-def check_finite(name: str, t: torch.Tensor) -> None:
-    """Raise NonFiniteError when the floating tensor ``t`` holds NaN or Inf.
-
-    Reads every value: on CUDA a device synchronisation. The op entries call it only
-    when asked (``check_finite=True`` / ``check_inputs=True``); data is checked once
-    where it enters the engine."""
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise NonFiniteError(f"{name} holds NaN or Inf")
+# check_finite (engine.checks, the one for every layer) reads every value: on CUDA a
+# device synchronisation. The op entries call it only when asked (check_finite=True /
+# check_inputs=True); data is checked once where it enters the engine.
 
 
 def check_same_device(**tensors: Optional[torch.Tensor]) -> None:

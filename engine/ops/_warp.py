@@ -1,4 +1,4 @@
-"""What the pull-back warps (warp2d, warp3d) share: argument checks and the autograd
+"""What the pull-back warps share (warp2d; the 3D twin left the product: no caller): argument checks and the autograd
 formula through a backward op."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def validate(src: Tensor, u: Tensor, mode: str, padding: str, finite: bool, spatial: int) -> None:
-    """``src`` ``[N, C, *S]``, ``u`` ``[N, spatial, *T]`` with ``spatial`` = 2 (warp2d)
-    or 3 (warp3d): metadata only; ``finite``: also scan ``u`` for NaN/Inf (reads
+    """``src`` ``[N, C, *S]``, ``u`` ``[N, spatial, *T]`` (``spatial`` = 2 for warp2d):
+    metadata only; ``finite``: also scan ``u`` for NaN/Inf (reads
     every value: a device sync on CUDA)."""
     C.check_tensor("src", src, 2 + spatial, FLOAT_DTYPES + (torch.uint8,))
     C.check_tensor("u", u, 2 + spatial, (torch.float32, torch.float64))

@@ -21,19 +21,26 @@ See docs/propagation.md for the algorithms, parameters and measurements.
     >>> res.proxy, res.confidence, res.seconds
 """
 
-from .native import NativeParams
-from .proxy import FUSIONS, ProxyBuilder, ProxyResult, assemble_proxy, build_proxy, check_extent
-from .registration import (BACKENDS, REGISTER_MARGIN, Registration, RegistrationBackend, register_backend,
-                           register_volume, window_to_unit)
+from __future__ import annotations
 
-__all__ = ["BACKENDS", "REGISTER_MARGIN", "FUSIONS", "NativeParams", "ElastixParams", "ProxyBuilder", "ProxyResult", "Registration",
-           "RegistrationBackend", "assemble_proxy", "build_proxy", "check_extent", "register_backend",
-           "register_volume", "window_to_unit"]
+import importlib
+from typing import Any
+
+# names -> the submodule that defines them; loaded on first use, so that importing
+# engine.propagate (the CLI does) costs nothing and engine.propagate.lite needs no torch
+_EXPORTS = {
+    "NativeParams": "params", "REGISTER_MARGIN": "params",
+    "FUSIONS": "proxy", "ProxyBuilder": "proxy", "ProxyResult": "proxy", "assemble_proxy": "proxy",
+    "build_proxy": "proxy", "check_extent": "proxy",
+    "BACKENDS": "registration", "Registration": "registration", "RegistrationBackend": "registration",
+    "register_backend": "registration", "register_volume": "registration", "window_to_unit": "registration",
+    "ElastixParams": "elastix",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):  # the elastix module imports itk lazily; keep its params importable from here
-    if name == "ElastixParams":
-        from .elastix import ElastixParams
-
-        return ElastixParams
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'engine.propagate' has no attribute {name!r}")

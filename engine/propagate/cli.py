@@ -94,11 +94,50 @@ def detect_axis(label: np.ndarray, slices: Optional[list[int]] = None) -> int:
     return fits[0]
 
 
+def _numpy_inputs(image: np.ndarray, label: np.ndarray, axis: int, slices: Optional[list[int]],
+                  extent: Optional[tuple[int, int]]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """The image (annotation axis first, float32) and the drawn masks ``{slice: 2D}``,
+    validated as :class:`~engine.propagate.ProxyBuilder` validates them (same errors)."""
+    from ..errors import InputError, MaskError, NonFiniteError, SliceIndexError
+
+    if not -3 <= axis < 3:
+        raise InputError(f"axis={axis} out of range for a 3D volume")
+    img = np.ascontiguousarray(np.moveaxis(np.asarray(image, dtype=np.float32), axis, 0))
+    if not np.isfinite(img).all():
+        raise NonFiniteError("image holds NaN or Inf")
+    lab = np.moveaxis(label, axis, 0)
+    D = img.shape[0]
+    if extent is not None and not 0 <= extent[0] <= extent[1] < D:
+        raise SliceIndexError(f"extent ({extent[0]}, {extent[1]}) must satisfy 0 <= first <= last < {D}")
+    if slices is None:
+        idx = [int(z) for z in np.nonzero(lab.reshape(D, -1).any(1))[0]]
+    else:
+        bad = [z for z in slices if not 0 <= z < D]
+        if bad:
+            raise SliceIndexError(f"annotated slice {bad[0]} out of range [0, {D}) on axis {axis % 3}")
+        idx = sorted(set(int(z) for z in slices))
+    if not idx:
+        raise MaskError("no annotated slice: draw at least one slice (or pass annotated=)")
+    masks = {}
+    for z in idx:
+        m = lab[z]
+        if m.dtype != np.bool_ and not np.isin(m, (0, 1)).all():
+            raise MaskError(f"annotated masks must be binary (0/1); found value {m[~np.isin(m, (0, 1))][0]}")
+        masks[z] = np.ascontiguousarray(m, dtype=np.float32)
+    if extent is not None:
+        outside = [z for z, m in masks.items() if not extent[0] <= z <= extent[1] and m.any()]
+        if outside:
+            raise SliceIndexError(f"drawn slices {outside} hold foreground outside the extent {extent}")
+    return img, masks
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``dilseg propagate``; returns the exit status."""
+    import time
+
     from ..errors import DilsegError, InputError, ShapeError
     from ..io.volumes import read_volume, write_volume
-    from .proxy import ProxyBuilder
+    from . import lite
 
     def fail(msg: str) -> int:
         print(f"dilseg propagate: error: {msg}", file=sys.stderr)
@@ -120,17 +159,32 @@ def run(args: argparse.Namespace) -> int:
             if len(args.extent) != 2:
                 raise InputError(f"--extent takes FIRST,LAST, got {args.extent}")
             extent = (args.extent[0], args.extent[1])
-        builder = ProxyBuilder(image.array, axis=axis, backend=args.backend, extent=extent, device=args.device,
-                               spacing=image.spacing)
         if args.slices is not None:
-            D = label.shape[builder.axis]
-            stray = np.nonzero(np.moveaxis(label != 0, builder.axis, 0).reshape(D, -1).any(1))[0]
+            D = label.shape[axis]
+            stray = np.nonzero(np.moveaxis(label != 0, axis, 0).reshape(D, -1).any(1))[0]
             extra = sorted(set(int(z) for z in stray) - set(args.slices))
             if extra:
-                raise InputError(f"{args.drawn} holds foreground on slices {extra} of axis {builder.axis}, "
+                raise InputError(f"{args.drawn} holds foreground on slices {extra} of axis {axis % 3}, "
                                  "which --slices does not list")
-        result = builder.propagate(label, args.slices, fusion=args.fusion)
-        proxy, conf = result.numpy()
+        if args.backend == "native" and args.device == "cpu" and lite.available():
+            # no torch: NumPy and the compiled CPU kernels (engine.propagate.lite)
+            img, masks = _numpy_inputs(image.array, label, axis, args.slices, extent)
+            others = [a for a in range(3) if a != axis % 3]
+            sp = (image.spacing[axis % 3], image.spacing[others[0]], image.spacing[others[1]])
+            t0 = time.perf_counter()
+            q, c = lite.proxy(img, masks, extent=extent, spacing=sp, fusion=args.fusion)
+            seconds = {"register": time.perf_counter() - t0, "propagate": 0.0}
+            proxy, conf = np.moveaxis(q, 0, axis), np.moveaxis(c, 0, axis)
+            annotated = sorted(masks)
+            how = "NumPy + C++ kernels"
+        else:
+            from .proxy import ProxyBuilder
+
+            builder = ProxyBuilder(image.array, axis=axis, backend=args.backend, extent=extent,
+                                   device=args.device, spacing=image.spacing)
+            result = builder.propagate(label, args.slices, fusion=args.fusion)
+            proxy, conf = result.numpy()
+            seconds, annotated, how = result.seconds, list(result.annotated), "torch"
         write_volume(args.output, proxy.astype(np.float32), like=image)
         if args.confidence:
             write_volume(args.confidence, conf.astype(np.float32), like=image)
@@ -139,8 +193,7 @@ def run(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError) as exc:  # e.g. an unknown torch device string
         return fail(f"{type(exc).__name__}: {exc}")
     if not args.quiet:
-        s = result.seconds
-        print(f"propagated {len(result.annotated)} drawn slices {list(result.annotated)} along axis {builder.axis} "
-              f"({args.backend}, {args.fusion}): register {s['register']:.3f} s, propagate {s['propagate']:.3f} s "
+        print(f"propagated {len(annotated)} drawn slices {annotated} along axis {axis % 3} "
+              f"({args.backend}, {args.fusion}, {how}): register + propagate {seconds['register'] + seconds['propagate']:.3f} s "
               f"-> {args.output}" + (f", {args.confidence}" if args.confidence else ""))
     return 0

@@ -37,8 +37,8 @@ read with ``transformix`` (``ComputeDeformationField``) as an ``[H, W, 2]`` arra
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 import tempfile
+from dataclasses import asdict, dataclass
 from typing import Optional, Union
 
 import numpy as np

@@ -72,7 +72,6 @@ The numbers above are proxy Dice on the 100 shared LA cases (44 slices of ~95x71
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import torch
@@ -81,89 +80,10 @@ from torch import Tensor
 
 from ..errors import InputError, ShapeError
 from ..ops import demons_step, regularize_field, warp2d
+from .params import NativeParams, _Pixels, grid_factors
 
 __all__ = ["NativeParams", "gaussian_smooth", "image_gradient", "demons_register", "invert_field",
            "register_stack"]
-
-
-@dataclass(frozen=True)
-class NativeParams:
-    """Parameters of the native demons registration (see the module docstring), in mm.
-
-    The registration runs on a grid of about ``pixel_mm`` per pixel: finer slices are
-    averaged down by an integer factor first (their fields are interpolated back to
-    the native grid), so accuracy and cost do not depend on the voxel size. The
-    lengths below are mm on that finest grid and scale with each coarser pyramid level
-    (the same number of pixels of the level)."""
-
-    #: iterations per pyramid level, coarsest first; its length is the number of levels
-    iterations: tuple[int, ...] = (30, 20, 5)
-    #: pixel size (mm) of the finest level: slices finer than this are averaged down to it
-    pixel_mm: float = 1.25
-    #: Gaussian sigma (mm at the finest level) of the demons step; 0: none
-    sigma_update_mm: float = 0.0
-    #: Gaussian sigma (mm at the finest level) of the accumulated field
-    sigma_field_mm: float = 1.25
-    #: bound of one demons step (mm at the finest level)
-    max_step_mm: float = 0.625
-    #: direction of the demons force: "symmetric" (ESM: mean of the fixed and the warped
-    #: moving gradients), "moving" (warped moving gradient) or "fixed" (Thirion's
-    #: passive force: the fixed gradient, computed once per level)
-    force: str = "symmetric"
-    #: "both": register both ways (bwd on its own); "invert": bwd is the fixed-point
-    #: inverse of fwd (about 1.7x faster, -0.003 Dice at k=3 on the LA cases)
-    direction: str = "both"
-    #: fixed-point iterations of the field inversion (direction="invert")
-    inverse_iterations: int = 5
-    #: Gaussian pre-smoothing (mm) of both images before the pyramid; 0: none
-    sigma_image_mm: float = 0.0
-    #: coupling of the fields of neighbouring pairs (batch entries n-1, n+1) per
-    #: iteration: u[n] <- (1 - 2w) u[n] + w (u[n-1] + u[n+1]); 0 keeps pairs independent
-    pair_coupling: float = 0.1
-    #: stop a level early once the largest update of an iteration is below this (mm;
-    #: checked every 5 iterations, one read back each); 0: the fixed iterations
-    stop_mm: float = 0.0
-
-    def __post_init__(self) -> None:
-        its = tuple(int(i) for i in self.iterations)
-        if not its or any(i < 0 for i in its):
-            raise InputError(f"iterations must be a non-empty tuple of non-negative ints, got {self.iterations!r}")
-        object.__setattr__(self, "iterations", its)
-        if not self.pixel_mm > 0:
-            raise InputError(f"pixel_mm must be > 0, got {self.pixel_mm}")
-        if self.sigma_update_mm < 0 or self.sigma_field_mm < 0 or self.sigma_image_mm < 0 or self.stop_mm < 0:
-            raise InputError("sigma_update_mm, sigma_field_mm, sigma_image_mm and stop_mm must be >= 0")
-        if not self.max_step_mm > 0:
-            raise InputError(f"max_step_mm must be > 0, got {self.max_step_mm}")
-        if self.force not in ("symmetric", "moving", "fixed"):
-            raise InputError(f"force={self.force!r}; expected 'symmetric', 'moving' or 'fixed'")
-        if self.direction not in ("invert", "both"):
-            raise InputError(f"direction={self.direction!r}; expected 'invert' or 'both'")
-        if self.inverse_iterations < 0:
-            raise InputError("inverse_iterations must be >= 0")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def in_pixels(self, grid_mm: Optional[float] = None) -> "_Pixels":
-        """The lengths in pixels of a finest grid of ``grid_mm`` (default ``pixel_mm``)."""
-        g = float(grid_mm or self.pixel_mm)
-        return _Pixels(self.iterations, self.sigma_update_mm / g, self.sigma_field_mm / g, self.max_step_mm / g,
-                       self.force, self.sigma_image_mm / g, self.pair_coupling, self.stop_mm / g)
-
-
-@dataclass(frozen=True)
-class _Pixels:
-    """NativeParams on one grid: every length in pixels of the finest level."""
-
-    iterations: tuple[int, ...]
-    sigma_update: float
-    sigma_field: float
-    max_step: float
-    force: str
-    sigma_image: float
-    pair_coupling: float
-    stop: float
 
 
 # --- building blocks ------------------------------------------------------------------
@@ -228,12 +148,33 @@ def _downsample(x: Tensor) -> Tensor:
     return F.avg_pool2d(x, 2, ceil_mode=True)
 
 
+def _linear_weights(m: int, n: int, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Indices and weights of a linear resize from ``m`` to ``n`` samples with
+    align_corners=False geometry (coarse sample i covers fine ``f i .. f i + f - 1``),
+    float32; :mod:`engine.propagate.lite` computes the same numbers with NumPy."""
+    src = ((torch.arange(n, dtype=torch.float32, device=device) + 0.5) * (m / n) - 0.5).clamp_min_(0.0)
+    i0 = src.floor().long().clamp_max_(m - 1)
+    i1 = (i0 + 1).clamp_max_(m - 1)
+    lam = src - i0
+    return i0, i1, 1.0 - lam, lam
+
+
+def _resize_fields(u: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of ``[N, C, h, w]`` to ``size``: columns within each source row,
+    then rows, each ``a w0 + b w1`` as two rounded products and a rounded sum (the
+    same arithmetic as the NumPy path: its fields are the same bits)."""
+    iy0, iy1, wy0, wy1 = _linear_weights(u.shape[-2], size[0], u.device)
+    ix0, ix1, wx0, wx1 = _linear_weights(u.shape[-1], size[1], u.device)
+    rows = u.index_select(-1, ix0) * wx0 + u.index_select(-1, ix1) * wx1
+    return rows.index_select(-2, iy0) * wy0[:, None] + rows.index_select(-2, iy1) * wy1[:, None]
+
+
 def _upsample_field(u: Tensor, size: tuple[int, int]) -> Tensor:
     # coarse pixel i covers fine pixels 2i, 2i+1: fine = 2 * coarse + 0.5, which is
     # align_corners=False resampling; displacements double
     sy = size[0] / u.shape[-2]
     sx = size[1] / u.shape[-1]
-    up = F.interpolate(u, size=size, mode="bilinear", align_corners=False)
+    up = _resize_fields(u, size)
     up[:, 0] *= sy
     up[:, 1] *= sx
     return up
@@ -364,19 +305,10 @@ def _fields_up(u: Tensor, f: tuple[int, int], size: tuple[int, int]) -> Tensor:
     ``f i .. f i + f - 1`` (align_corners=False), displacements times ``f``."""
     if f == (1, 1):
         return u
-    up = F.interpolate(u, size=(u.shape[-2] * f[0], u.shape[-1] * f[1]), mode="bilinear", align_corners=False)
+    up = _resize_fields(u, (u.shape[-2] * f[0], u.shape[-1] * f[1]))
     up[:, 0] *= f[0]
     up[:, 1] *= f[1]
     return up[..., : size[0], : size[1]].contiguous()
-
-
-def grid_factors(spacing: Optional[tuple[float, float]], params: NativeParams) -> tuple[int, int]:
-    """Integer averaging factors that bring in-plane pixels of ``spacing`` (mm; None:
-    ``pixel_mm``) close to ``params.pixel_mm`` without going coarser than it by more
-    than rounding."""
-    if spacing is None:
-        return (1, 1)
-    return tuple(max(1, int(round(params.pixel_mm / float(s)))) for s in spacing)  # type: ignore[return-value]
 
 
 def register_stack(volume: Tensor, params: Optional[NativeParams] = None,

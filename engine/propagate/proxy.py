@@ -120,8 +120,8 @@ def assemble_proxy(registration: Optional[Registration], shape: Sequence[int], m
         for z in inside:
             vol[z - lo] = main[z].float()
         fwd, bwd = registration.pairs(lo, hi)
-        res = propagate_chain(vol, [z - lo for z in inside], fwd, bwd, min_mass=min_mass, fuse=fusion,
-                              check_inputs=False)
+        res = propagate_chain(vol, _on_device(hi - lo + 1, [z - lo for z in inside], device), fwd, bwd,
+                              min_mass=min_mass, fuse=fusion, check_inputs=False)
         q[lo : hi + 1] = res.q
         fb[lo : hi + 1] = res.from_below
         fa[lo : hi + 1] = res.from_above
@@ -132,8 +132,9 @@ def assemble_proxy(registration: Optional[Registration], shape: Sequence[int], m
             q[:, idx, :] = m.float()
         else:
             q[:, :, idx] = m.float()
-    per_axis = [inside or None] + [sorted(i for (a, i) in planes if a == ax) or None for ax in (1, 2)]
-    c = confidence_map((D, H, W), per_axis, device=device)
+    per_axis = [inside] + [sorted(i for (a, i) in planes if a == ax) for ax in (1, 2)]
+    c = confidence_map((D, H, W), [_on_device(n, idx, device) if idx else None
+                                   for n, idx in zip((D, H, W), per_axis)], device=device)
     if extent is not None:  # slices, not a boolean mask: no host synchronisation
         q[:lo] = 0.0
         q[hi + 1 :] = 0.0
@@ -143,6 +144,15 @@ def assemble_proxy(registration: Optional[Registration], shape: Sequence[int], m
     seconds["total"] = seconds["propagate"]
     return ProxyResult(proxy=q, confidence=c, annotated=tuple(sorted(int(z) for z in main)), fusion=fusion,
                        extent=extent, from_below=fb, from_above=fa, dist_below=db, dist_above=da, seconds=seconds)
+
+
+def _on_device(n: int, idx: Sequence[int], device) -> Tensor:
+    """A ``[n]`` bool vector of the slices ``idx`` made on ``device`` (fills, no copy
+    from the host: on CUDA a list argument would cost a synchronous copy)."""
+    m = torch.zeros(n, dtype=torch.bool, device=device)
+    for i in idx:
+        m[int(i)] = True
+    return m
 
 
 # --- input checks (the builder's boundary) ----------------------------------------------------

@@ -22,14 +22,13 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
+from .params import REGISTER_MARGIN
 
 __all__ = ["BACKENDS", "RegistrationBackend", "Registration", "register_backend", "register_volume",
            "window_to_unit", "Extent", "REGISTER_MARGIN"]
 
 Extent = Optional[tuple[int, int]]
 
-#: With a known extent, slices registered beyond each of its ends (the cost follows the object).
-REGISTER_MARGIN = 1
 
 
 class RegistrationBackend(Protocol):

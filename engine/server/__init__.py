@@ -3,7 +3,8 @@
 * :func:`create_app` builds the FastAPI app (``/v1`` native API, the MONAI Label
   subset, health); :class:`Limits` says what a request may ask for.
 * :mod:`.auth` bearer keys (``dilseg keys add``), :mod:`.state` the atomic state
-  folder, :mod:`.leases` sessions as leases, :mod:`.codecs` array bodies and crops.
+  folder, :mod:`.leases` sessions as leases, :mod:`.codecs` array bodies and crops,
+  :mod:`.web` the annotation page (``dilseg serve --web``, docs/web.md).
 
 Importing ``engine.server`` is cheap: FastAPI (the ``server`` extra) loads with
 :func:`create_app`, torch when an engine is built.

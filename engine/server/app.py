@@ -22,105 +22,35 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import errors as E
 from .auth import KeyStore
-from .context import ServerState
-from .errors import AuthError, TooLargeError, error_body, status_of
+from .core import AuthGate, BodyLimit, ServerState
+from .errors import error_body, status_of
 from .limits import Limits
 from .state import StateDir
 
 log = logging.getLogger("dilseg.server")
 
-#: routes anyone may call without a key
-PUBLIC = {"/v1/health", "/auth/", "/auth/token", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for a declared ``Content-Length`` over the limit before any
-    byte is read; a chunked body is cut off once it passes the limit."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = None
-        for k, v in scope.get("headers", []):
-            if k == b"content-length":
-                try:
-                    length = int(v)
-                except ValueError:
-                    length = -1
-        if length is not None and (length < 0 or length > self.limit):
-            msg = (f"request body of {length} bytes is over the server's limit of {self.limit}" if length >= 0
-                   else "Content-Length is not a number")
-            exc = TooLargeError(msg) if length >= 0 else E.InputError(msg)
-            resp = JSONResponse(error_body(exc), status_code=status_of(exc), headers={"Connection": "close"})
-            return await resp(scope, receive, send)
-        seen = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal seen
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    raise TooLargeError(f"request body passed the server's limit of {self.limit} bytes")
-            return msg
-
-        async def tracking_send(msg):
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
-            await send(msg)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except TooLargeError as exc:
-            if started:
-                raise
-            resp = JSONResponse(error_body(exc), status_code=413, headers={"Connection": "close"})
-            await resp(scope, receive, send)
-
-
-class AuthGate:
-    """ASGI middleware: 401 for a request without a valid bearer key (public routes
-    aside); the principal goes to ``request.state.principal``."""
-
-    def __init__(self, app: Any, srv: "ServerState") -> None:
-        self.app = app
-        self.srv = srv
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        state = scope.setdefault("state", {})
-        if scope.get("path") in PUBLIC:
-            state["principal"] = None
-        else:
-            try:
-                state["principal"] = self.srv.principal(Request(scope))
-            except AuthError as exc:
-                resp = JSONResponse(error_body(exc), status_code=401, headers={"WWW-Authenticate": "Bearer"})
-                return await resp(scope, receive, send)
-        return await self.app(scope, receive, send)
-
 
 def create_app(engine_or_state: Union[Any, str, os.PathLike, None] = None, keys: Optional[KeyStore] = None,
                limits: Optional[Limits] = None, config: Any = None, monai: bool = True,
-               reap_interval_s: float = 1.0) -> FastAPI:
+               reap_interval_s: float = 1.0, web: Union[str, os.PathLike, None] = None) -> FastAPI:
     """The FastAPI app for one engine.
 
     ``engine_or_state``: an :class:`engine.Engine` (served as it is, never saved), a
     state folder path (the engine is loaded from it, or built from ``config`` when
     it is empty, and saved after every commit and at shutdown), or None (a fresh
     engine from ``config``, not saved). ``keys``: a :class:`KeyStore` (None: no
-    auth, for loopback use). ``limits``: :class:`Limits`.
+    auth, for loopback use). ``limits``: :class:`Limits`. ``web``: the annotation
+    page's build folder (``clients/web/dist``, see :mod:`.web`), served under
+    ``/web/``; :class:`.web.WebBuildMissing` before anything starts when it is not built.
     """
     from .. import __version__
 
     limits = limits or Limits()
+    web_dir = None
+    if web is not None:
+        from .web import check_dir
+
+        web_dir = check_dir(web)  # before an engine is built: a missing build fails fast
     state: Optional[StateDir] = None
     owns = True
     if engine_or_state is None:
@@ -196,6 +126,10 @@ def create_app(engine_or_state: Union[Any, str, os.PathLike, None] = None, keys:
         from . import monai as monai_routes
 
         app.include_router(monai_routes.router(srv))
+    if web_dir is not None:
+        from .web import mount
+
+        srv.web_dir = mount(app, web_dir)
     return app
 
 

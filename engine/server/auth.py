@@ -10,6 +10,7 @@ hash with :func:`hmac.compare_digest` (constant time, no early exit over entries
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .._files import atomic_write
+from .._files import commit_file
 
 ROLES = ("annotator", "admin")
 PREFIX = "dsk_"
@@ -111,7 +112,17 @@ class KeyStore:
     def _save(self) -> None:
         if self.path is None:
             return
-        atomic_write(self.path, json.dumps({"keys": self._entries}, indent=1), mkdir=True, mode=0o600)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:  # created 0600: only the server's user reads the hashes
+                json.dump({"keys": self._entries}, f, indent=1)
+            commit_file(tmp, self.path)  # fsync, atomic rename, fsync the folder
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def verify(self, token: Optional[str]) -> Optional[Principal]:
         """The principal of ``token``, or None. Every entry is compared (constant time

@@ -30,6 +30,9 @@ def add_serve_parser(sub) -> None:
                         "max_sessions, idle_timeout_s, lease_timeout_s, max_wait_s); repeatable")
     p.add_argument("--device", default=None, help="engine device for a fresh engine (auto, cpu, cuda)")
     p.add_argument("--steps", type=int, default=None, help="default learning steps per round for a fresh engine")
+    p.add_argument("--web", nargs="?", const="", default=None, metavar="DIR",
+                   help="also serve the annotation page at /web/ (docs/web.md) from DIR "
+                        "(default: clients/web/dist of this checkout, built by `make web`)")
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=_serve)
 
@@ -57,6 +60,15 @@ def _serve(args: argparse.Namespace) -> int:
             return 2
         if len(keys) == 0:
             print(f"dilseg serve: {args.keys} holds no key; every request but health will get 401", file=sys.stderr)
+    web = None
+    if args.web is not None:
+        from .web import WebBuildMissing, check_dir
+
+        try:
+            web = check_dir(args.web or None)
+        except WebBuildMissing as exc:
+            print(f"dilseg serve --web: {exc}", file=sys.stderr)
+            return 2
     import uvicorn
 
     from .. import errors as E
@@ -72,7 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
         if args.steps is not None:
             config.steps = args.steps
     try:
-        app = create_app(args.state, keys=keys, limits=limits, config=config)
+        app = create_app(args.state, keys=keys, limits=limits, config=config, web=web)
     except E.DilsegError as exc:
         print(f"dilseg serve: {exc}", file=sys.stderr)
         return 2
@@ -80,6 +92,8 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"dilseg serve: http://{args.host}:{args.port}  device {srv.engine.device}  "
           f"cases {srv.engine.counters['cases']}  state {args.state or '-'}  "
           f"auth {'on (' + str(len(keys)) + ' keys)' if keys is not None else 'off'}", flush=True)
+    if web is not None:
+        print(f"dilseg serve: the annotation page is at http://{args.host}:{args.port}/web/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)
     return 0
 

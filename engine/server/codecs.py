@@ -192,7 +192,10 @@ def read_volume_bytes(data: bytes, fmt: str):
     with tempfile.TemporaryDirectory(prefix="dilseg-up-") as d:
         p = Path(d) / f"upload{suffix}"
         p.write_bytes(data)
-        vol = read_volume(p)
+        try:
+            vol = read_volume(p)
+        except E.DilsegError as exc:  # say "the upload", not the server's temporary path
+            raise type(exc)(str(exc).replace(str(p), f"the uploaded {fmt} file").replace(d, "")) from exc
     vol.path = None
     if vol.ndim != 3:
         raise E.ShapeError(f"uploaded volume must be 3D, got shape {vol.shape}")

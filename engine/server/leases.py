@@ -21,7 +21,7 @@ from .. import errors as E
 from .errors import CapacityError, ForbiddenError, NotFoundError
 
 TOMBSTONES = 4096
-VERSIONS = 2  # result / prediction versions kept per lease for changed-bbox crops (the client's and the newest)
+VERSIONS = 2  # result / prediction / proxy versions kept per lease for changed-bbox crops (the client's and the newest)
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Lease:
         self.lock = asyncio.Lock()
         self.jobs: "OrderedDict[str, Job]" = OrderedDict()
         self.versions: dict[str, "OrderedDict[str, Any]"] = {"result": OrderedDict(), "soft": OrderedDict(),
-                                                          "prediction": OrderedDict()}
+                                                          "prediction": OrderedDict(), "proxy": OrderedDict()}
 
     def touch(self, work: bool = True) -> None:
         now = time.monotonic()

@@ -69,14 +69,14 @@ class StateDir:
             name = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{time.monotonic_ns()}"
             slot = self.slots / name
             engine.save(slot)
-            for f in slot.iterdir():  # Engine.save fsyncs its files; the slot folder is new
+            for f in slot.iterdir():
                 with contextlib.suppress(OSError):
                     fd = os.open(f, os.O_RDONLY)
                     os.fsync(fd)
                     os.close(fd)
             fsync_dir(slot)
             fsync_dir(self.slots)
-            atomic_write(self.path / "CURRENT", name + "\n")
+            atomic_write(self.path / "CURRENT", name + "\n")  # fsync, atomic rename, fsync the folder
             self._prune(keep_name=name)
             return slot
 

@@ -3,88 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from typing import Any, Callable, Optional
 
 import numpy as np
-from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi import Path as PathParam
+from fastapi import APIRouter, Header, Path as PathParam, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from .. import errors as E
 from . import codecs as C
-from .context import ServerState, read_body
+from .core import ServerState, read_body
 from .errors import ForbiddenError, TooLargeError
 from .leases import Lease
-
-BINARY_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {
-    "schema": {"type": "string", "format": "binary"}}}}}
-OPTIONAL_BINARY_BODY = {"requestBody": {"required": False, "content": {"application/octet-stream": {
-    "schema": {"type": "string", "format": "binary"}}}}}
-FRAME_RESPONSE = {200: {"description": "a dilseg frame (JSON meta + raw array, see engine.server.codecs)",
-                        "content": {C.FRAME_TYPE: {"schema": {"type": "string", "format": "binary"}},
-                                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-                  304: {"description": "not modified (If-None-Match)"}}
-
-
-class DType(str, enum.Enum):
-    uint8 = "uint8"
-    int8 = "int8"
-    uint16 = "uint16"
-    int16 = "int16"
-    uint32 = "uint32"
-    int32 = "int32"
-    float32 = "float32"
-    float64 = "float64"
-
-
-class FileFormat(str, enum.Enum):
-    nifti = "nifti"
-    nrrd = "nrrd"
-
-
-class OutFormat(str, enum.Enum):
-    frame = "frame"
-    nifti = "nifti"
-    nrrd = "nrrd"
-
-
-class MaskEncoding(str, enum.Enum):
-    u8 = "u8"
-    bits = "bits"
-
-
-class CommitFormat(str, enum.Enum):
-    u8 = "u8"
-    bits = "bits"
-    nifti = "nifti"
-    nrrd = "nrrd"
-
-
-class Extent(BaseModel):
-    first: int = Field(ge=0, le=1_000_000)
-    last: int = Field(ge=0, le=1_000_000)
-
-
-def _annotated(s: Any) -> dict[str, list[int]]:
-    return {str(k): v for k, v in s.annotated.items()}
-
-
-def session_info(lease: Lease, srv: ServerState) -> dict:
-    s = lease.session
-    like = lease.like
-    geometry = None
-    if like is not None:
-        geometry = {"spacing": list(like.spacing), "origin": list(like.origin),
-                    "direction": np.asarray(like.direction).tolist()}
-    return {"session_id": lease.id, "shape": list(s.shape), "axis": s.axis, "spacing": list(s.spacing),
-            "extent": list(s.extent) if s.extent is not None else None, "annotated": _annotated(s),
-            "rounds": s.rounds, "fusion_weight": s.fusion_weight, "geometry": geometry, "owner": lease.owner,
-            "lease": {"idle_timeout_s": srv.limits.idle_timeout_s, "lease_timeout_s": srv.limits.lease_timeout_s}}
-
+from .schemas import (BINARY_BODY, FRAME_RESPONSE, OPTIONAL_BINARY_BODY, CommitFormat, DType, Extent, FileFormat,
+                      MaskEncoding, OutFormat, annotated_dict, session_info)
 
 def router(srv: ServerState) -> APIRouter:
     L = srv.limits
@@ -280,6 +213,27 @@ def router(srv: ServerState) -> APIRouter:
         image = np.ascontiguousarray(vol.array, dtype=np.float32)
         return await open_lease(request, image, list(vol.spacing), axis, like=vol)
 
+    @r.post("/sessions/datastore", tags=["sessions"], status_code=201,
+            summary="open a session on an image of the server's stream (the MONAI Label datastore); "
+                    "committing it stores the result as the image's final label")
+    async def open_session_datastore(request: Request, image: str = Query(..., max_length=128),
+                                     axis: int = Query(2, ge=0, le=2)) -> JSONResponse:
+        store = srv.datastore
+        store.check_id(image)
+        store.entry(image)  # 404 before a lease is reserved
+        srv.leases.reserve()
+        vol = await run_in_threadpool(store.volume, image)
+        C.check_shape(vol.shape, L.max_voxels)
+        arr = np.ascontiguousarray(vol.array, dtype=np.float32)
+        s = await run_in_threadpool(eng.open, arr, list(vol.spacing), axis)
+        lease = Lease(s, principal(request).name, like=vol, meta={"monai_image": image})
+        try:
+            srv.leases.add(lease)
+        except BaseException:
+            await run_in_threadpool(s.close)
+            raise
+        return JSONResponse(dict(session_info(lease, srv), image=image), status_code=201)
+
     @r.get("/sessions/{sid}", tags=["sessions"], summary="the session's state")
     async def get_session(request: Request, sid: str = PathParam(..., max_length=64)) -> dict:
         lease = lease_of(request, sid)
@@ -293,6 +247,21 @@ def router(srv: ServerState) -> APIRouter:
         await call(lease, lease.session.close)
         srv.leases.drop(lease.id, "closed")
         return {"closed": True}
+
+    @r.get("/sessions/{sid}/image", tags=["sessions"], responses=FRAME_RESPONSE,
+           summary="the session's image as the engine holds it: a frame of float32 in the caller's layout")
+    async def session_image(request: Request, sid: str = PathParam(..., max_length=64)) -> Response:
+        lease = lease_of(request, sid)
+
+        def get() -> np.ndarray:
+            s = lease.session
+            return np.ascontiguousarray(s.image.movedim(0, s.axis).float().cpu().numpy())
+
+        a = await call(lease, get)
+        meta = {"kind": "image", "dtype": "float32", "shape": list(a.shape), "bbox": [[0, n] for n in a.shape],
+                "volume_shape": list(a.shape), "base": None, "axis": lease.session.axis}
+        # not gzipped: image floats barely compress, and a 512^3 volume would cost seconds
+        return Response(C.frame(meta, a.tobytes()), media_type=C.FRAME_TYPE)
 
     @r.post("/sessions/{sid}/heartbeat", tags=["sessions"], summary="keep the lease alive")
     async def heartbeat(request: Request, sid: str = PathParam(..., max_length=64)) -> dict:
@@ -329,21 +298,21 @@ def router(srv: ServerState) -> APIRouter:
         idx = parse_indices(indices)
         masks = await read_masks(request, lease.session, idx, axis, encoding.value)
         await call(lease, lambda: annotate_all(lease.session, idx, masks, axis))
-        return {"annotated": _annotated(lease.session)}
+        return {"annotated": annotated_dict(lease.session)}
 
     @r.delete("/sessions/{sid}/slices/{index}", tags=["slices"], summary="erase a slice's annotation")
     async def erase(request: Request, sid: str = PathParam(..., max_length=64), index: int = PathParam(...),
                     axis: Optional[int] = Query(None, ge=0, le=2)) -> dict:
         lease = lease_of(request, sid)
         await call(lease, lambda: lease.session.erase(index, axis=axis))
-        return {"annotated": _annotated(lease.session)}
+        return {"annotated": annotated_dict(lease.session)}
 
     @r.post("/sessions/{sid}/undo", tags=["slices"], summary="revert the last annotate / erase / extent")
     async def undo(request: Request, sid: str = PathParam(..., max_length=64)) -> dict:
         lease = lease_of(request, sid)
         await call(lease, lease.session.undo)
         ext = lease.session.extent
-        return {"annotated": _annotated(lease.session), "extent": list(ext) if ext is not None else None}
+        return {"annotated": annotated_dict(lease.session), "extent": list(ext) if ext is not None else None}
 
     @r.post("/sessions/{sid}/propagate", tags=["rounds"], responses=FRAME_RESPONSE,
             summary="proxy mask Q and confidence C (arrays=true: a frame of float32 (2, *shape))")
@@ -402,6 +371,16 @@ def router(srv: ServerState) -> APIRouter:
             return file_response(out, lease, format.value, "result")
         return versioned(request, lease, "soft" if soft else "result", out, since, if_none_match, {"timings": t})
 
+    @r.get("/sessions/{sid}/proxy", tags=["rounds"], responses=FRAME_RESPONSE,
+           summary="the proxy mask Q >= 0.5 (uint8): the changed bounding box since `since`")
+    async def proxy(request: Request, sid: str = PathParam(..., max_length=64),
+                    since: Optional[str] = Query(None, max_length=64),
+                    if_none_match: Optional[str] = Header(None)) -> Response:
+        lease = lease_of(request, sid)
+        (q, _), t = await call(lease, lambda: lease.session.propagate(return_timings=True))
+        out = np.ascontiguousarray(np.asarray(q) >= 0.5, dtype=np.uint8)
+        return versioned(request, lease, "proxy", out, since, if_none_match, {"timings": t})
+
     @r.get("/sessions/{sid}/prediction", tags=["rounds"], responses=FRAME_RESPONSE,
            summary="back-end probabilities: the changed bounding box since `since` (frame), or a file")
     async def prediction(request: Request, sid: str = PathParam(..., max_length=64),
@@ -459,7 +438,7 @@ def router(srv: ServerState) -> APIRouter:
             return np.ascontiguousarray(res), [int(z) for z in nxt], timings
 
         res, nxt, timings = await call(lease, work)
-        extra = {"proposals": nxt, "timings": timings, "annotated": _annotated(s), "fusion_weight": s.fusion_weight}
+        extra = {"proposals": nxt, "timings": timings, "annotated": annotated_dict(s), "fusion_weight": s.fusion_weight}
         etag = C.etag_of(res)
         return crop_frame(request, lease, "result", res, etag, since, extra)
 
@@ -486,9 +465,18 @@ def router(srv: ServerState) -> APIRouter:
                 if buf:
                     vol = await run_in_threadpool(C.read_volume_bytes, buf, fmt)
                     final = np.asarray(vol.array)
+        image_id = lease.meta.get("monai_image")
+        label = final
+        if image_id is not None and final is None:  # a stream image: what the person accepted is its label
+            label = await call(lease, lambda: np.ascontiguousarray(s.result()))
         await call(lease, lambda: s.commit(final_mask=final))
         srv.leases.drop(lease.id, "committed")
         saved = await srv.save()
-        return {"committed": True, "saved": saved, "counters": dict(eng.counters)}
+        out = {"committed": True, "saved": saved, "counters": dict(eng.counters)}
+        if image_id is not None:  # the stream moves on (/activelearning skips images with a final label)
+            await run_in_threadpool(srv.datastore.save_mask, image_id, label, "final",
+                                    {"source": "v1 commit", "final_mask": final is not None})
+            out["image"] = image_id
+        return out
 
     return r

@@ -16,7 +16,7 @@ from engine.ops._declare import registry
 
 from ._oracle import requires_cpu_ext, smooth_field
 
-OPS = ["warp2d", "warp2d_backward", "warp3d", "warp3d_backward", "propagate_chain", "confidence_map",
+OPS = ["warp2d", "warp2d_backward", "propagate_chain", "confidence_map",
        "slice_residuals", "select_slices", "demons_step", "regularize_field"]
 
 
@@ -133,7 +133,6 @@ def test_direct_and_custom_op_paths_agree_on_every_op():
     fields = smooth_field(4, 6, 7, amplitude=1.0)
     cases = {
         "warp2d": (src, u, "bilinear", "border"),
-        "warp3d": (torch.rand(1, 1, 4, 5, 6), torch.zeros(1, 3, 4, 5, 6), "nearest", "zeros"),
         "propagate_chain": (q, ann, fields, fields, 0.02, "linear"),
         "confidence_map": (ann, None, torch.tensor([True, False]), [5, 3, 2]),
         "slice_residuals": (q, p, None),

@@ -32,7 +32,6 @@ def _calls(device="cpu", **flags):
     buf = torch.empty(2, 2, 9, 8, device=d)
     return {
         "warp2d": lambda: O.warp2d(src, u, **fin),
-        "warp3d": lambda: O.warp3d(q[None, None], torch.zeros(1, 3, 6, 9, 8, device=d), **fin),
         "demons_step": lambda: O.demons_step(src, src.flip(2), u, g, 1.0, **fin),
         "demons_step out=": lambda: O.demons_step(src, src.flip(2), u, g, 1.0, out=buf, **fin),
         "regularize_field": lambda: O.regularize_field(u, g, 1.0, 0.1, 2, **fin),
