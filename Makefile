@@ -6,6 +6,7 @@
 #   make serve   the HTTP server on 127.0.0.1:8000 with state in runs/serve-state
 #   make web     the annotation page: npm ci from clients/web/package-lock.json, esbuild into clients/web/dist
 #   make serve-web  `make serve` with the page at http://127.0.0.1:8000/web/
+#   make test-napari  the napari plugin's tests in their own .venv-napari (make test runs them)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -17,6 +18,13 @@ export ENGINE_CUDA
 # the monailabel client the server tests replay the 3D Slicer plugin's calls with:
 # test-only, installed without its (huge) dependency set, never a runtime dependency
 MONAILABEL := monailabel==0.8.5
+# the napari plugin (clients/napari) is tested in an environment of its own, so that napari,
+# Qt and their ~100 packages stay out of the main one; its lock is clients/napari/requirements-test.txt
+NVENV  := .venv-napari
+NPY    := $(NVENV)/bin/python
+NAPARI_REQ   := clients/napari/requirements-test.txt
+NAPARI_STAMP := $(NVENV)/.dilseg-napari-installed
+
 # the web page (clients/web): node packages from the lock file only, bundled into dist/ (git-ignored)
 WEB      := clients/web
 WEBNPM   := $(WEB)/node_modules/.dilseg-npm-ci
@@ -24,7 +32,7 @@ WEBBUILD := $(WEB)/dist/.built
 WEBSRC   := $(shell find $(WEB)/src -type f 2>/dev/null) $(WEB)/build.mjs
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test build bench venv clean serve serve-web web browser
+.PHONY: demo test test-napari napari-system build bench venv clean serve serve-web web browser
 
 $(VENV)/.deps: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +49,21 @@ $(TESTSTAMP): $(VENV)/.deps clients/python/pyproject.toml
 	$(PY) -m pip install -q --no-deps $(MONAILABEL)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e clients/python
 	touch $@
+
+# the engine goes in editable without a native build of its own (ENGINE_NO_EXTENSION=1 at
+# install time only): it loads the engine._C that $(STAMP) built in the source tree
+$(NAPARI_STAMP): $(NAPARI_REQ) clients/napari/pyproject.toml clients/python/pyproject.toml setup.py
+	test -x $(NPY) || $(PYTHON) -m venv $(NVENV)
+	$(NPY) -m pip install -q --upgrade pip
+	$(NPY) -m pip install -q -r $(NAPARI_REQ)
+	mkdir -p build
+	ENGINE_NO_EXTENSION=1 flock build/.lock $(NPY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(NPY) -m pip install -q --no-deps --no-build-isolation -e clients/python -e clients/napari
+	touch $@
+
+# Xvfb, Mesa GL and Qt's xcb libraries from Debian, only those missing
+napari-system:
+	sh clients/napari/system-deps.sh
 
 venv: $(STAMP)
 
@@ -66,6 +89,10 @@ build: $(VENV)/.deps
 
 test: $(STAMP) $(TESTSTAMP) $(WEBBUILD) browser
 	DILSEG_WEB_TESTS=required $(PY) -m pytest -q tests
+	$(MAKE) test-napari
+
+test-napari: $(STAMP) $(NAPARI_STAMP) napari-system
+	cd clients/napari && ../../$(NPY) -m pytest -q tests
 
 demo: $(STAMP)
 	$(PY) -m engine.cli run --preset demo
