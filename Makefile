@@ -32,7 +32,7 @@ WEBBUILD := $(WEB)/dist/.built
 WEBSRC   := $(shell find $(WEB)/src -type f 2>/dev/null) $(WEB)/build.mjs
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-napari napari-system build bench venv clean serve serve-web web browser
+.PHONY: demo test lint test-napari napari-system build bench venv clean serve serve-web web browser
 
 $(VENV)/.deps: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -87,9 +87,13 @@ build: $(VENV)/.deps
 	flock build/.lock $(PY) setup.py -q build_ext --inplace
 	touch $(STAMP)
 
-test: $(STAMP) $(TESTSTAMP) $(WEBBUILD) browser
+test: $(STAMP) $(TESTSTAMP) $(WEBBUILD) browser lint
 	DILSEG_WEB_TESTS=required $(PY) -m pytest -q tests
 	$(MAKE) test-napari
+
+lint: $(VENV)/.deps
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 test-napari: $(STAMP) $(NAPARI_STAMP) napari-system
 	cd clients/napari && ../../$(NPY) -m pytest -q tests

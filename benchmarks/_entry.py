@@ -32,8 +32,9 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def record_entry(ratios, group: str, raw: Callable[[], object], public: Callable[[], object],
-                 repeats: int) -> dict[str, float]:
+def record_entry(
+    ratios, group: str, raw: Callable[[], object], public: Callable[[], object], repeats: int
+) -> dict[str, float]:
     """Time ``raw`` and ``public`` interleaved and record both under ``group + ENTRY``
     (baseline: raw). Returns the medians (seconds)."""
     med = interleaved({"raw": raw, "public": public}, repeats)

@@ -94,8 +94,13 @@ def count_syncs(fn: Callable[[], object]) -> int:
 def bandwidth_row(name: str, nbytes: int, ms: float, launches: dict | None = None) -> dict:
     gbs = nbytes / (ms * 1e-3) / 1e9
     copy = copy_bandwidth_gbs()
-    row = {"kernel": name, "ms": round(ms, 4), "GB/s": round(gbs, 1), "copy GB/s": round(copy, 1),
-           "fraction": round(gbs / copy, 3)}
+    row = {
+        "kernel": name,
+        "ms": round(ms, 4),
+        "GB/s": round(gbs, 1),
+        "copy GB/s": round(copy, 1),
+        "fraction": round(gbs / copy, 3),
+    }
     if launches is not None:
         row["launches"] = launches.get("kernels", 0) + launches.get("memsets", 0)
     return row

@@ -17,11 +17,10 @@ import sys
 
 import pytest
 import torch
+from _entry import record_entry
 
 import engine.ops  # noqa: F401
 from engine.ops import confidence_map
-
-from _entry import record_entry
 
 CM = sys.modules["engine.ops.confidence_map"]
 SIZES = {"LA": (44, 95, 71), "L": (128, 256, 256)}
@@ -62,8 +61,13 @@ def test_confidence_map_entry_vs_raw(benchmark, ratios, size):
     impl = CM.IMPLS["cpu"]
     public = lambda: confidence_map((D, H, W), axes)  # noqa: E731
     benchmark.pedantic(public, rounds=1, warmup_rounds=0)
-    record_entry(ratios, f"confidence_map cpu {size} {D}x{H}x{W} (2 axes)", lambda: impl(*axes, [D, H, W]), public,
-                 repeats=40 if size == "L" else 500)
+    record_entry(
+        ratios,
+        f"confidence_map cpu {size} {D}x{H}x{W} (2 axes)",
+        lambda: impl(*axes, [D, H, W]),
+        public,
+        repeats=40 if size == "L" else 500,
+    )
 
 
 def gpu_rows() -> list[dict]:
@@ -81,10 +85,14 @@ def gpu_rows() -> list[dict]:
             continue
         fn = lambda: CM.IMPLS[backend](*axes, [D, H, W])  # noqa: E731
         raw_ms[backend] = time_cuda(fn)
-        rows.append(bandwidth_row(f"confidence_map {backend} L {D}x{H}x{W}", nbytes, raw_ms[backend],
-                                  count_launches(fn)))
+        rows.append(
+            bandwidth_row(f"confidence_map {backend} L {D}x{H}x{W}", nbytes, raw_ms[backend], count_launches(fn))
+        )
     raw = next((b for b in ("cuda", "triton") if b in raw_ms), None)
     if raw is not None:
-        rows.append(entry_row(f"confidence_map L {D}x{H}x{W} ({raw})", nbytes,
-                              lambda: confidence_map((D, H, W), axes), raw_ms[raw]))
+        rows.append(
+            entry_row(
+                f"confidence_map L {D}x{H}x{W} ({raw})", nbytes, lambda: confidence_map((D, H, W), axes), raw_ms[raw]
+            )
+        )
     return rows

@@ -20,11 +20,10 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from _entry import record_entry
 
 import engine.ops  # noqa: F401
 from engine.ops import demons_step
-
-from _entry import record_entry
 
 DS = sys.modules["engine.ops.demons_step"]
 
@@ -71,11 +70,17 @@ def test_demons_step_entry_vs_raw(benchmark, ratios, size):
     public = lambda: demons_step(*args, 1.0)  # noqa: E731
     benchmark.pedantic(public, rounds=1, warmup_rounds=0)
     D, H, W = SIZES[size]
-    record_entry(ratios, f"demons_step cpu {2 * (D - 1)}x{H}x{W}", lambda: impl(*args, 1.0), public,
-                 repeats={"LA": 100, "S": 30, "L": 8}[size])
+    record_entry(
+        ratios,
+        f"demons_step cpu {2 * (D - 1)}x{H}x{W}",
+        lambda: impl(*args, 1.0),
+        public,
+        repeats={"LA": 100, "S": 30, "L": 8}[size],
+    )
 
 
 # --- GPU -----------------------------------------------------------------------------------
+
 
 def gpu_rows() -> list[dict]:
     """Triton demons_step at L (254 pairs of 256×256, float32).
@@ -95,5 +100,7 @@ def gpu_rows() -> list[dict]:
         return [{"kernel": name, "note": "backend not loaded"}]
     fn = lambda: DS.IMPLS["triton"](*args, 1.0)  # noqa: E731
     ms = time_cuda(fn)
-    return [bandwidth_row(name, 32 * P, ms, count_launches(fn)),
-            entry_row(f"demons_step {N}x{H}x{W} (triton)", 32 * P, lambda: demons_step(*args, 1.0), ms)]
+    return [
+        bandwidth_row(name, 32 * P, ms, count_launches(fn)),
+        entry_row(f"demons_step {N}x{H}x{W} (triton)", 32 * P, lambda: demons_step(*args, 1.0), ms),
+    ]

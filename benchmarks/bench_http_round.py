@@ -70,8 +70,22 @@ def main(argv=None) -> int:
     local = engine.Engine(cfg)
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", str(port), "--state",
-                             str(tmp / "state"), "--log-level", "error"], env=env, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--state",
+            str(tmp / "state"),
+            "--log-level",
+            "error",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     rows = []
     try:
@@ -97,7 +111,7 @@ def main(argv=None) -> int:
             b.set_extent(first, last)
             picks = a.propose(sizes[0])
             assert b.propose(sizes[0]) == picks
-            for r, k in enumerate(sizes):
+            for r in range(len(sizes)):
                 k_next = sizes[r + 1] if r + 1 < len(sizes) else 0
                 masks = [label[:, :, z] for z in picks]
                 t0 = time.perf_counter()
@@ -113,10 +127,12 @@ def main(argv=None) -> int:
                 t_http = (time.perf_counter() - t0) * 1e3
                 assert np.array_equal(res_a, res_b) and nxt_a == nxt_b, "the two paths diverged"
                 server_ms = b.timings["round"].get("server_ms", float("nan"))
-                rows.append({"case": case.name, "round": r + 1, "inproc": t_in, "http": t_http,
-                             "server": server_ms})
-                print(f"{case.name} round {r + 1}: in process {t_in:7.1f} ms, HTTP round {t_http:7.1f} ms "
-                      f"(server {server_ms:7.1f} ms), diff {t_http - t_in:+6.1f} ms", flush=True)
+                rows.append({"case": case.name, "round": r + 1, "inproc": t_in, "http": t_http, "server": server_ms})
+                print(
+                    f"{case.name} round {r + 1}: in process {t_in:7.1f} ms, HTTP round {t_http:7.1f} ms "
+                    f"(server {server_ms:7.1f} ms), diff {t_http - t_in:+6.1f} ms",
+                    flush=True,
+                )
                 picks = nxt_a
             a.commit()
             b.commit()
@@ -134,6 +150,7 @@ def main(argv=None) -> int:
     htp = [r["http"] for r in rows]
     diff = [r["http"] - r["inproc"] for r in rows]
     srv = [r["server"] for r in rows]
+    own = [h - v for h, v in zip(htp, srv)]
     import torch
 
     lines = [
@@ -158,7 +175,7 @@ def main(argv=None) -> int:
         f"{_pct(diff, 95):+.1f} ms |",
         f"| difference of the p50s | {_pct(htp, 50) - _pct(inp, 50):+.1f} ms | |",
         f"| HTTP round − the server's own handler time (transport, codecs, client) | "
-        f"{_pct([h - v for h, v in zip(htp, srv)], 50):+.1f} ms | {_pct([h - v for h, v in zip(htp, srv)], 95):+.1f} ms |",
+        f"{_pct(own, 50):+.1f} ms | {_pct(own, 95):+.1f} ms |",
         "",
         f"Load average (1 min) at start / end: {load0:.2f} / {os.getloadavg()[0]:.2f} (the 2-core machine is shared; "
         "the paired difference carries the noise of two separate learning runs, the last row does not).",
@@ -166,8 +183,11 @@ def main(argv=None) -> int:
         "| case | round | in process | HTTP | server | diff |",
         "|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r['case']} | {r['round']} | {r['inproc']:.0f} ms | {r['http']:.0f} ms | {r['server']:.0f} ms | "
-              f"{r['http'] - r['inproc']:+.1f} ms |" for r in rows]
+    lines += [
+        f"| {r['case']} | {r['round']} | {r['inproc']:.0f} ms | {r['http']:.0f} ms | {r['server']:.0f} ms | "
+        f"{r['http'] - r['inproc']:+.1f} ms |"
+        for r in rows
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -19,12 +19,11 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from _entry import record_entry
 
 import engine.ops  # noqa: F401
 from engine.ops import propagate_chain
 from engine.ops._declare import registry
-
-from _entry import record_entry
 
 PC = sys.modules["engine.ops.propagate_chain"]
 
@@ -85,8 +84,13 @@ def test_propagate_chain_entry_vs_raw(benchmark, ratios, size):
     masks, ann, fwd, bwd = make_inputs(D, H, W)
     public = lambda: _run("public", masks, ann, fwd, bwd)  # noqa: E731
     benchmark.pedantic(public, rounds=1, warmup_rounds=0)
-    record_entry(ratios, f"propagate_chain cpu {size} {D}x{H}x{W}", lambda: _run("cpu", masks, ann, fwd, bwd),
-                 public, repeats={"LA": 100, "S": 40, "L": 10}[size])
+    record_entry(
+        ratios,
+        f"propagate_chain cpu {size} {D}x{H}x{W}",
+        lambda: _run("cpu", masks, ann, fwd, bwd),
+        public,
+        repeats={"LA": 100, "S": 40, "L": 10}[size],
+    )
 
 
 def _propagate_bytes(masks, ann, fuse="linear") -> int:
@@ -120,13 +124,20 @@ def gpu_rows() -> list[dict]:
                 continue
             fn = lambda: _run(backend, masks, ann, fwd, bwd)  # noqa: E731
             raw_ms[backend] = time_cuda(fn, repeats=20)
-            row = bandwidth_row(f"propagate_chain {backend} {size} {D}x{H}x{W}", nbytes, raw_ms[backend],
-                                count_launches(fn))
+            row = bandwidth_row(
+                f"propagate_chain {backend} {size} {D}x{H}x{W}", nbytes, raw_ms[backend], count_launches(fn)
+            )
             rows.append(row)
         raw = next((b for b in ("cuda", "triton") if b in raw_ms), None)
         if raw is not None:
-            rows.append(entry_row(f"propagate_chain {size} {D}x{H}x{W} ({raw})", nbytes,
-                                  lambda: _run("public", masks, ann, fwd, bwd), raw_ms[raw]))
+            rows.append(
+                entry_row(
+                    f"propagate_chain {size} {D}x{H}x{W} ({raw})",
+                    nbytes,
+                    lambda: _run("public", masks, ann, fwd, bwd),
+                    raw_ms[raw],
+                )
+            )
         ms = time_cuda(lambda: _run("reference", masks, ann, fwd, bwd), repeats=3, warmup=1)
         rows.append(bandwidth_row(f"propagate_chain reference {size} {D}x{H}x{W}", nbytes, ms))
     return rows

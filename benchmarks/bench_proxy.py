@@ -56,6 +56,7 @@ END_FRACTION = 0.2
 
 # --- data and the simulated annotator ------------------------------------------------------
 
+
 def load_case(case) -> tuple[np.ndarray, np.ndarray, tuple]:
     """(image, label, spacing) of an engine.io.Case."""
     return np.ascontiguousarray(case.image, dtype=np.float32), np.ascontiguousarray(case.label), tuple(case.spacing)
@@ -88,8 +89,9 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
 
 
-def end_zone_dice(pred: np.ndarray, gt: np.ndarray, lo: int, hi: int, slices: list[int],
-                  axis: int = AXIS) -> tuple[float, float]:
+def end_zone_dice(
+    pred: np.ndarray, gt: np.ndarray, lo: int, hi: int, slices: list[int], axis: int = AXIS
+) -> tuple[float, float]:
     """Dice pooled over the unannotated slices of the outer END_FRACTION of [lo, hi] at the
     low and at the top end (nan when a zone holds no unannotated slice)."""
     n = max(1, int(round(END_FRACTION * (hi - lo + 1))))
@@ -107,11 +109,15 @@ def end_zone_dice(pred: np.ndarray, gt: np.ndarray, lo: int, hi: int, slices: li
 
 # --- methods ---------------------------------------------------------------------------------
 
+
 def _baselines() -> dict[str, Callable]:
     from engine.propagate import baselines as B
 
-    return {"nearest copy": B.nearest_slice_copy, "signed distance": B.signed_distance_interpolation,
-            "ITK morph. contour": B.morphological_contour_interpolation}
+    return {
+        "nearest copy": B.nearest_slice_copy,
+        "signed distance": B.signed_distance_interpolation,
+        "ITK morph. contour": B.morphological_contour_interpolation,
+    }
 
 
 def run_registration_method(image, label, backend: str, params, ks=KS, repeats: int = 1, spacing=None):
@@ -187,6 +193,7 @@ def run_baselines(label, ks=KS):
 
 # --- report ------------------------------------------------------------------------------------
 
+
 def machine() -> str:
     model = platform.processor() or "unknown CPU"
     try:
@@ -224,16 +231,27 @@ def _fmt(x, nd=3):
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=None,
-                    help="an LA folder (npz or h5 cases; default: engine.io.default_data_dir(), the 1.25 mm data; "
-                         "../shared/data/la_lgemri_2018_full for 0.625 mm)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="an LA folder (npz or h5 cases; default: engine.io.default_data_dir(), the 1.25 mm data; "
+        "../shared/data/la_lgemri_2018_full for 0.625 mm)",
+    )
     ap.add_argument("--cases", type=int, default=100, help="first N cases")
     ap.add_argument("--elastix-cases", type=int, default=10, help="elastix on this many cases spread evenly (0: none)")
     ap.add_argument("--timing-repeats", type=int, default=3, help="native timings per case (median taken)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--out", type=Path, default=None, help="markdown report (default benchmarks/results/proxy_<date>.md)")
-    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                    help="override a NativeParams field, e.g. --set sigma_field_mm=1.25 (repeatable)")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="markdown report (default benchmarks/results/proxy_<date>.md)"
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a NativeParams field, e.g. --set sigma_field_mm=1.25 (repeatable)",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -247,8 +265,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     overrides = {}
     for item in args.set:
         key, _, val = item.partition("=")
-        overrides[key] = tuple(int(v) for v in val.split(",")) if key == "iterations" else \
-            (val if key in ("force", "direction") else float(val) if "." in val else int(val))
+        overrides[key] = (
+            tuple(int(v) for v in val.split(","))
+            if key == "iterations"
+            else (val if key in ("force", "direction") else float(val) if "." in val else int(val))
+        )
     nparams = NativeParams(**overrides)
     eparams = ElastixParams()
     data = args.data or default_data_dir()
@@ -274,8 +295,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows: dict[str, dict] = {}
 
     def add(method, case, dice_by_k, ends_by_k, seconds):
-        r = rows.setdefault(method, {"dice": {k: [] for k in KS}, "low": {k: [] for k in KS},
-                                     "top": {k: [] for k in KS}, "time": [], "cases": []})
+        r = rows.setdefault(
+            method,
+            {
+                "dice": {k: [] for k in KS},
+                "low": {k: [] for k in KS},
+                "top": {k: [] for k in KS},
+                "time": [],
+                "cases": [],
+            },
+        )
         for k in KS:
             r["dice"][k].append(dice_by_k[k])
             r["low"][k].append(ends_by_k[k][0])
@@ -295,17 +324,31 @@ def main(argv: Optional[list[str]] = None) -> int:
         native_reg.append(nat["time"]["register"])
         native_prop.append(nat["time"]["propagate"])
         for fusion in ("linear", "nearest"):
-            add(f"native {fusion}", i, {k: nat["dice"][(k, fusion)] for k in KS},
-                {k: nat["ends"][(k, fusion)] for k in KS}, nat["time"]["case"])
+            add(
+                f"native {fusion}",
+                i,
+                {k: nat["dice"][(k, fusion)] for k in KS},
+                {k: nat["ends"][(k, fusion)] for k in KS},
+                nat["time"]["case"],
+            )
         for name, b in run_baselines(label).items():
             add(name, i, b["dice"], b["ends"], b["time"])
         if i in ela_idx:
             ela = run_registration_method(image, label, "elastix", eparams)
             for fusion in ("linear", "nearest"):
-                add(f"elastix {fusion}", i, {k: ela["dice"][(k, fusion)] for k in KS},
-                    {k: ela["ends"][(k, fusion)] for k in KS}, ela["time"]["case"])
-        print(f"[{i + 1}/{n}] {f}: native k3/5/8 " + " ".join(_fmt(nat["dice"][(k, 'linear')]) for k in KS)
-              + f"  {nat['time']['case'] * 1e3:.0f} ms  load {loadavg()}", flush=True)
+                add(
+                    f"elastix {fusion}",
+                    i,
+                    {k: ela["dice"][(k, fusion)] for k in KS},
+                    {k: ela["ends"][(k, fusion)] for k in KS},
+                    ela["time"]["case"],
+                )
+        print(
+            f"[{i + 1}/{n}] {f}: native k3/5/8 "
+            + " ".join(_fmt(nat["dice"][(k, "linear")]) for k in KS)
+            + f"  {nat['time']['case'] * 1e3:.0f} ms  load {loadavg()}",
+            flush=True,
+        )
     elapsed = time.time() - start
     load_end = loadavg()
 
@@ -314,28 +357,46 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = args.out or ROOT / "benchmarks" / "results" / f"proxy_{date}.md"
     L = []
     L.append(f"# Proxy mask from k drawn slices — {n} LA cases of {data.name} ({date})\n")
-    L.append(f"Machine: {machine()}. Load average (1/5/15 min) at start {load_start}, at end {load_end} "
-             f"(the CPU is shared: times are comparable within this run only). Wall time {elapsed / 60:.1f} min.\n")
-    L.append(f"Command: `{' '.join([Path(sys.executable).name, 'benchmarks/bench_proxy.py'] + (argv if argv is not None else sys.argv[1:]))}`\n")
+    L.append(
+        f"Machine: {machine()}. Load average (1/5/15 min) at start {load_start}, at end {load_end} "
+        f"(the CPU is shared: times are comparable within this run only). Wall time {elapsed / 60:.1f} min.\n"
+    )
+    command = [Path(sys.executable).name, "benchmarks/bench_proxy.py"] + (argv if argv is not None else sys.argv[1:])
+    L.append(f"Command: `{' '.join(command)}`\n")
     L.append(f"Native parameters: `{nparams}`  \nElastix parameters: `{eparams}`\n")
-    L.append("Protocol: annotation axis 2; k slices evenly spaced over the object's extent incl. its first and "
-             "last slice; extent known (background outside); 3D Dice over the whole volume, proxy >= 0.5. "
-             f"Ends: Dice pooled over the unannotated slices of the outer {int(END_FRACTION * 100)} % of the "
-             "extent (low end = lower index on axis 2). Elastix rows: "
-             f"{ne} cases ({', '.join(str(c) for c in sorted(ela_idx))}).\n")
-    L.append("Effort (drawn / object slices), mean over cases: "
-             + ", ".join(f"k={k}: {np.mean(effort[k]):.3f}" for k in KS) + "\n")
+    L.append(
+        "Protocol: annotation axis 2; k slices evenly spaced over the object's extent incl. its first and "
+        "last slice; extent known (background outside); 3D Dice over the whole volume, proxy >= 0.5. "
+        f"Ends: Dice pooled over the unannotated slices of the outer {int(END_FRACTION * 100)} % of the "
+        "extent (low end = lower index on axis 2). Elastix rows: "
+        f"{ne} cases ({', '.join(str(c) for c in sorted(ela_idx))}).\n"
+    )
+    L.append(
+        "Effort (drawn / object slices), mean over cases: "
+        + ", ".join(f"k={k}: {np.mean(effort[k]):.3f}" for k in KS)
+        + "\n"
+    )
     L.append("## Dice (all evaluated cases per method)\n")
     L.append("| method | cases | " + " | ".join(f"k={k} mean | k={k} p10" for k in KS) + " | time / case (median) |")
     L.append("|---|---:|" + "---:|---:|" * len(KS) + "---:|")
-    order = ["native linear", "native nearest", "elastix linear", "elastix nearest", "nearest copy",
-             "signed distance", "ITK morph. contour"]
+    order = [
+        "native linear",
+        "native nearest",
+        "elastix linear",
+        "elastix nearest",
+        "nearest copy",
+        "signed distance",
+        "ITK morph. contour",
+    ]
     for m in order:
         if m not in rows:
             continue
         r = rows[m]
-        L.append(f"| {m} | {len(r['cases'])} | " + " | ".join(f"{_fmt(_mean(r['dice'][k]))} | {_fmt(_p10(r['dice'][k]))}"
-                                                        for k in KS) + f" | {statistics.median(r['time']) * 1e3:.1f} ms |")
+        L.append(
+            f"| {m} | {len(r['cases'])} | "
+            + " | ".join(f"{_fmt(_mean(r['dice'][k]))} | {_fmt(_p10(r['dice'][k]))}" for k in KS)
+            + f" | {statistics.median(r['time']) * 1e3:.1f} ms |"
+        )
     L.append("")
     L.append("## Ends: Dice of the unannotated slices near the object's two ends (mean over cases)\n")
     L.append("| method | " + " | ".join(f"k={k} low | k={k} top" for k in KS) + " |")
@@ -344,7 +405,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if m not in rows:
             continue
         r = rows[m]
-        L.append(f"| {m} | " + " | ".join(f"{_fmt(_mean(r['low'][k]))} | {_fmt(_mean(r['top'][k]))}" for k in KS) + " |")
+        L.append(
+            f"| {m} | " + " | ".join(f"{_fmt(_mean(r['low'][k]))} | {_fmt(_mean(r['top'][k]))}" for k in KS) + " |"
+        )
     L.append("")
     if ela_idx and "elastix linear" in rows:
         sub = sorted(ela_idx)
@@ -353,25 +416,43 @@ def main(argv: Optional[list[str]] = None) -> int:
         L.append(f"## Same-case comparison on the {len(sub)} elastix cases\n")
         L.append("| method | " + " | ".join(f"k={k} mean" for k in KS) + " | time / case (median) |")
         L.append("|---|" + "---:|" * len(KS) + "---:|")
-        for m in ("native linear", "native nearest", "elastix linear", "elastix nearest", "nearest copy",
-                  "signed distance", "ITK morph. contour"):
+        for m in (
+            "native linear",
+            "native nearest",
+            "elastix linear",
+            "elastix nearest",
+            "nearest copy",
+            "signed distance",
+            "ITK morph. contour",
+        ):
             r = rows[m]
             pos = [r["cases"].index(c) for c in sub]
-            L.append(f"| {m} | " + " | ".join(_fmt(_mean([r['dice'][k][p] for p in pos])) for k in KS)
-                     + f" | {statistics.median([r['time'][p] for p in pos]) * 1e3:.1f} ms |")
+            L.append(
+                f"| {m} | "
+                + " | ".join(_fmt(_mean([r["dice"][k][p] for p in pos])) for k in KS)
+                + f" | {statistics.median([r['time'][p] for p in pos]) * 1e3:.1f} ms |"
+            )
         nat_t = statistics.median([nat["time"][nat["cases"].index(c)] for c in sub])
         ela_t = statistics.median(ela["time"])
-        L.append(f"\nelastix / native time per case on these cases: {ela_t / nat_t:.0f}x "
-                 f"({ela_t:.2f} s vs {nat_t * 1e3:.0f} ms).\n")
+        L.append(
+            f"\nelastix / native time per case on these cases: {ela_t / nat_t:.0f}x "
+            f"({ela_t:.2f} s vs {nat_t * 1e3:.0f} ms).\n"
+        )
     L.append("## Native time per case, by stage (median over cases)\n")
-    L.append(f"- normalise + register all pairs: {statistics.median(native_reg) * 1e3:.1f} ms "
-             f"(p90 {np.percentile(native_reg, 90) * 1e3:.1f} ms)")
+    L.append(
+        f"- normalise + register all pairs: {statistics.median(native_reg) * 1e3:.1f} ms "
+        f"(p90 {np.percentile(native_reg, 90) * 1e3:.1f} ms)"
+    )
     L.append(f"- one propagation (chains + fusion + outputs): {statistics.median(native_prop) * 1e3:.1f} ms")
-    L.append(f"- register + one propagation: {statistics.median(rows['native linear']['time']) * 1e3:.1f} ms "
-             f"(p90 {np.percentile(rows['native linear']['time'], 90) * 1e3:.1f} ms)")
-    L.append(f"- the path users call, `Session.propagate()` with its registration (5 drawn slices, warm engine): "
-             f"{statistics.median(session_times) * 1e3:.1f} ms median (p90 "
-             f"{np.percentile(session_times, 90) * 1e3:.1f} ms)\n")
+    L.append(
+        f"- register + one propagation: {statistics.median(rows['native linear']['time']) * 1e3:.1f} ms "
+        f"(p90 {np.percentile(rows['native linear']['time'], 90) * 1e3:.1f} ms)"
+    )
+    L.append(
+        f"- the path users call, `Session.propagate()` with its registration (5 drawn slices, warm engine): "
+        f"{statistics.median(session_times) * 1e3:.1f} ms median (p90 "
+        f"{np.percentile(session_times, 90) * 1e3:.1f} ms)\n"
+    )
     text = "\n".join(L)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
@@ -381,6 +462,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 # --- pytest-benchmark: a few cases, for `make bench` ------------------------------------------------
+
 
 def _bench_cases(n: int = 3):
     from engine.io import la_folder
@@ -408,8 +490,9 @@ if pytest is not None:
         return _bench_cases(3)
 
     @_needs_data
-    @pytest.mark.parametrize("method", ["native register+propagate", "native propagate only", "nearest copy",
-                                        "ITK morph. contour"])
+    @pytest.mark.parametrize(
+        "method", ["native register+propagate", "native propagate only", "nearest copy", "ITK morph. contour"]
+    )
     def test_proxy_case(benchmark, ratios, la_cases, method):
         from engine.propagate import ProxyBuilder
 
@@ -426,14 +509,18 @@ if pytest is not None:
             def fn():
                 return [b.propagate(d, sl) for b, (_, _, _, sl, d, _) in zip(builders, prepared)]
         elif method == "native register+propagate":
+
             def fn():
-                return [ProxyBuilder(im, axis=AXIS, extent=ext, spacing=sp).propagate(d, sl)
-                        for im, _, ext, sl, d, sp in prepared]
+                return [
+                    ProxyBuilder(im, axis=AXIS, extent=ext, spacing=sp).propagate(d, sl)
+                    for im, _, ext, sl, d, sp in prepared
+                ]
         else:
             f = _baselines()[method]
 
             def fn():
                 return [f(d, sl, axis=AXIS, extent=ext) for _, _, ext, sl, d, _ in prepared]
+
         benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
         ratios.record(f"proxy, {len(prepared)} LA cases, k=5", method, benchmark, baseline="native register+propagate")
 

@@ -22,11 +22,10 @@ import sys
 
 import pytest
 import torch
+from _entry import record_entry
 
 import engine.ops  # noqa: F401
 from engine.ops import regularize_field
-
-from _entry import record_entry
 
 RF = sys.modules["engine.ops.regularize_field"]
 
@@ -86,12 +85,17 @@ def test_regularize_field_entry_vs_raw(benchmark, ratios, size):
     public = lambda: regularize_field(u, step, SIGMA, COUPLING, GROUPS, out=out)  # noqa: E731
     benchmark.pedantic(public, rounds=1, warmup_rounds=0)
     D, H, W = SIZES[size]
-    record_entry(ratios, f"regularize_field cpu {2 * (D - 1)}x2x{H}x{W}",
-                 lambda: impl(u, step, SIGMA, COUPLING, GROUPS, out), public,
-                 repeats={"LA": 100, "S": 40, "L": 10}[size])
+    record_entry(
+        ratios,
+        f"regularize_field cpu {2 * (D - 1)}x2x{H}x{W}",
+        lambda: impl(u, step, SIGMA, COUPLING, GROUPS, out),
+        public,
+        repeats={"LA": 100, "S": 40, "L": 10}[size],
+    )
 
 
 # --- GPU -----------------------------------------------------------------------------------
+
 
 def gpu_rows() -> list[dict]:
     """Triton regularize_field at L (254 fields of 2×256×256, float32).
@@ -113,5 +117,7 @@ def gpu_rows() -> list[dict]:
     fn = lambda: RF.IMPLS["triton"](u, step, SIGMA, COUPLING, GROUPS, out)  # noqa: E731
     ms = time_cuda(fn)
     public = lambda: regularize_field(u, step, SIGMA, COUPLING, GROUPS, out=out)  # noqa: E731
-    return [bandwidth_row(name, 12 * P, ms, count_launches(fn)),
-            entry_row(f"regularize_field {u.shape[0]}x2x{u.shape[2]}x{u.shape[3]} (triton)", 12 * P, public, ms)]
+    return [
+        bandwidth_row(name, 12 * P, ms, count_launches(fn)),
+        entry_row(f"regularize_field {u.shape[0]}x2x{u.shape[2]}x{u.shape[3]} (triton)", 12 * P, public, ms),
+    ]

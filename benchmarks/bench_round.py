@@ -13,7 +13,7 @@ Script (real left-atrium cases on the CPU; writes a Markdown table)::
 
     .venv/bin/python benchmarks/bench_round.py --cases 6 --steps 10
     .venv/bin/python benchmarks/bench_round.py --size la-full --cases 4 --rounds 3 --steps 20   # 0.625 mm LA
-    .venv/bin/python benchmarks/bench_round.py --size brain --cases 2 --rounds 3 --steps 20     # 240x240x155, small object
+    .venv/bin/python benchmarks/bench_round.py --size brain --cases 2 --rounds 3 --steps 20  # 240x240x155
     .venv/bin/python benchmarks/bench_round.py --size S --steps 20 --device cuda   # GPU, phantoms at S
 
 On CUDA every round runs under ``torch.cuda.set_sync_debug_mode("warn")`` and the
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
 import statistics
 import sys
 import time
@@ -87,8 +86,16 @@ def _percentile(xs: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs, dtype=np.float64), q))
 
 
-def run_rounds(source: str = "la", cases: int = 4, steps: int = 10, sizes: Sequence[int] = (3, 2),
-               device: str = "cpu", data: Optional[str] = None, warmup: bool = True, config=None) -> list[dict]:
+def run_rounds(
+    source: str = "la",
+    cases: int = 4,
+    steps: int = 10,
+    sizes: Sequence[int] = (3, 2),
+    device: str = "cpu",
+    data: Optional[str] = None,
+    warmup: bool = True,
+    config=None,
+) -> list[dict]:
     """Drive ``cases`` cases through ``len(sizes)`` rounds each; one record per round.
 
     A record: ``case``, ``round`` (1-based), ``wall_ms`` (the whole round, host clock,
@@ -154,8 +161,16 @@ def run_rounds(source: str = "la", cases: int = 4, steps: int = 10, sizes: Seque
                 add(s.result(return_timings=True)[1])  # reuses the prediction and the proxy when current
             sync()
             wall = (time.perf_counter() - t0) * 1e3
-            records.append({"case": name, "round": r, "slices": len(picks), "wall_ms": wall, "stages": stages,
-                            "syncs": syncs.count})
+            records.append(
+                {
+                    "case": name,
+                    "round": r,
+                    "slices": len(picks),
+                    "wall_ms": wall,
+                    "stages": stages,
+                    "syncs": syncs.count,
+                }
+            )
         s.commit()
     eng.close()
     return records
@@ -199,40 +214,55 @@ def _stage_names(records: list[dict]) -> list[str]:
 def summarise(records: list[dict]) -> dict[str, dict]:
     """p50/p95 of the round wall time: all rounds, first rounds (with registration),
     later rounds; mean ms per stage for each group."""
-    groups = {"all rounds": records,
-              "round 1 (registers the pairs)": [r for r in records if r["round"] == 1],
-              "later rounds": [r for r in records if r["round"] > 1]}
+    groups = {
+        "all rounds": records,
+        "round 1 (registers the pairs)": [r for r in records if r["round"] == 1],
+        "later rounds": [r for r in records if r["round"] > 1],
+    }
     out = {}
     for g, rs in groups.items():
         if not rs:
             continue
         walls = [r["wall_ms"] for r in rs]
         syncs = [r["syncs"] for r in rs if r.get("syncs") is not None]
-        out[g] = {"n": len(rs), "p50 ms": _percentile(walls, 50), "p95 ms": _percentile(walls, 95),
-                  "syncs": statistics.fmean(syncs) if syncs else None,
-                  "stages": {s: statistics.fmean(r["stages"].get(s, 0.0) for r in rs)
-                             for s in _stage_names(rs)}}
+        out[g] = {
+            "n": len(rs),
+            "p50 ms": _percentile(walls, 50),
+            "p95 ms": _percentile(walls, 95),
+            "syncs": statistics.fmean(syncs) if syncs else None,
+            "stages": {s: statistics.fmean(r["stages"].get(s, 0.0) for r in rs) for s in _stage_names(rs)},
+        }
     return out
 
 
 def markdown(summary: dict[str, dict], title: str) -> str:
     names = list(next(iter(summary.values()))["stages"]) if summary else list(STAGES)
-    lines = [title, "", "| rounds | n | p50 ms | p95 ms | " + " | ".join(f"{s} ms" for s in names)
-             + " | other ms | host syncs |", "|" + "---|" * (4 + len(names) + 2)]
+    lines = [
+        title,
+        "",
+        "| rounds | n | p50 ms | p95 ms | " + " | ".join(f"{s} ms" for s in names) + " | other ms | host syncs |",
+        "|" + "---|" * (4 + len(names) + 2),
+    ]
     for g, v in summary.items():
         st = v["stages"]
         other = v["p50 ms"] - sum(st.values())
         sy = "n/a (CPU)" if v.get("syncs") is None else f"{v['syncs']:.1f}"
-        lines.append(f"| {g} | {v['n']} | {v['p50 ms']:.0f} | {v['p95 ms']:.0f} | "
-                     + " | ".join(f"{st[s]:.0f}" for s in names) + f" | {other:.0f} | {sy} |")
+        lines.append(
+            f"| {g} | {v['n']} | {v['p50 ms']:.0f} | {v['p95 ms']:.0f} | "
+            + " | ".join(f"{st[s]:.0f}" for s in names)
+            + f" | {other:.0f} | {sy} |"
+        )
     lines.append("")
-    lines.append("Stage columns are means over the rounds of the group (from the calls' own breakdowns); "
-                 "`other` = p50 minus their sum (annotate calls, Python, conversions; negative when the "
-                 "stage means exceed the median round).")
+    lines.append(
+        "Stage columns are means over the rounds of the group (from the calls' own breakdowns); "
+        "`other` = p50 minus their sum (annotate calls, Python, conversions; negative when the "
+        "stage means exceed the median round)."
+    )
     return "\n".join(lines)
 
 
 # --- pytest-benchmark ----------------------------------------------------------------------
+
 
 def _source_for_pytest() -> str:
     from engine.io import default_data_dir
@@ -254,6 +284,7 @@ def test_round_latency(benchmark, ratios):
 
 
 # --- GPU rows for device_check.sh ----------------------------------------------------------
+
 
 def launches_of_a_round(size: str = "S", steps: int = 20) -> int:
     """CUDA kernel launches of one later round (round 2 of a case) at ``size``."""
@@ -298,17 +329,27 @@ def gpu_rows() -> list[dict]:
             if g == "all rounds":
                 continue
             st = v["stages"]
-            rows.append({"kernel": f"round {size} {g}, 20 steps", "p50 ms": round(v["p50 ms"], 1),
-                         "p95 ms": round(v["p95 ms"], 1), "syncs / round": v.get("syncs"),
-                         "note": " ".join(f"{s} {ms:.0f}" for s, ms in st.items())})
+            rows.append(
+                {
+                    "kernel": f"round {size} {g}, 20 steps",
+                    "p50 ms": round(v["p50 ms"], 1),
+                    "p95 ms": round(v["p95 ms"], 1),
+                    "syncs / round": v.get("syncs"),
+                    "note": " ".join(f"{s} {ms:.0f}" for s, ms in st.items()),
+                }
+            )
     rows.append({"kernel": "round S later round, 20 steps: CUDA kernel launches", "launches": launches_of_a_round()})
     return rows
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size", default="la", choices=list(SOURCES),
-                    help="LA cases (la: 1.25 mm, la-full: 0.625 mm), brain (240x240x155, small object) or phantoms S / L")
+    ap.add_argument(
+        "--size",
+        default="la",
+        choices=list(SOURCES),
+        help="LA cases (la: 1.25 mm, la-full: 0.625 mm), brain (240x240x155, small object) or phantoms S / L",
+    )
     ap.add_argument("--data", default=None, help="LA folder (default: the shared data)")
     ap.add_argument("--cases", type=int, default=6)
     ap.add_argument("--steps", type=int, default=10, help="learning steps per round")
@@ -325,9 +366,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     recs = run_rounds(a.size, a.cases, a.steps, sizes, a.device, a.data)
     from conftest import machine_name  # benchmarks/conftest.py
 
-    title = (f"Round latency: {a.size if a.size != 'la' else 'left-atrium cases'}, {a.cases} cases x "
-             f"{len(sizes)} rounds ({a.rounds} slices), {a.steps} learning steps per round, device {a.device}, "
-             f"{torch.get_num_threads()} threads, {machine_name()}, {_dt.date.today()}")
+    title = (
+        f"Round latency: {a.size if a.size != 'la' else 'left-atrium cases'}, {a.cases} cases x "
+        f"{len(sizes)} rounds ({a.rounds} slices), {a.steps} learning steps per round, device {a.device}, "
+        f"{torch.get_num_threads()} threads, {machine_name()}, {_dt.date.today()}"
+    )
     text = markdown(summarise(recs), title)
     print(text)
     out = Path(a.out) if a.out else ROOT / "benchmarks" / "results" / f"round_{a.size}_{a.device.split(':')[0]}.md"

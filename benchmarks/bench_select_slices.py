@@ -13,11 +13,10 @@ import sys
 
 import pytest
 import torch
+from _entry import record_entry
 
 import engine.ops  # noqa: F401
 from engine.ops import select_slices
-
-from _entry import record_entry
 
 SS = sys.modules["engine.ops.select_slices"]
 
@@ -73,14 +72,25 @@ def gpu_rows() -> list[dict]:
             fn = lambda: impl(s, a, 4, 2, None)  # noqa: E731
             raw_ms[backend] = time_cuda(fn)
             lc = count_launches(fn)
-            rows.append({"kernel": f"select_slices {backend} D={D} k=4", "ms": round(raw_ms[backend], 4),
-                         "launches": lc.get("kernels", 0) + lc.get("memsets", 0)})
+            rows.append(
+                {
+                    "kernel": f"select_slices {backend} D={D} k=4",
+                    "ms": round(raw_ms[backend], 4),
+                    "launches": lc.get("kernels", 0) + lc.get("memsets", 0),
+                }
+            )
         raw = next((b for b in ("cuda", "triton") if b in raw_ms), None)
         if raw is not None:
             fn = lambda: select_slices(s, a, 4, 2)  # noqa: E731
             ms = time_cuda(fn)
             lc = count_launches(fn)
-            rows.append({"kernel": f"select_slices D={D} k=4 ({raw}) public entry", "ms": round(ms, 4),
-                         "launches": lc.get("kernels", 0) + lc.get("memsets", 0), "syncs": count_syncs(fn),
-                         "public/raw": round(ms / raw_ms[raw], 3)})
+            rows.append(
+                {
+                    "kernel": f"select_slices D={D} k=4 ({raw}) public entry",
+                    "ms": round(ms, 4),
+                    "launches": lc.get("kernels", 0) + lc.get("memsets", 0),
+                    "syncs": count_syncs(fn),
+                    "public/raw": round(ms / raw_ms[raw], 3),
+                }
+            )
     return rows

@@ -22,11 +22,10 @@ import time
 
 import pytest
 import torch
+from _entry import record_entry
 
 import engine.ops  # noqa: F401
 from engine.ops import slice_residuals
-
-from _entry import record_entry
 
 SR = sys.modules["engine.ops.slice_residuals"]
 
@@ -52,6 +51,7 @@ def make_inputs(size: str, dtype=torch.float32, weight: str = "slice", device: s
 
 # --- CPU (pytest-benchmark) ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("backend", ["reference", "cpu", "public"])
 def test_slice_residuals_cpu(benchmark, ratios, size, backend):
@@ -64,8 +64,12 @@ def test_slice_residuals_cpu(benchmark, ratios, size, backend):
         impl = SR.IMPLS[backend]
         fn = lambda: impl(q, p, w)  # noqa: E731
     benchmark.pedantic(fn, rounds=20 if size == "L" else 50, warmup_rounds=2)
-    ratios.record(f"slice_residuals cpu {size} {'x'.join(map(str, SIZES[size]))} f32 per-slice w", backend, benchmark,
-                  baseline="reference")
+    ratios.record(
+        f"slice_residuals cpu {size} {'x'.join(map(str, SIZES[size]))} f32 per-slice w",
+        backend,
+        benchmark,
+        baseline="reference",
+    )
 
 
 @pytest.mark.parametrize("size", list(SIZES))
@@ -77,11 +81,17 @@ def test_slice_residuals_entry_vs_raw(benchmark, ratios, size):
     impl = SR.IMPLS["cpu"]
     public = lambda: slice_residuals(q, p, w)  # noqa: E731
     benchmark.pedantic(public, rounds=1, warmup_rounds=0)
-    record_entry(ratios, f"slice_residuals cpu {size} {'x'.join(map(str, SIZES[size]))} f32 per-slice w",
-                 lambda: impl(q, p, w), public, repeats=60 if size == "L" else 500)
+    record_entry(
+        ratios,
+        f"slice_residuals cpu {size} {'x'.join(map(str, SIZES[size]))} f32 per-slice w",
+        lambda: impl(q, p, w),
+        public,
+        repeats=60 if size == "L" else 500,
+    )
 
 
 # --- CPU table (script mode) --------------------------------------------------------------
+
 
 def _interleaved(fns: dict, repeats: int) -> dict:
     """Median seconds of each fn, calls interleaved so machine noise hits all alike."""
@@ -98,21 +108,37 @@ def _interleaved(fns: dict, repeats: int) -> dict:
 
 def cpu_table() -> list[dict]:
     rows = []
-    cases = [(s, torch.float32, "slice") for s in SIZES] + [("L", torch.bfloat16, "slice"),
-                                                           ("L", torch.uint8, "none"), ("L", torch.float32, "full")]
+    cases = [(s, torch.float32, "slice") for s in SIZES] + [
+        ("L", torch.bfloat16, "slice"),
+        ("L", torch.uint8, "none"),
+        ("L", torch.float32, "full"),
+    ]
     for size, dtype, weight in cases:
         q, p, w = make_inputs(size, dtype, weight)
-        med = _interleaved({"reference": lambda: SR.IMPLS["reference"](q, p, w),
-                            "cpu": lambda: SR.IMPLS["cpu"](q, p, w),
-                            "public": lambda: slice_residuals(q, p, w)}, 7 if size == "L" else 41)
-        rows.append({"op": "slice_residuals", "case": f"{size} {'x'.join(map(str, SIZES[size]))} "
-                     f"{str(dtype).split('.')[-1]} w={weight}", "reference ms": med["reference"] * 1e3,
-                     "C++ ms": med["cpu"] * 1e3, "speed-up": med["reference"] / med["cpu"],
-                     "public ms": med["public"] * 1e3, "public/raw": med["public"] / med["cpu"]})
+        med = _interleaved(
+            {
+                "reference": lambda: SR.IMPLS["reference"](q, p, w),
+                "cpu": lambda: SR.IMPLS["cpu"](q, p, w),
+                "public": lambda: slice_residuals(q, p, w),
+            },
+            7 if size == "L" else 41,
+        )
+        rows.append(
+            {
+                "op": "slice_residuals",
+                "case": f"{size} {'x'.join(map(str, SIZES[size]))} {str(dtype).split('.')[-1]} w={weight}",
+                "reference ms": med["reference"] * 1e3,
+                "C++ ms": med["cpu"] * 1e3,
+                "speed-up": med["reference"] / med["cpu"],
+                "public ms": med["public"] * 1e3,
+                "public/raw": med["public"] / med["cpu"],
+            }
+        )
     return rows
 
 
 # --- GPU ----------------------------------------------------------------------------------
+
 
 def gpu_rows() -> list[dict]:
     """Effective GB/s (q, p, w read) and launches per call of the CUDA, Triton and
@@ -121,8 +147,11 @@ def gpu_rows() -> list[dict]:
     from _gpu import bandwidth_row, count_launches, entry_row, time_cuda
 
     rows = []
-    cases = [(s, torch.float32, "slice") for s in SIZES] + [("L", torch.bfloat16, "slice"),
-                                                           ("L", torch.uint8, "none"), ("L", torch.float32, "full")]
+    cases = [(s, torch.float32, "slice") for s in SIZES] + [
+        ("L", torch.bfloat16, "slice"),
+        ("L", torch.uint8, "none"),
+        ("L", torch.float32, "full"),
+    ]
     for size, dtype, weight in cases:
         q, p, w = make_inputs(size, dtype, weight, device="cuda")
         nbytes = q.numel() * q.element_size() + p.numel() * p.element_size()
@@ -139,8 +168,9 @@ def gpu_rows() -> list[dict]:
             rows.append(bandwidth_row(f"slice_residuals {backend} {tag}", nbytes, raw_ms[backend], count_launches(fn)))
         raw = next((b for b in ("cuda", "triton") if b in raw_ms), None)
         if raw is not None:
-            rows.append(entry_row(f"slice_residuals {tag} ({raw})", nbytes, lambda: slice_residuals(q, p, w),
-                                  raw_ms[raw]))
+            rows.append(
+                entry_row(f"slice_residuals {tag} ({raw})", nbytes, lambda: slice_residuals(q, p, w), raw_ms[raw])
+            )
     return rows
 
 
@@ -150,10 +180,16 @@ if __name__ == "__main__":
         for r in gpu_rows():
             print(r)
         raise SystemExit(0)
-    print(f"threads: {torch.get_num_threads()}  (C++ vs pure-torch reference, public entry vs C++, interleaved "
-          "medians, same run)")
-    print(f"{'op':16s} {'case':36s} {'reference ms':>13s} {'C++ ms':>9s} {'speed-up':>9s} {'public ms':>10s} "
-          f"{'public/raw':>10s}")
+    print(
+        f"threads: {torch.get_num_threads()}  (C++ vs pure-torch reference, public entry vs C++, interleaved "
+        "medians, same run)"
+    )
+    print(
+        f"{'op':16s} {'case':36s} {'reference ms':>13s} {'C++ ms':>9s} {'speed-up':>9s} {'public ms':>10s} "
+        f"{'public/raw':>10s}"
+    )
     for r in cpu_table():
-        print(f"{r['op']:16s} {r['case']:36s} {r['reference ms']:13.3f} {r['C++ ms']:9.3f} {r['speed-up']:8.2f}x "
-              f"{r['public ms']:10.3f} {r['public/raw']:10.2f}")
+        print(
+            f"{r['op']:16s} {r['case']:36s} {r['reference ms']:13.3f} {r['C++ ms']:9.3f} {r['speed-up']:8.2f}x "
+            f"{r['public ms']:10.3f} {r['public/raw']:10.2f}"
+        )

@@ -107,8 +107,9 @@ def make_bench(width: int, patch: str, mode: str, warmup: int = 3) -> Bench:
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = _status_kib("VmRSS") if _reset_peak_rss() else None
     precision, channels_last = MODES[mode]
-    cfg = LearnConfig(base_width=width, patch=PATCHES[patch], batch_size=BATCH, precision=precision,
-                      channels_last=channels_last)
+    cfg = LearnConfig(
+        base_width=width, patch=PATCHES[patch], batch_size=BATCH, precision=precision, channels_last=channels_last
+    )
     trainer = Trainer(cfg, device=device)
     g = torch.Generator(device=device).manual_seed(0)
     shape = (BATCH, 1, *PATCHES[patch])
@@ -184,8 +185,17 @@ def test_train_step(benchmark, width, patch, mode):
     benchmark.extra_info.update(width=width, patch=patch, mode=mode, peak_mib=mem)
     benchmark.pedantic(bench.step, rounds=rounds, iterations=1, warmup_rounds=2)
     stats = benchmark.stats.stats
-    _ROWS.append(dict(width=width, patch=patch, mode=mode, ms=stats.median * 1e3, ms_min=stats.min * 1e3,
-                      mem=mem, flops=bench.flops))
+    _ROWS.append(
+        dict(
+            width=width,
+            patch=patch,
+            mode=mode,
+            ms=stats.median * 1e3,
+            ms_min=stats.min * 1e3,
+            mem=mem,
+            flops=bench.flops,
+        )
+    )
 
 
 # --------------------------------------------------------------------- script form
@@ -199,8 +209,15 @@ def run_interleaved(full: bool, rounds: int) -> list[dict]:
             b.step()
             times[i].append(time.perf_counter() - start)
     return [
-        dict(width=b.width, patch=b.patch, mode=b.mode, ms=statistics.median(t) * 1e3,
-             ms_min=min(t) * 1e3, mem=b.mem_mib, flops=b.flops)
+        dict(
+            width=b.width,
+            patch=b.patch,
+            mode=b.mode,
+            ms=statistics.median(t) * 1e3,
+            ms_min=min(t) * 1e3,
+            mem=b.mem_mib,
+            flops=b.flops,
+        )
         for b, t in zip(benches, times)
     ]
 
@@ -211,8 +228,11 @@ def gpu_rows() -> list[dict]:
     rows = []
     for r in run_interleaved(full=True, rounds=20):
         tflops = r["flops"] / (r["ms"] * 1e-3) / 1e12 if r.get("flops") else None
-        row = {"kernel": f"train step w{r['width']} {r['patch']} {r['mode']}", "ms": round(r["ms"], 2),
-               "note": f"peak {r['mem']:.0f} MiB" if r.get("mem") is not None else ""}
+        row = {
+            "kernel": f"train step w{r['width']} {r['patch']} {r['mode']}",
+            "ms": round(r["ms"], 2),
+            "note": f"peak {r['mem']:.0f} MiB" if r.get("mem") is not None else "",
+        }
         if tflops is not None:
             row["TFLOP/s"] = round(tflops, 2)
         rows.append(row)

@@ -14,11 +14,10 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from _entry import record_entry
 
 import engine.ops  # noqa: F401
 from engine.ops import warp2d
-
-from _entry import record_entry
 
 W2 = sys.modules["engine.ops.warp2d"]
 
@@ -81,6 +80,7 @@ def test_warp2d(benchmark, ratios, n, field, device, backend):
         impl = W2.IMPLS[backend]
         fn = lambda: impl(src, u, "bilinear", "zeros")  # noqa: E731
     if device == "cuda":
+
         def run():
             fn()
             torch.cuda.synchronize()
@@ -103,8 +103,13 @@ def test_warp2d_entry_vs_raw(benchmark, ratios, n, field):
     impl = W2.IMPLS["cpu"]
     public = lambda: warp2d(src, u)  # noqa: E731
     benchmark.pedantic(public, rounds=1, warmup_rounds=0)
-    record_entry(ratios, f"warp2d cpu {n}x{H}x{W} {field}", lambda: impl(src, u, "bilinear", "zeros"), public,
-                 repeats=15 if n == 128 else 300)
+    record_entry(
+        ratios,
+        f"warp2d cpu {n}x{H}x{W} {field}",
+        lambda: impl(src, u, "bilinear", "zeros"),
+        public,
+        repeats=15 if n == 128 else 300,
+    )
 
 
 def gpu_rows() -> list[dict]:

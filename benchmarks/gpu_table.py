@@ -56,8 +56,19 @@ def collect() -> tuple[list[dict], list[str]]:
 
 
 def markdown(rows: list[dict], device: str) -> str:
-    keys = ["kernel", "ms", "GB/s", "fraction", "launches", "syncs", "public/raw", "TFLOP/s", "p50 ms", "p95 ms",
-            "note"]
+    keys = [
+        "kernel",
+        "ms",
+        "GB/s",
+        "fraction",
+        "launches",
+        "syncs",
+        "public/raw",
+        "TFLOP/s",
+        "p50 ms",
+        "p95 ms",
+        "note",
+    ]
     present = [k for k in keys if any(k in r for r in rows)]
     lines = [f"GPU: {device}", "", "| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
     for r in rows:

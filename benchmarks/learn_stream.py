@@ -50,7 +50,6 @@ class CurvePoint:
     seconds: float = 0.0
 
 
-
 def load_la_cases(ids: Sequence[int], root: str | None = None) -> list[Case]:
     """The shared LA cases ``la_{id:03d}`` (:func:`engine.io.la_folder`) with the
     annotation axis (2) moved first, as :class:`engine.io.Case` with ``axis=0``."""
@@ -108,7 +107,9 @@ def run_online(
         weight = torch.ones_like(label)
         residual = (label - trainer.predict(image)).abs() if residual_sampling else None
         start = time.perf_counter()
-        trainer.train_case(image, label, weight, steps_per_case, replay=replay, replay_ratio=replay_ratio, residual=residual)
+        trainer.train_case(
+            image, label, weight, steps_per_case, replay=replay, replay_ratio=replay_ratio, residual=residual
+        )
         if replay is not None:
             replay.add_case(image, label, weight, patches_per_case, residual=residual)
         spent += time.perf_counter() - start
@@ -136,9 +137,17 @@ def run_offline(
     samplers = []
     for c in train:
         image, label = _tensors(c, trainer.device)
-        samplers.append(PatchSampler(normalize_intensity(image, config.normalize), label, torch.ones_like(label),
-                                     config.patch, fg_fraction=config.fg_fraction, floor=config.residual_floor,
-                                     generator=trainer.generator))
+        samplers.append(
+            PatchSampler(
+                normalize_intensity(image, config.normalize),
+                label,
+                torch.ones_like(label),
+                config.patch,
+                fg_fraction=config.fg_fraction,
+                floor=config.residual_floor,
+                generator=trainer.generator,
+            )
+        )
     pick = random.Random(config.seed)
     curve: list[CurvePoint] = []
     spent = 0.0
@@ -158,7 +167,12 @@ def run_offline(
 
 def format_table(title: str, curve: Sequence[CurvePoint]) -> str:
     """Markdown table of a held-out Dice curve (one row per evaluation)."""
-    lines = [f"### {title}", "", "| cases seen | steps | held-out Dice (mean) | min | max | train s |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"### {title}",
+        "",
+        "| cases seen | steps | held-out Dice (mean) | min | max | train s |",
+        "|---|---|---|---|---|---|",
+    ]
     for p in curve:
         lo = min(p.per_case) if p.per_case else float("nan")
         hi = max(p.per_case) if p.per_case else float("nan")
@@ -202,22 +216,37 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if args.only in ("online", "both"):
         online = run_online(
-            config, train, test, args.steps_per_case, args.replay_capacity, args.replay_ratio,
-            args.patches_per_case, args.policy, eval_every=5, residual_sampling=args.residual_sampling,
-            device=args.device, log=lambda s: print(s, flush=True),
+            config,
+            train,
+            test,
+            args.steps_per_case,
+            args.replay_capacity,
+            args.replay_ratio,
+            args.patches_per_case,
+            args.policy,
+            eval_every=5,
+            residual_sampling=args.residual_sampling,
+            device=args.device,
+            log=lambda s: print(s, flush=True),
         )
-        sections.append(format_table(
-            f"Online stream, cases 0-{args.train - 1}, {args.steps_per_case} steps/case, replay "
-            f"{args.policy} capacity {args.replay_capacity}, {args.patches_per_case} patches/case, "
-            f"ratio {args.replay_ratio if args.replay_ratio is not None else config.replay_ratio}"
-            f"{', residual sampling' if args.residual_sampling else ''} (target >= 0.80)",
-            online))
+        sections.append(
+            format_table(
+                f"Online stream, cases 0-{args.train - 1}, {args.steps_per_case} steps/case, replay "
+                f"{args.policy} capacity {args.replay_capacity}, {args.patches_per_case} patches/case, "
+                f"ratio {args.replay_ratio if args.replay_ratio is not None else config.replay_ratio}"
+                f"{', residual sampling' if args.residual_sampling else ''} (target >= 0.80)",
+                online,
+            )
+        )
     if args.only in ("offline", "both"):
-        offline = run_offline(config, train, test, total, eval_every=250, device=args.device,
-                              log=lambda s: print(s, flush=True))
-        sections.append(format_table(
-            f"Offline, {total} steps on random patches of cases 0-{args.train - 1} (target >= 0.84)",
-            offline))
+        offline = run_offline(
+            config, train, test, total, eval_every=250, device=args.device, log=lambda s: print(s, flush=True)
+        )
+        sections.append(
+            format_table(
+                f"Offline, {total} steps on random patches of cases 0-{args.train - 1} (target >= 0.84)", offline
+            )
+        )
     cli_args = list(argv if argv is not None else sys.argv[1:])
     header = [
         "# Learning core: online stream vs offline (held-out cases 90-99)",

@@ -89,7 +89,9 @@ def _load_triton() -> tuple[Optional[Any], BackendStatus]:
     interp = _truthy("TRITON_INTERPRET")
     if not torch.cuda.is_available() and not interp:
         return None, BackendStatus(
-            "triton", False, f"triton {triton.__version__} present, but no CUDA device (TRITON_INTERPRET=1 runs it on CPU)"
+            "triton",
+            False,
+            f"triton {triton.__version__} present, but no CUDA device (TRITON_INTERPRET=1 runs it on CPU)",
         )
     mod = importlib.import_module("engine.kernels")
     mode = "interpreter" if interp else "compiled"

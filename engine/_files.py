@@ -72,8 +72,9 @@ def commit_file(tmp: PathLike, dest: PathLike, *, sync_dir: bool = True) -> Path
     return dest
 
 
-def atomic_write(path: PathLike, payload: Payload, *, suffix: Optional[str] = None, mkdir: bool = False,
-                 mode: Optional[int] = None) -> Path:
+def atomic_write(
+    path: PathLike, payload: Payload, *, suffix: Optional[str] = None, mkdir: bool = False, mode: Optional[int] = None
+) -> Path:
     """Write ``payload`` (text, bytes, or ``writer(tmp_path)`` that fills the file)
     to ``path`` atomically; see the module docstring.
 

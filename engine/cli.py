@@ -1,11 +1,11 @@
 """``dilseg`` command line.
 
-    dilseg info                         which backends loaded, and why others did not
-    dilseg run --preset demo|paper      the main job: a stream of cases with a simulated annotator
-    dilseg propagate IMAGE DRAWN -o P   proxy mask from a few drawn slices
-    dilseg data la2018 --to DIR         download + convert the public left-atrium data
-    dilseg serve [--host H] [--port P] [--state DIR] [--keys FILE] [--web]   the HTTP server (--web: the page)
-    dilseg keys add NAME --role annotator|admin --file FILE           a new server key
+dilseg info                         which backends loaded, and why others did not
+dilseg run --preset demo|paper      the main job: a stream of cases with a simulated annotator
+dilseg propagate IMAGE DRAWN -o P   proxy mask from a few drawn slices
+dilseg data la2018 --to DIR         download + convert the public left-atrium data
+dilseg serve [--host H] [--port P] [--state DIR] [--keys FILE] [--web]   the HTTP server (--web: the page)
+dilseg keys add NAME --role annotator|admin --file FILE           a new server key
 """
 
 from __future__ import annotations
@@ -88,7 +88,9 @@ def _add_server(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="dilseg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="dilseg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="command", required=True)
     _add_info(sub)
     _add_run(sub)

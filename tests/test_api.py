@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tiny_config(**kw):
-    learn = engine.learn.LearnConfig(patch=(8, 16, 16), base_width=4, depth=2, batch_size=2, precision="fp32",
-                                     channels_last=False)
+    learn = engine.learn.LearnConfig(
+        patch=(8, 16, 16), base_width=4, depth=2, batch_size=2, precision="fp32", channels_last=False
+    )
     return engine.Config(device="cpu", learn=learn, steps=2, replay_capacity=16, replay_patches_per_case=4, **kw)
 
 
@@ -38,8 +39,13 @@ def eng():
 
 
 def _snapshot(s):
-    return (dict((k, v.clone()) for k, v in s._store.masks.items()), s.extent, s._store.history_length,
-            s._store.stamp, s.closed)
+    return (
+        dict((k, v.clone()) for k, v in s._store.masks.items()),
+        s.extent,
+        s._store.history_length,
+        s._store.stamp,
+        s.closed,
+    )
 
 
 def _same(a, b):

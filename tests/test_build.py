@@ -21,7 +21,10 @@ def _run_py(code: str, **env) -> subprocess.CompletedProcess:
 
 
 def test_import_loads_no_extension():
-    r = _run_py("import sys, engine, engine.ops; print(sorted(m for m in sys.modules if m.startswith('engine._C') or m == 'engine.kernels'))")
+    r = _run_py(
+        "import sys, engine, engine.ops; "
+        "print(sorted(m for m in sys.modules if m.startswith('engine._C') or m == 'engine.kernels'))"
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
 
@@ -56,7 +59,11 @@ def test_no_extension_install_has_no_native_modules(tmp_path):
     """`ENGINE_NO_EXTENSION=1 pip install .` builds nothing native (setup.py decides)."""
     r = subprocess.run(
         [sys.executable, str(ROOT / "setup.py"), "-q", "build_py", "--build-lib", str(tmp_path / "lib")],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "ENGINE_NO_EXTENSION": "1"}, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ENGINE_NO_EXTENSION": "1"},
+        timeout=120,
     )
     assert r.returncode == 0, r.stderr
     lib = tmp_path / "lib"
@@ -105,13 +112,18 @@ TRITON_KERNELS = {
     ("warp2d", "_bwd"): ({}, {"BILINEAR": True, "BORDER": True, "HAS_GS": True, "HAS_GU": True, "BLOCK": 512}),
     ("demons_step", "_kernel"): ({}, {"BLOCK": 128}),
     ("regularize_field", "_kernel"): ({}, {"K": 5, "R": 2, "COUPLE": True, "BLOCK": 128}),
-    ("propagate_chain", "_kernel"): ({"ann_ptr": "*u8", "db_ptr": "*i32", "da_ptr": "*i32"},
-                                     {"FUSE": 2, "BLOCK": 1024, "BLOCK_D": 64}),
-    ("confidence_map", "_kernel"): ({"ad_ptr": "*u8", "ah_ptr": "*u8", "aw_ptr": "*u8"},
-                                    {"HAS_D": True, "HAS_H": True, "HAS_W": True, "BLOCK_H": 16, "BLOCK_W": 128,
-                                     "BLOCK_J": 32}),
-    ("select_slices", "_kernel"): ({"a_ptr": "*u8", "v_ptr": "*u8", "out_ptr": "*i64"},
-                                   {"HAS_A": True, "HAS_V": True, "BLOCK": 128, "FILL": 16}),
+    ("propagate_chain", "_kernel"): (
+        {"ann_ptr": "*u8", "db_ptr": "*i32", "da_ptr": "*i32"},
+        {"FUSE": 2, "BLOCK": 1024, "BLOCK_D": 64},
+    ),
+    ("confidence_map", "_kernel"): (
+        {"ad_ptr": "*u8", "ah_ptr": "*u8", "aw_ptr": "*u8"},
+        {"HAS_D": True, "HAS_H": True, "HAS_W": True, "BLOCK_H": 16, "BLOCK_W": 128, "BLOCK_J": 32},
+    ),
+    ("select_slices", "_kernel"): (
+        {"a_ptr": "*u8", "v_ptr": "*u8", "out_ptr": "*i64"},
+        {"HAS_A": True, "HAS_V": True, "BLOCK": 128, "FILL": 16},
+    ),
     ("slice_residuals", "_kernel"): ({}, {"W_MODE": 1, "BLOCK_Y": 32, "BLOCK_X": 128}),
 }
 
@@ -135,8 +147,16 @@ def test_triton_kernels_compile_for_sm90(monkeypatch):
     for (module, attr), (ptrs, consts) in TRITON_KERNELS.items():
         jitted = getattr(importlib.import_module(f"engine.kernels.{module}"), attr).jitted(False)
         params = list(inspect.signature(jitted.fn).parameters)
-        sig = {p: "constexpr" if p in consts else ptrs.get(p, "*fp32") if p.endswith("_ptr")
-               else "fp32" if p in floats else "i32" for p in params}
+        sig = {
+            p: "constexpr"
+            if p in consts
+            else ptrs.get(p, "*fp32")
+            if p.endswith("_ptr")
+            else "fp32"
+            if p in floats
+            else "i32"
+            for p in params
+        }
         src = ASTSource(fn=jitted, signature=sig, constexprs={(params.index(c),): v for c, v in consts.items()})
         compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32))
         assert "cubin" in compiled.asm, (module, attr)

@@ -41,8 +41,9 @@ def test_min_gap_relaxes_instead_of_proposing_fewer():
 
 
 def test_gap_rule_fills_largest_gaps():
-    assert propose("gap", 1, 30, annotated=[0, 10, 29], extent=(0, 29)) == [20] or \
-        propose("gap", 1, 30, annotated=[0, 10, 29], extent=(0, 29)) == [19]
+    assert propose("gap", 1, 30, annotated=[0, 10, 29], extent=(0, 29)) == [20] or propose(
+        "gap", 1, 30, annotated=[0, 10, 29], extent=(0, 29)
+    ) == [19]
     got = propose("gap", 2, 30, annotated=[], extent=(5, 25))
     assert len(got) == 2 and all(5 <= z <= 25 for z in got)
 
@@ -66,14 +67,17 @@ def test_residual_scores_match_direct_sum():
     torch.testing.assert_close(residual_scores(q, p, w), (w * (q - p).abs()).sum((1, 2)), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("call,err", [
-    (lambda: propose("magic", 2, 10), E.InputError),
-    (lambda: propose("even", 0, 10), E.InputError),
-    (lambda: propose("even", 2, 10, extent=(5, 12)), E.SliceIndexError),
-    (lambda: propose("even", 2, 10, annotated=[11]), E.SliceIndexError),
-    (lambda: propose("residual", 2, 10), E.InputError),
-    (lambda: propose("residual", 2, 10, scores=torch.ones(9)), E.InputError),
-])
+@pytest.mark.parametrize(
+    "call,err",
+    [
+        (lambda: propose("magic", 2, 10), E.InputError),
+        (lambda: propose("even", 0, 10), E.InputError),
+        (lambda: propose("even", 2, 10, extent=(5, 12)), E.SliceIndexError),
+        (lambda: propose("even", 2, 10, annotated=[11]), E.SliceIndexError),
+        (lambda: propose("residual", 2, 10), E.InputError),
+        (lambda: propose("residual", 2, 10, scores=torch.ones(9)), E.InputError),
+    ],
+)
 def test_bad_input_is_typed(call, err):
     with pytest.raises(err):
         call()

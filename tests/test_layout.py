@@ -158,8 +158,12 @@ def test_eval_reads_no_private_attribute():
 
 
 def test_one_atomic_write_helper():
-    hits = [f"{p.relative_to(ROOT)}:{i}" for p in MODULES.values()
-            for i, line in enumerate(p.read_text().splitlines(), 1) if "os.replace" in line]
+    hits = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for p in MODULES.values()
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if "os.replace" in line
+    ]
     assert len(hits) == 1 and hits[0].startswith("engine/_files.py"), hits
 
 

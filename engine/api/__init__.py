@@ -30,5 +30,14 @@ from .engine import STATE_VERSION, Engine, LabelledPool
 from .fusion import FUSION_WEIGHTS, fit_fusion_weight, fusion_errors
 from .session import Session
 
-__all__ = ["Config", "Engine", "Session", "LabelledPool", "FUSION_WEIGHTS", "RUNTIME_FIELDS", "STATE_VERSION",
-           "fit_fusion_weight", "fusion_errors"]
+__all__ = [
+    "Config",
+    "Engine",
+    "Session",
+    "LabelledPool",
+    "FUSION_WEIGHTS",
+    "RUNTIME_FIELDS",
+    "STATE_VERSION",
+    "fit_fusion_weight",
+    "fusion_errors",
+]

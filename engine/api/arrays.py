@@ -11,8 +11,15 @@ import torch
 from .. import errors as E
 from ..checks import check_finite
 
-__all__ = ["ArrayKind", "as_tensor", "check_image", "check_slice_index", "check_slice_mask", "check_volume_mask",
-           "internal_spacing"]
+__all__ = [
+    "ArrayKind",
+    "as_tensor",
+    "check_image",
+    "check_slice_index",
+    "check_slice_mask",
+    "check_volume_mask",
+    "internal_spacing",
+]
 
 
 class ArrayKind:
@@ -100,8 +107,9 @@ def check_slice_index(index: Any, size: int, caller_axis: int) -> int:
     return index
 
 
-def check_slice_mask(mask: Any, shape: Sequence[int], caller_axis: int, session_axis: int,
-                     device: torch.device) -> torch.Tensor:
+def check_slice_mask(
+    mask: Any, shape: Sequence[int], caller_axis: int, session_axis: int, device: torch.device
+) -> torch.Tensor:
     """A person's 2D mask of a slice on ``caller_axis`` of a volume of ``shape`` (the
     caller's layout): binary, finite, the plane's shape; returned as contiguous uint8 in
     the session's internal orientation (planes of the other axes are (annotation axis,

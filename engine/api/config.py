@@ -14,9 +14,21 @@ __all__ = ["Config", "resolve_device", "RUNTIME_FIELDS"]
 
 #: Config fields an engine may change while it runs (:meth:`Engine.reconfigure`);
 #: the others fix the model, the replay buffer or the device.
-RUNTIME_FIELDS = ("registration", "fusion", "fusion_gate", "fusion_window", "min_mass", "proposal", "min_gap",
-                  "residual_weighting", "steps", "smoothing", "smoothing_eps", "replay_ratio",
-                  "replay_patches_per_case")
+RUNTIME_FIELDS = (
+    "registration",
+    "fusion",
+    "fusion_gate",
+    "fusion_window",
+    "min_mass",
+    "proposal",
+    "min_gap",
+    "residual_weighting",
+    "steps",
+    "smoothing",
+    "smoothing_eps",
+    "replay_ratio",
+    "replay_patches_per_case",
+)
 
 
 @dataclass
@@ -84,13 +96,25 @@ class Config:
         if not isinstance(self.learn, LearnConfig):
             raise E.InputError(f"Config.learn must be an engine.learn.LearnConfig, got {type(self.learn).__name__}")
         self.learn.validate()
-        choices = {"registration": tuple(BACKENDS), "fusion": FUSIONS, "fusion_gate": ("evidence", "none"),
-                   "proposal": tuple(RULES), "smoothing": ("none", "self"), "replay_policy": ("reservoir", "fifo")}
+        choices = {
+            "registration": tuple(BACKENDS),
+            "fusion": FUSIONS,
+            "fusion_gate": ("evidence", "none"),
+            "proposal": tuple(RULES),
+            "smoothing": ("none", "self"),
+            "replay_policy": ("reservoir", "fifo"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise E.InputError(f"Config.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name, lo in (("min_gap", 0), ("steps", 0), ("fusion_window", 1), ("replay_capacity", 1),
-                         ("replay_patches_per_case", 1), ("seed", 0)):
+        for name, lo in (
+            ("min_gap", 0),
+            ("steps", 0),
+            ("fusion_window", 1),
+            ("replay_capacity", 1),
+            ("replay_patches_per_case", 1),
+            ("seed", 0),
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise E.InputError(f"Config.{name} must be an int >= {lo}, got {v!r}")

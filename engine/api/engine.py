@@ -85,8 +85,15 @@ class Engine:
         self.replay = None
         self._serving: Optional[torch.nn.Module] = None
         self._nonfinite_dev: Optional[torch.Tensor] = None  # predictions with NaN/Inf, counted on the device
-        self.counters: dict[str, int] = {"cases": 0, "steps": 0, "rounds": 0, "weights_version": 0,
-                                         "skipped_steps": 0, "restored_rounds": 0, "nonfinite_predictions": 0}
+        self.counters: dict[str, int] = {
+            "cases": 0,
+            "steps": 0,
+            "rounds": 0,
+            "weights_version": 0,
+            "skipped_steps": 0,
+            "restored_rounds": 0,
+            "nonfinite_predictions": 0,
+        }
         self._gate = FusionGate(config.fusion_gate, config.fusion_window)
         self._train_lock = threading.RLock()
         self._serve_lock = threading.Lock()
@@ -101,8 +108,10 @@ class Engine:
         :class:`~engine.errors.InputError`: build a new Engine for them."""
         fixed = sorted(k for k in changes if k not in RUNTIME_FIELDS)
         if fixed:
-            raise E.InputError(f"Config fields {fixed} cannot change on a running engine (they fix the model, "
-                               f"the replay buffer or the device); build a new Engine. Changeable: {RUNTIME_FIELDS}")
+            raise E.InputError(
+                f"Config fields {fixed} cannot change on a running engine (they fix the model, "
+                f"the replay buffer or the device); build a new Engine. Changeable: {RUNTIME_FIELDS}"
+            )
         new = replace(self.config, **changes)
         new.validate()
         with self._train_lock:
@@ -132,8 +141,13 @@ class Engine:
                 self._build(plan)
                 log.info("%s", plan.describe())
 
-    def observe(self, image: torch.Tensor, spacing: Sequence[float], masks: Optional[Mapping[int, Any]] = None,
-                extent: Optional[tuple[int, int]] = None) -> None:
+    def observe(
+        self,
+        image: torch.Tensor,
+        spacing: Sequence[float],
+        masks: Optional[Mapping[int, Any]] = None,
+        extent: Optional[tuple[int, int]] = None,
+    ) -> None:
         """Update the fingerprint with an image ``(D, H, W)`` (annotation axis first) at
         ``spacing`` (that order), or with its drawn ``masks`` ``{slice: 2D mask}``."""
         with self._train_lock:
@@ -183,6 +197,55 @@ class Engine:
         if flag is not None:
             self.counters["nonfinite_predictions"] += int(flag)
 
+    # --- a session's learning and commit (Session calls these) ----------------------
+    def _train_round(self, view, steps: int, target, weight, residual, timer, observe) -> Any:
+        """``steps`` steps on one session's case through its region ``view`` (a
+        :class:`~engine.api.roi.ModelView`); before the first, ``observe()`` puts the
+        case's object into the fingerprint and the segmenter is planned. Returns ``timer``."""
+        with self._train_lock:
+            if not self.planned:
+                observe()
+                self._ensure_plan()
+            with timer.stage("learn"):
+                image_m, target_m, weight_m, residual_m = view.training(target, weight, residual)
+                self.trainer.train_case(
+                    image_m,
+                    target_m,
+                    weight_m,
+                    steps,
+                    replay=self.replay,
+                    replay_ratio=self.config.replay_ratio,
+                    residual=residual_m,
+                    check_values=False,
+                    normalized=True,
+                )
+                self.counters["steps"] += steps
+                self.counters["rounds"] += 1
+                self._sync_counters(device_tallies=False)
+            self.publish()
+        return timer
+
+    def _commit_case(self, view, target, weight, residual, rows, observe) -> None:
+        """A session's case into the replay buffer (``target`` None: nothing drawn, no
+        patches), its fusion evidence ``rows`` into the gate, the counters on; under
+        the train lock, so counters and the buffer change together."""
+        with self._train_lock:
+            if target is not None:
+                observe()
+                self._ensure_plan()
+                image_m, target_m, weight_m, residual_m = view.training(target, weight, residual)
+                self.replay.add_case(
+                    image_m,
+                    target_m,
+                    weight_m,
+                    self.config.replay_patches_per_case,
+                    residual=residual_m,
+                    normalized=True,
+                )
+            self._gate.commit(rows)
+            self.counters["cases"] += 1
+            self._sync_counters()
+
     @property
     def fusion_evidence(self) -> list[list[int]]:
         """The committed evidence rows of the fusion gate (a copy, newest last)."""
@@ -221,8 +284,15 @@ class Engine:
         model_in = tr.normalize(resample(crop, size), stats)
         with self._serve_lock, torch.no_grad():
             p = sliding_window_inference(
-                self._serving, model_in, tr.patch, overlap=cfg.sw_overlap, blend=cfg.sw_blend,
-                batch_size=cfg.sw_batch, autocast_dtype=tr.amp_dtype, channels_last=cfg.channels_last)
+                self._serving,
+                model_in,
+                tr.patch,
+                overlap=cfg.sw_overlap,
+                blend=cfg.sw_blend,
+                batch_size=cfg.sw_batch,
+                autocast_dtype=tr.amp_dtype,
+                channels_last=cfg.channels_last,
+            )
         p = resample(p, crop.shape)
         # flagged on the device (no read back here), folded into counters when they are read
         bad = (~torch.isfinite(p)).any().to(torch.int64)
@@ -231,8 +301,15 @@ class Engine:
         return torch.nan_to_num(p, nan=0.0, posinf=1.0, neginf=0.0)
 
     # --- learning from full labels -------------------------------------------------------
-    def learn_labelled(self, image: Any, label: Any, steps: int, axis: int = 0, prior: Any = None,
-                       spacing: Optional[Sequence[float]] = None) -> None:
+    def learn_labelled(
+        self,
+        image: Any,
+        label: Any,
+        steps: int,
+        axis: int = 0,
+        prior: Any = None,
+        spacing: Optional[Sequence[float]] = None,
+    ) -> None:
         """Learn one case from its full label (the online full-label baseline, a warm
         start): ``steps`` steps with target = label and weight 1 (patches centred by
         ``|label - prior|`` when the model's earlier probabilities ``prior`` are given,
@@ -260,8 +337,15 @@ class Engine:
             w = torch.ones_like(lab_m)
             residual = None if prior is None else resample((lab - _internal(prior, axis, self.device)).abs(), size)
             if steps > 0:
-                self.trainer.train_case(img_m, lab_m, w, int(steps), replay=self.replay,
-                                        replay_ratio=self.config.replay_ratio, residual=residual)
+                self.trainer.train_case(
+                    img_m,
+                    lab_m,
+                    w,
+                    int(steps),
+                    replay=self.replay,
+                    replay_ratio=self.config.replay_ratio,
+                    residual=residual,
+                )
                 self.counters["steps"] += int(steps)
                 self.counters["rounds"] += 1
                 self._sync_counters(device_tallies=False)
@@ -292,9 +376,12 @@ class Engine:
         with self._train_lock:
             self._sync_counters()
             state = dict(self.counters, fusion_evidence=self._gate.rows)
-            meta = {"version": STATE_VERSION, "config": self.config.to_dict(),
-                    "plan": None if self.plan is None else self.plan.to_dict(),
-                    "fingerprint": self.fingerprint.to_dict()}
+            meta = {
+                "version": STATE_VERSION,
+                "config": self.config.to_dict(),
+                "plan": None if self.plan is None else self.plan.to_dict(),
+                "fingerprint": self.fingerprint.to_dict(),
+            }
             if self.plan is not None:
                 _ckpt.save(folder / "engine.ckpt", self.trainer, self.replay, state)
             else:
@@ -357,8 +444,7 @@ class LabelledPool:
                 lab = _internal(label, axis, engine.device)
                 check_image(img)
                 if tuple(lab.shape) != tuple(img.shape):
-                    raise E.ShapeError(f"label shape {tuple(lab.shape)} differs from the image's "
-                                       f"{tuple(img.shape)}")
+                    raise E.ShapeError(f"label shape {tuple(lab.shape)} differs from the image's {tuple(img.shape)}")
                 engine.observe(img, sp or (1.0, 1.0, 1.0))
                 engine.observe(img, sp or (1.0, 1.0, 1.0), masks=dict(enumerate(lab)))
                 volumes.append((img, lab, sp))
@@ -369,9 +455,17 @@ class LabelledPool:
         for img, lab, sp in volumes:
             size = engine.grid(img.shape, sp)
             img_m, lab_m = resample(img, size), resample(lab, size)
-            self._samplers.append(PatchSampler(tr.normalize(img_m), lab_m, torch.ones_like(lab_m), tr.patch,
-                                               fg_fraction=lc.fg_fraction, floor=lc.residual_floor,
-                                               generator=tr.generator))
+            self._samplers.append(
+                PatchSampler(
+                    tr.normalize(img_m),
+                    lab_m,
+                    torch.ones_like(lab_m),
+                    tr.patch,
+                    fg_fraction=lc.fg_fraction,
+                    floor=lc.residual_floor,
+                    generator=tr.generator,
+                )
+            )
 
     def __len__(self) -> int:
         return len(self._samplers)

@@ -89,9 +89,16 @@ class SessionEvidence:
     def __init__(self) -> None:
         self._src: dict[Key, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def note(self, key: Key, proxy: Optional[tuple[torch.Tensor, torch.Tensor]], proxy_keys: frozenset,
-             pred: Optional[torch.Tensor], pred_trained: bool, ever_drawn: bool,
-             extent: Optional[tuple[int, int]]) -> None:
+    def note(
+        self,
+        key: Key,
+        proxy: Optional[tuple[torch.Tensor, torch.Tensor]],
+        proxy_keys: frozenset,
+        pred: Optional[torch.Tensor],
+        pred_trained: bool,
+        ever_drawn: bool,
+        extent: Optional[tuple[int, int]],
+    ) -> None:
         """Keep what the front end would have shown on slice ``key`` (drawn now), if it
         is a main-axis slice drawn for the first time inside the extent, a proxy not
         built from it exists, and so does a trained prediction."""

@@ -92,8 +92,11 @@ class ModelView:
             return (z, slice(0, H), slice(0, W))
         r0, r1 = min(b[0] for b in boxes), max(b[1] for b in boxes)
         c0, c1 = min(b[2] for b in boxes), max(b[3] for b in boxes)
-        return (z, slice(max(0, r0 - margin[1]), min(H, r1 + 1 + margin[1])),
-                slice(max(0, c0 - margin[2]), min(W, c1 + 1 + margin[2])))
+        return (
+            z,
+            slice(max(0, r0 - margin[1]), min(H, r1 + 1 + margin[1])),
+            slice(max(0, c0 - margin[2]), min(W, c1 + 1 + margin[2])),
+        )
 
     def _grid(self, box: Box) -> tuple[int, ...]:
         shape = tuple(s.stop - s.start for s in box)

@@ -23,11 +23,19 @@ from .. import errors as E
 from ..checks import check_axis
 from ..guide import REGISTRY, ProposalContext, residual_scores
 from ..learn.losses import build_targets
-from ..propagate import REGISTER_MARGIN, ProxyResult, Registration, assemble_proxy, register_volume
+from ..propagate import ProxyResult
 from .annotations import AnnotationStore
-from .arrays import (ArrayKind, as_tensor, check_image, check_slice_index, check_slice_mask, check_volume_mask,
-                     internal_spacing)
+from .arrays import (
+    ArrayKind,
+    as_tensor,
+    check_image,
+    check_slice_index,
+    check_slice_mask,
+    check_volume_mask,
+    internal_spacing,
+)
 from .fusion import SessionEvidence, fuse
+from .proxycache import ProxyCache
 from .roi import Box, ModelView, bbox2d, drawn_boxes
 from .timing import LazyTimings, Timer
 
@@ -58,10 +66,7 @@ class Session:
         self._lock = threading.RLock()
         self._store = AnnotationStore()
         self._evidence = SessionEvidence()
-        self._registration: Optional[Registration] = None  # once per case (and extent)
-        self._proxy: Optional[ProxyResult] = None
-        self._proxy_stamp = -1
-        self._proxy_keys: frozenset = frozenset()  # annotations the cached proxy was built from
+        self._proxies = ProxyCache(self.image, self.axis, self._spacing)  # registration and proxy, cached
         self._pred: Optional[torch.Tensor] = None
         self._pred_version = -1
         self._pred_trained = False
@@ -155,7 +160,8 @@ class Session:
         internal layout."""
         ia = self._internal_axis(axis)
         return (ia, check_slice_index(index, self.image.shape[ia], self._caller_axis(ia))), check_slice_mask(
-            mask, self.shape, self._caller_axis(ia), self.axis, self.engine.device)
+            mask, self.shape, self._caller_axis(ia), self.axis, self.engine.device
+        )
 
     def annotate(self, index: int, mask: Any, axis: Optional[int] = None) -> None:
         """The person's binary 2D mask of slice ``index`` on ``axis`` (default: the
@@ -163,9 +169,11 @@ class Session:
         with self._lock:
             self._check_open()
             key, m = self._check_mask(index, mask, axis)
-            proxy = None if self._proxy is None else (self._proxy.proxy, self._proxy.confidence)
-            self._evidence.note(key, proxy, self._proxy_keys, self._pred, self._pred_trained,
-                                self._store.ever_drawn(key), self.extent)
+            last = self._proxies.result
+            proxy = None if last is None else (last.proxy, last.confidence)
+            self._evidence.note(
+                key, proxy, self._proxies.keys, self._pred, self._pred_trained, self._store.ever_drawn(key), self.extent
+            )
             self._store.put(key, m)
 
     def _evidence_rows(self) -> list[list[int]]:
@@ -244,8 +252,9 @@ class Session:
         half-open, annotation axis first."""
         return tuple((b.start, b.stop) for b in self._view.box)
 
-    def propose(self, k: int, extent: Optional[tuple[int, int]] = None, rule: Optional[str] = None,
-                return_timings: bool = False) -> Any:
+    def propose(
+        self, k: int, extent: Optional[tuple[int, int]] = None, rule: Optional[str] = None, return_timings: bool = False
+    ) -> Any:
         """The next ``k`` slices to draw on the annotation axis (a list of ints).
 
         ``rule`` (default ``Config.proposal``) is a name of :data:`engine.guide.REGISTRY`
@@ -274,43 +283,23 @@ class Session:
                 return residual_scores(res.proxy, p, w)
 
             ctx = ProposalContext(
-                self.D, self._store.indices(0), self.extent, cfg.min_gap,
+                self.D,
+                self._store.indices(0),
+                self.extent,
+                cfg.min_gap,
                 torch.Generator().manual_seed(cfg.seed + self._store.stamp),
                 model_ready=self.engine.trained and len(self._store) > 0,
-                scores=scores, contributors=lambda: self._proxy_result(timer))
+                scores=scores,
+                contributors=lambda: self._proxy_result(timer),
+            )
             with timer.stage("propose"):
                 out = REGISTRY[rule].choose(ctx, int(k))
             t = self._record("propose", timer, return_timings)
         return (out, t) if return_timings else out
 
     # --- proxy mask --------------------------------------------------------------------------
-    def _register(self, timer: Timer) -> Registration:
-        # the intensity window follows the extent, so a new extent means a new registration
-        if self._registration is None or self._registration.extent != self.extent:
-            with timer.stage("register"):  # the extent's slices only: the cost follows the object
-                self._registration = register_volume(self.image, self.engine.config.registration, self.extent,
-                                                     axis=self.axis, spacing=self._spacing,
-                                                     margin=REGISTER_MARGIN, timed=False)
-        return self._registration
-
     def _proxy_result(self, timer: Timer) -> ProxyResult:
-        if self._proxy is not None and self._proxy_stamp == self._store.stamp:
-            return self._proxy
-        if not len(self._store):
-            raise E.StateError("nothing annotated yet: annotate at least one slice before propagating")
-        cfg = self.engine.config
-        masks = self._store.masks
-        main = {z: m for (ia, z), m in masks.items() if ia == 0}
-        planes = {k: m for k, m in masks.items() if k[0] != 0}
-        ext = self.extent
-        lo, hi = ext if ext is not None else (0, self.D - 1)
-        reg = self._register(timer) if any(lo <= z <= hi for z in main) else None  # its own stage
-        with timer.stage("propagate"):
-            res = assemble_proxy(reg, self.image.shape, main, planes, extent=ext, fusion=cfg.fusion,
-                                 min_mass=cfg.min_mass, device=self.image.device)
-        self._proxy, self._proxy_stamp = res, self._store.stamp
-        self._proxy_keys = self._store.keys()
-        return res
+        return self._proxies.get(self._store, self.engine.config, timer)
 
     def propagate(self, return_timings: bool = False) -> Any:
         """Proxy mask ``Q`` (soft, [0,1]) and confidence ``C`` from the annotations.
@@ -322,8 +311,10 @@ class Session:
             self._check_open()
             timer = Timer(self.engine.device)
             res = self._proxy_result(timer)
-            out = (self._kind.out(res.proxy.movedim(0, self.axis)),
-                   self._kind.out(res.confidence.movedim(0, self.axis)))
+            out = (
+                self._kind.out(res.proxy.movedim(0, self.axis)),
+                self._kind.out(res.confidence.movedim(0, self.axis)),
+            )
             t = self._record("propagate", timer, return_timings)
         return (out, t) if return_timings else out
 
@@ -343,8 +334,9 @@ class Session:
         with timer.stage("predict"):
             p = self._prediction()  # the residual |Q - P| steers where patches are drawn
         p0 = self._p0 if self._p0 is not None else p  # the model's belief before this case
-        target, weight = build_targets(q, c, self.extent, 0, p0=p0, smoothing=cfg.smoothing, eps=cfg.smoothing_eps,
-                                       check_values=False)
+        target, weight = build_targets(
+            q, c, self.extent, 0, p0=p0, smoothing=cfg.smoothing, eps=cfg.smoothing_eps, check_values=False
+        )
         residual = (q - p).abs()
         return target, weight, residual
 
@@ -352,28 +344,18 @@ class Session:
         """This case's drawn object (or its ``final`` mask) into the engine's fingerprint
         (once per session)."""
         if not self._observed:
-            main = dict(enumerate(final)) if final is not None else \
-                {z: m for (ia, z), m in self._store.masks.items() if ia == 0}
-            self.engine.observe(self.image, self._spacing or (1.0, 1.0, 1.0), masks=main,
-                                extent=None if final is not None else self.extent)
+            main = (
+                dict(enumerate(final))
+                if final is not None
+                else {z: m for (ia, z), m in self._store.masks.items() if ia == 0}
+            )
+            self.engine.observe(
+                self.image,
+                self._spacing or (1.0, 1.0, 1.0),
+                masks=main,
+                extent=None if final is not None else self.extent,
+            )
             self._observed = True
-
-    def _run_learning(self, steps: int, target, weight, residual, timer: Timer) -> dict[str, float]:
-        eng = self.engine
-        with eng._train_lock:
-            if not eng.planned:
-                self._observe_object()
-                eng._ensure_plan()
-            with timer.stage("learn"):
-                image_m, target_m, weight_m, residual_m = self._view.training(target, weight, residual)
-                eng.trainer.train_case(image_m, target_m, weight_m, steps, replay=eng.replay,
-                                       replay_ratio=eng.config.replay_ratio, residual=residual_m,
-                                       check_values=False, normalized=True)
-                eng.counters["steps"] += steps
-                eng.counters["rounds"] += 1
-                eng._sync_counters(device_tallies=False)
-            eng.publish()
-        return timer
 
     def learn(self, steps: Optional[int] = None, return_timings: bool = False) -> Any:
         """Train the shared segmenter ``steps`` steps on this case's proxy mask (blocking;
@@ -401,7 +383,9 @@ class Session:
             target, weight, residual = self._learn_inputs(timer)
             self._target = (target, weight)
             self.rounds += 1
-            inner = self.engine._pool.submit(self._run_learning, int(steps), target, weight, residual, timer)
+            inner = self.engine._pool.submit(
+                self.engine._train_round, self._view, int(steps), target, weight, residual, timer, self._observe_object
+            )
             fut: Future = Future()
 
             def _done(f: Future) -> None:
@@ -456,8 +440,11 @@ class Session:
         leaves the session open and unchanged."""
         with self._lock:
             self._check_open()
-            final = None if final_mask is None else check_volume_mask(final_mask, "final_mask", self.shape,
-                                                                       self.axis, self.engine.device)
+            final = (
+                None
+                if final_mask is None
+                else check_volume_mask(final_mask, "final_mask", self.shape, self.axis, self.engine.device)
+            )
             if self._learning is not None:
                 self._learning.result()
             eng = self.engine
@@ -467,19 +454,13 @@ class Session:
             elif len(self._store):
                 timer = Timer(eng.device)
                 target, weight, residual = self._learn_inputs(timer)
-            rows = self._evidence_rows()
-            with eng._train_lock:  # counters and the buffer change under the engine's train lock
-                if final is not None or len(self._store):
-                    self._observe_object(final)
-                    eng._ensure_plan()
-                    if final is not None:  # a whole corrected mask: patches may come from anywhere
-                        self._view.box = tuple(slice(0, n) for n in self.image.shape)
-                    image_m, target_m, weight_m, residual_m = self._view.training(target, weight, residual)
-                    eng.replay.add_case(image_m, target_m, weight_m, eng.config.replay_patches_per_case,
-                                        residual=residual_m, normalized=True)
-                eng._gate.commit(rows)
-                eng.counters["cases"] += 1
-                eng._sync_counters()
+            else:
+                target = weight = residual = None
+            if final is not None:  # a whole corrected mask: patches may come from anywhere
+                self._view.box = tuple(slice(0, n) for n in self.image.shape)
+            eng._commit_case(
+                self._view, target, weight, residual, self._evidence_rows(), lambda: self._observe_object(final)
+            )
             self._closed = True
 
     def close(self) -> None:

@@ -4,8 +4,8 @@ on the CPU."""
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from collections.abc import Mapping
+from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
 import torch

@@ -60,8 +60,15 @@ class SimulatedAnnotator:
         island_size: components with fewer pixels than this count as small.
     """
 
-    def __init__(self, label: Any, axis: int = 0, jitter: int = 0, miss_islands: float = 0.0,
-                 seed: int = 0, island_size: int = 20) -> None:
+    def __init__(
+        self,
+        label: Any,
+        axis: int = 0,
+        jitter: int = 0,
+        miss_islands: float = 0.0,
+        seed: int = 0,
+        island_size: int = 20,
+    ) -> None:
         mask = as_mask(label, "label")
         if mask.ndim != 3:
             raise ShapeError(f"label must be 3D, got shape {mask.shape}")

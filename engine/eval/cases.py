@@ -28,8 +28,8 @@ import numpy as np
 from ..errors import DataError
 from .annotator import SimulatedAnnotator
 from .console import bar
-from .metrics import as_mask, dice
 from .methods import MethodSpec
+from .metrics import as_mask, dice
 from .presets import StreamConfig
 
 __all__ = ["sparse_case", "baseline_case", "full_case", "heldout", "slice_errors"]
@@ -93,12 +93,19 @@ def sparse_case(eng, spec: MethodSpec, cfg: StreamConfig, case, axis: int, index
         spent += seconds
         proxy = float(dice(q >= 0.5, label))
         eff = person.effort()
-        row = {"round": r + 1, "slices": [int(z) for z in picks], "proxy": proxy,
-               "model": float(dice(p >= 0.5, label)) if learn else None,
-               "fused": float(dice(f, label)) if learn else proxy,
-               "fusion_weight": s.fusion_weight if learn else None,
-               "n_drawn": eff.n_drawn, "effort_slices": eff.slices, "effort_labor": eff.labor,
-               "seconds": seconds, "timings_ms": timings}
+        row = {
+            "round": r + 1,
+            "slices": [int(z) for z in picks],
+            "proxy": proxy,
+            "model": float(dice(p >= 0.5, label)) if learn else None,
+            "fused": float(dice(f, label)) if learn else proxy,
+            "fusion_weight": s.fusion_weight if learn else None,
+            "n_drawn": eff.n_drawn,
+            "effort_slices": eff.slices,
+            "effort_labor": eff.labor,
+            "seconds": seconds,
+            "timings_ms": timings,
+        }
         rounds.append(row)
         if accepted:
             rec["accepted_after"] = r + 1
@@ -112,21 +119,33 @@ def sparse_case(eng, spec: MethodSpec, cfg: StreamConfig, case, axis: int, index
     last = rounds[-1]
     eff = person.effort()
     rec["slice_errors"] = slice_errors(label, axis, lo, hi, q >= 0.5, f if learn else None)
-    rec.update({"rounds": rounds, "proxy": last["proxy"], "model": last["model"], "fused": last["fused"],
-                "n_drawn": eff.n_drawn, "object_slices": eff.n_object_slices, "effort_slices": eff.slices,
-                "effort_labor": eff.labor, "seconds": spent})
+    rec.update(
+        {
+            "rounds": rounds,
+            "proxy": last["proxy"],
+            "model": last["model"],
+            "fused": last["fused"],
+            "n_drawn": eff.n_drawn,
+            "object_slices": eff.n_object_slices,
+            "effort_slices": eff.slices,
+            "effort_labor": eff.labor,
+            "seconds": spent,
+        }
+    )
     return rec
 
 
-def slice_errors(label: np.ndarray, axis: int, lo: int, hi: int, proxy: np.ndarray,
-                 fused: Optional[np.ndarray]) -> dict[str, list[int]]:
+def slice_errors(
+    label: np.ndarray, axis: int, lo: int, hi: int, proxy: np.ndarray, fused: Optional[np.ndarray]
+) -> dict[str, list[int]]:
     """Per-slice error voxels (``|mask XOR truth|``) over the extent ``lo..hi`` of the
     final proxy and fused masks, and the truth's area: where a result is wrong."""
+
     def per_slice(m):
-        x = np.moveaxis(np.logical_xor(m, label), axis, 0)[lo: hi + 1]
+        x = np.moveaxis(np.logical_xor(m, label), axis, 0)[lo : hi + 1]
         return [int(v) for v in x.reshape(x.shape[0], -1).sum(1)]
 
-    area = np.moveaxis(label, axis, 0)[lo: hi + 1]
+    area = np.moveaxis(label, axis, 0)[lo : hi + 1]
     out = {"area": [int(v) for v in area.reshape(area.shape[0], -1).sum(1)], "proxy": per_slice(proxy)}
     if fused is not None:
         out["fused"] = per_slice(fused.astype(bool))
@@ -157,14 +176,36 @@ def baseline_case(spec: MethodSpec, cfg: StreamConfig, case, axis: int, index: i
         spent += seconds
         proxy = float(dice(q >= 0.5, label))
         eff = person.effort()
-        rounds.append({"round": r + 1, "slices": [int(z) for z in picks], "proxy": proxy, "model": None,
-                       "fused": proxy, "n_drawn": eff.n_drawn, "effort_slices": eff.slices,
-                       "effort_labor": eff.labor, "seconds": seconds, "timings_ms": {"proxy": seconds * 1e3}})
+        rounds.append(
+            {
+                "round": r + 1,
+                "slices": [int(z) for z in picks],
+                "proxy": proxy,
+                "model": None,
+                "fused": proxy,
+                "n_drawn": eff.n_drawn,
+                "effort_slices": eff.slices,
+                "effort_labor": eff.labor,
+                "seconds": seconds,
+                "timings_ms": {"proxy": seconds * 1e3},
+            }
+        )
     eff = person.effort()
-    return {"index": index, "name": case.name, "extent": [lo, hi], "before": None, "rounds": rounds,
-            "proxy": rounds[-1]["proxy"], "model": None, "fused": rounds[-1]["fused"], "n_drawn": eff.n_drawn,
-            "object_slices": eff.n_object_slices, "effort_slices": eff.slices, "effort_labor": eff.labor,
-            "seconds": spent}
+    return {
+        "index": index,
+        "name": case.name,
+        "extent": [lo, hi],
+        "before": None,
+        "rounds": rounds,
+        "proxy": rounds[-1]["proxy"],
+        "model": None,
+        "fused": rounds[-1]["fused"],
+        "n_drawn": eff.n_drawn,
+        "object_slices": eff.n_object_slices,
+        "effort_slices": eff.slices,
+        "effort_labor": eff.labor,
+        "seconds": spent,
+    }
 
 
 def full_case(eng, cfg: StreamConfig, case, axis: int, index: int) -> dict:
@@ -173,15 +214,27 @@ def full_case(eng, cfg: StreamConfig, case, axis: int, index: int) -> dict:
     t0 = time.perf_counter()
     p0 = eng.predict(case.image, axis=axis, spacing=case.spacing)
     before = float(dice(p0 >= 0.5, label))
-    eng.learn_labelled(case.image, label.astype(np.float32), cfg.rounds * cfg.steps, axis=axis, prior=p0,
-                       spacing=case.spacing)
+    eng.learn_labelled(
+        case.image, label.astype(np.float32), cfg.rounds * cfg.steps, axis=axis, prior=p0, spacing=case.spacing
+    )
     seconds = time.perf_counter() - t0
     person = SimulatedAnnotator(label, axis=axis, seed=cfg.seed)
     eff = person.effort()
     n_obj = eff.n_object_slices
-    return {"index": index, "name": case.name, "before": before, "proxy": None, "model": None, "fused": 1.0,
-            "n_drawn": n_obj, "object_slices": n_obj, "effort_slices": 1.0, "effort_labor": 1.0,
-            "seconds": seconds, "rounds": []}
+    return {
+        "index": index,
+        "name": case.name,
+        "before": before,
+        "proxy": None,
+        "model": None,
+        "fused": 1.0,
+        "n_drawn": n_obj,
+        "object_slices": n_obj,
+        "effort_slices": 1.0,
+        "effort_labor": 1.0,
+        "seconds": seconds,
+        "rounds": [],
+    }
 
 
 def heldout(eng, data, progress: bool) -> list[float]:

@@ -29,30 +29,56 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
 
     shown = [n for n in PRESETS if n not in _HIDDEN]
     p = subparsers.add_parser(
-        "run", help="stream experiment with a simulated annotator (demo, paper)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="demo", choices=list(PRESETS), metavar="{" + ",".join(shown) + "}",
-                   help="experiment preset (default: demo)")
-    p.add_argument("--data", default=None, help="case folder (default: the shared LA data if found; demo: "
-                   "else a generated phantom stream)")
+        "run",
+        help="stream experiment with a simulated annotator (demo, paper)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--preset",
+        default="demo",
+        choices=list(PRESETS),
+        metavar="{" + ",".join(shown) + "}",
+        help="experiment preset (default: demo)",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="case folder (default: the shared LA data if found; demo: else a generated phantom stream)",
+    )
     p.add_argument("--out", default=None, help="run folder (default: runs/<preset>-<data>)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default: auto)")
-    p.add_argument("--methods", default=None,
-                   help=f"comma-separated methods (default: the preset's); known: {', '.join(ALL_METHODS)}, "
-                        f"ours@RULE, proxy@RULE, *_accept, *_warm, *_fixed")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help=f"comma-separated methods (default: the preset's); known: {', '.join(ALL_METHODS)}, "
+        f"ours@RULE, proxy@RULE, *_accept, *_warm, *_fixed",
+    )
     p.add_argument("--cases", type=int, default=None, help="stream cases (default: the preset's)")
     p.add_argument("--test-cases", type=int, default=None, help="held-out cases (default: the preset's)")
     p.add_argument("--steps", type=int, default=None, help="learning steps per round")
     p.add_argument("--axis", type=int, default=None, choices=(0, 1, 2), help="annotation axis of --data cases")
-    p.add_argument("--variant", default=None, metavar="SPEC",
-                   help="derive every case in code, e.g. thick:4 (4 slices averaged into one along the annotation axis)")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override any StreamConfig field, e.g. --set k=[3,2] --set eval_every=5 "
-                        "--set learn={'base_width':16}")
+    p.add_argument(
+        "--variant",
+        default=None,
+        metavar="SPEC",
+        help="derive every case in code, e.g. thick:4 (4 slices averaged into one along the annotation axis)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override any StreamConfig field, e.g. --set k=[3,2] --set eval_every=5 --set learn={'base_width':16}",
+    )
     p.add_argument("--report", default=None, metavar="DIR", help="only (re)write the report of a run folder")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice, or 1 when the machine is busy: "
-                        "OpenMP threads that wait for a core held by another process cost seconds per step)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice, or 1 when the machine is busy: "
+        "OpenMP threads that wait for a core held by another process cost seconds per step)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_command)
     return p
@@ -120,8 +146,6 @@ def _threads(requested, device: str):
     0.18 s with one thread and 5 s with two while other jobs ran); else torch's default."""
     import os
 
-    import torch
-
     if requested is not None:
         return max(1, int(requested))
     if device != "cpu":
@@ -152,8 +176,11 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
     data = load_stream_data(cfg)
     if args.preset == "demo" and data.kind == "phantom":
-        print("demo: the shared left-atrium data was not found (use --data DIR or DILSEG_DATA); "
-              "using a generated phantom stream", flush=True)
+        print(
+            "demo: the shared left-atrium data was not found (use --data DIR or DILSEG_DATA); "
+            "using a generated phantom stream",
+            flush=True,
+        )
     elif args.preset == "demo":
         print(f"demo: using the {data.kind} data in {data.where}", flush=True)
     suffix = "" if cfg.variant == "none" else "-" + cfg.variant.replace(":", "")

@@ -10,8 +10,10 @@ __all__ = ["HEADER", "case_line", "write", "bar", "Log"]
 
 Log = Callable[[str], None]
 
-HEADER = (f"{'method':<16} {'case':<14} {'before':>6} {'proxy':>6} {'model':>6} {'fused':>6} "
-          f"{'slices':>6} {'labor':>6} {'sec':>7}")
+HEADER = (
+    f"{'method':<16} {'case':<14} {'before':>6} {'proxy':>6} {'model':>6} {'fused':>6} "
+    f"{'slices':>6} {'labor':>6} {'sec':>7}"
+)
 
 
 def _fmt(v: Optional[float]) -> str:
@@ -20,9 +22,11 @@ def _fmt(v: Optional[float]) -> str:
 
 def case_line(method: str, rec: dict) -> str:
     """One row of the per-case table."""
-    return (f"{method:<16} {rec['name'][:14]:<14} {_fmt(rec.get('before'))} {_fmt(rec.get('proxy'))} "
-            f"{_fmt(rec.get('model'))} {_fmt(rec.get('fused'))} {_fmt(rec.get('effort_slices'))} "
-            f"{_fmt(rec.get('effort_labor'))} {rec.get('seconds', 0.0):7.1f}")
+    return (
+        f"{method:<16} {rec['name'][:14]:<14} {_fmt(rec.get('before'))} {_fmt(rec.get('proxy'))} "
+        f"{_fmt(rec.get('model'))} {_fmt(rec.get('fused'))} {_fmt(rec.get('effort_slices'))} "
+        f"{_fmt(rec.get('effort_labor'))} {rec.get('seconds', 0.0):7.1f}"
+    )
 
 
 def write(log: Log, progress: bool, line: str) -> None:

@@ -32,9 +32,11 @@ class StreamData:
 
     def describe(self) -> str:
         variant = "" if self.variant == "none" else f", variant {self.variant}"
-        return (f"{self.kind} data ({self.where}{variant}): {len(self.train_names)} stream cases "
-                f"{self.train_names[0]}..{self.train_names[-1]}, {len(self.test_names)} held-out "
-                f"{self.test_names[0]}..{self.test_names[-1]}, annotation axis {self.axis}")
+        return (
+            f"{self.kind} data ({self.where}{variant}): {len(self.train_names)} stream cases "
+            f"{self.train_names[0]}..{self.train_names[-1]}, {len(self.test_names)} held-out "
+            f"{self.test_names[0]}..{self.test_names[-1]}, annotation axis {self.axis}"
+        )
 
     def _load(self, name: str, test: bool):
         if self.folder is not None:
@@ -62,8 +64,13 @@ class StreamData:
         return self._test_cache
 
     def meta(self) -> dict[str, Any]:
-        out = {"kind": self.kind, "where": self.where, "axis": self.axis, "train": list(self.train_names),
-               "test": list(self.test_names)}
+        out = {
+            "kind": self.kind,
+            "where": self.where,
+            "axis": self.axis,
+            "train": list(self.train_names),
+            "test": list(self.test_names),
+        }
         if self.variant != "none":
             out["variant"] = self.variant
         return out
@@ -104,12 +111,28 @@ def load_stream_data(cfg: StreamConfig) -> StreamData:
         dims.insert(axis, shape[0])
         train = [f"phantom_{cfg.seed}_{i}" for i in range(cfg.n_train)]
         test = [f"phantom_{cfg.seed + 1}_{i}" for i in range(cfg.n_test)]
-        return StreamData("phantom", f"generated, seeds {cfg.seed}/{cfg.seed + 1}, shape {tuple(dims)}", axis,
-                          train, test, phantom=(cfg.seed, tuple(dims), axis), variant=cfg.variant)
+        return StreamData(
+            "phantom",
+            f"generated, seeds {cfg.seed}/{cfg.seed + 1}, shape {tuple(dims)}",
+            axis,
+            train,
+            test,
+            phantom=(cfg.seed, tuple(dims), axis),
+            variant=cfg.variant,
+        )
     names = folder.names
     if len(names) < cfg.n_train + cfg.n_test:
-        raise DataError(f"{folder.path}: {len(names)} cases, the preset needs {cfg.n_train} stream + "
-                        f"{cfg.n_test} held-out cases (use --cases N)")
+        raise DataError(
+            f"{folder.path}: {len(names)} cases, the preset needs {cfg.n_train} stream + "
+            f"{cfg.n_test} held-out cases (use --cases N)"
+        )
     axis = cfg.axis if cfg.axis is not None else (folder.axis if folder.axis is not None else 0)
-    return StreamData(kind, str(folder.path), axis, names[: cfg.n_train], names[len(names) - cfg.n_test:],
-                      folder=folder, variant=cfg.variant)
+    return StreamData(
+        kind,
+        str(folder.path),
+        axis,
+        names[: cfg.n_train],
+        names[len(names) - cfg.n_test :],
+        folder=folder,
+        variant=cfg.variant,
+    )

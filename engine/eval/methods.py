@@ -114,11 +114,15 @@ def parse_method(name: str, cfg: StreamConfig) -> MethodSpec:
                 raise InputError(f"method {name!r}: rule {rule!r} needs a model; proxy methods have none")
             kw = dict(kind=kind, rule=rule)
         else:
-            raise InputError(f"method {name!r}: unknown rule {rule!r} (engine.guide.REGISTRY {tuple(REGISTRY)} "
-                             f"or a planned set of engine.guide.PLANS {tuple(PLANS)})")
+            raise InputError(
+                f"method {name!r}: unknown rule {rule!r} (engine.guide.REGISTRY {tuple(REGISTRY)} "
+                f"or a planned set of engine.guide.PLANS {tuple(PLANS)})"
+            )
     else:
-        raise InputError(f"unknown method {name!r}; known: {sorted(fixed)} and ours@RULE / proxy@RULE, "
-                         f"with optional _accept / _warm / _fixed suffixes")
+        raise InputError(
+            f"unknown method {name!r}; known: {sorted(fixed)} and ours@RULE / proxy@RULE, "
+            f"with optional _accept / _warm / _fixed suffixes"
+        )
     if (warm or accept or not gate) and kw["kind"] != "sparse":
         raise InputError(f"method {name!r}: _warm, _accept and _fixed apply to sparse-label (ours*) methods only")
     if accept and cfg.accept_dice is None:

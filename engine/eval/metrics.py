@@ -94,7 +94,7 @@ def _slices_first(mask: np.ndarray, axis: int) -> np.ndarray:
     """3D bool -> contiguous uint8 ``(n_slices, H, W)`` with ``axis`` moved first."""
     if mask.ndim != 3:
         raise ShapeError(f"need a 3D mask, got shape {mask.shape}")
-    return np.ascontiguousarray(np.moveaxis(mask, check_axis(axis, 3, what='mask'), 0), dtype=np.uint8)
+    return np.ascontiguousarray(np.moveaxis(mask, check_axis(axis, 3, what="mask"), 0), dtype=np.uint8)
 
 
 # --------------------------------------------------------------------------- Dice
@@ -108,8 +108,7 @@ def dice(prediction: Any, target: Any) -> float:
     return 1.0 if total == 0 else 2.0 * inter / total
 
 
-def per_slice_dice(prediction: Any, target: Any, axis: int = 0,
-                   empty: float = 1.0) -> np.ndarray:
+def per_slice_dice(prediction: Any, target: Any, axis: int = 0, empty: float = 1.0) -> np.ndarray:
     """Dice of every 2D slice along ``axis`` of two 3D masks.
 
     Returns float64 ``(n_slices,)``; slices where both masks are empty get ``empty``.
@@ -117,7 +116,7 @@ def per_slice_dice(prediction: Any, target: Any, axis: int = 0,
     a, b = _pair(prediction, target)
     if a.ndim != 3:
         raise ShapeError(f"need 3D masks, got shape {a.shape}")
-    ax = check_axis(axis, 3, what='mask')
+    ax = check_axis(axis, 3, what="mask")
     other = tuple(i for i in range(3) if i != ax)
     inter = np.count_nonzero(a & b, axis=other).astype(np.float64)
     total = (np.count_nonzero(a, axis=other) + np.count_nonzero(b, axis=other)).astype(np.float64)
@@ -133,7 +132,7 @@ def _boundary_numpy(stack: np.ndarray) -> np.ndarray:
     """``(n, H, W)`` uint8 -> bool boundary mask (4-neighbourhood, edge is background)."""
     m = stack.astype(bool)
     pad = np.pad(m, ((0, 0), (1, 1), (1, 1)), constant_values=False)
-    interior = (pad[:, :-2, 1:-1] & pad[:, 2:, 1:-1] & pad[:, 1:-1, :-2] & pad[:, 1:-1, 2:])
+    interior = pad[:, :-2, 1:-1] & pad[:, 2:, 1:-1] & pad[:, 1:-1, :-2] & pad[:, 1:-1, 2:]
     return m & ~interior
 
 
@@ -163,9 +162,16 @@ def _numba_kernel() -> Optional[Callable[[np.ndarray], np.ndarray]]:
                     for x in range(w):
                         if stack[z, y, x] == 0:
                             continue
-                        if (y == 0 or y == h - 1 or x == 0 or x == w - 1
-                                or stack[z, y - 1, x] == 0 or stack[z, y + 1, x] == 0
-                                or stack[z, y, x - 1] == 0 or stack[z, y, x + 1] == 0):
+                        if (
+                            y == 0
+                            or y == h - 1
+                            or x == 0
+                            or x == w - 1
+                            or stack[z, y - 1, x] == 0
+                            or stack[z, y + 1, x] == 0
+                            or stack[z, y, x - 1] == 0
+                            or stack[z, y, x + 1] == 0
+                        ):
                             c += 1
                 out[z] = c
             return out
@@ -247,8 +253,7 @@ def _drawn_indices(drawn: Iterable[int], n: int) -> np.ndarray:
     return np.unique(np.asarray(idx, dtype=np.int64))
 
 
-def annotation_effort(label: Any, drawn: Iterable[int], axis: int = 0,
-                      backend: str = "auto") -> Effort:
+def annotation_effort(label: Any, drawn: Iterable[int], axis: int = 0, backend: str = "auto") -> Effort:
     """Effort of drawing the slices ``drawn`` (indices along ``axis``; repeats
     count once) of the 3D ground truth ``label``. MaskError if ``label`` is empty."""
     m = as_mask(label, "label")
@@ -280,8 +285,7 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
 
 
-def hausdorff95(prediction: Any, target: Any,
-                spacing: Optional[Sequence[float]] = None) -> float:
+def hausdorff95(prediction: Any, target: Any, spacing: Optional[Sequence[float]] = None) -> float:
     """95th-percentile symmetric Hausdorff distance between two binary masks.
 
     ``max(P95(d(S_pred -> S_target)), P95(d(S_target -> S_pred)))`` over surface

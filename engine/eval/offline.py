@@ -21,9 +21,20 @@ from .state import MethodState
 __all__ = ["train_offline", "pretrained"]
 
 
-def train_offline(state: MethodState, eng, cfg: StreamConfig, data: StreamData, cases: Sequence[int], total: int,
-                  chunk: int, log: Log, progress: bool, tag: str, eval_heldout: bool = True,
-                  stop_after: Optional[int] = None) -> bool:
+def train_offline(
+    state: MethodState,
+    eng,
+    cfg: StreamConfig,
+    data: StreamData,
+    cases: Sequence[int],
+    total: int,
+    chunk: int,
+    log: Log,
+    progress: bool,
+    tag: str,
+    eval_heldout: bool = True,
+    stop_after: Optional[int] = None,
+) -> bool:
     """Offline training with full labels on patches drawn from ``cases`` at random,
     in chunks of ``chunk`` steps; held-out Dice and a checkpoint after each chunk.
     Returns False when it stopped early (``stop_after`` chunks done, for tests)."""
@@ -50,12 +61,21 @@ def train_offline(state: MethodState, eng, cfg: StreamConfig, data: StreamData, 
         per_case = cfg.rounds * cfg.steps
         if eval_heldout:
             scores = heldout(eng, data, progress)
-            state.log["heldout"].append({"cases_seen": state.log["steps_done"] / per_case,
-                                         "steps": state.log["steps_done"], "dice": float(np.mean(scores)),
-                                         "per_case": scores})
-            write(log, progress, f"{tag:<16} steps {state.log['steps_done']:6d} (= "
-                  f"{state.log['steps_done'] / per_case:5.1f} cases of steps) held-out Dice {np.mean(scores):.3f}  "
-                  f"train {spent:.0f}s")
+            state.log["heldout"].append(
+                {
+                    "cases_seen": state.log["steps_done"] / per_case,
+                    "steps": state.log["steps_done"],
+                    "dice": float(np.mean(scores)),
+                    "per_case": scores,
+                }
+            )
+            write(
+                log,
+                progress,
+                f"{tag:<16} steps {state.log['steps_done']:6d} (= "
+                f"{state.log['steps_done'] / per_case:5.1f} cases of steps) held-out Dice {np.mean(scores):.3f}  "
+                f"train {spent:.0f}s",
+            )
         state.save(eng)
     return True
 
@@ -71,8 +91,9 @@ def pretrained(out: Path, cfg: StreamConfig, data: StreamData, device: str, log:
         return state.slot_path
     eng = state.load_engine(device, {}) or Engine(engine_config(cfg, spec, device))
     cases = list(range(cfg.warm_cases))
-    train_offline(state, eng, cfg, data, cases, cfg.warm_total(), cfg.warm_total(), log, progress, "pretrain",
-                  eval_heldout=False)
+    train_offline(
+        state, eng, cfg, data, cases, cfg.warm_total(), cfg.warm_total(), log, progress, "pretrain", eval_heldout=False
+    )
     for i in cases:
         c = data.train_case(i)
         eng.learn_labelled(c.image, c.label.astype(np.float32), 0, axis=data.axis, spacing=c.spacing)

@@ -199,24 +199,60 @@ class StreamConfig:
 
 
 # A small, quick segmenter for tests: patches of 8x16x16, width 4, depth 2, fp32.
-_TINY_LEARN = {"patch": [8, 16, 16], "base_width": 4, "depth": 2, "batch_size": 2, "precision": "fp32",
-               "channels_last": False, "sw_batch": 8}
+_TINY_LEARN = {
+    "patch": [8, 16, 16],
+    "base_width": 4,
+    "depth": 2,
+    "batch_size": 2,
+    "precision": "fp32",
+    "channels_last": False,
+    "sw_batch": 8,
+}
 
 PRESETS: dict[str, StreamConfig] = {
     "tiny": StreamConfig(
-        name="tiny", data="phantom", n_train=4, n_test=2, phantom_shape=(16, 24, 24), rounds=2, k=2, steps=2,
-        eval_every=2, offline_steps=8, offline_eval_every=4, warm_cases=1, warm_steps=4, learn=dict(_TINY_LEARN),
+        name="tiny",
+        data="phantom",
+        n_train=4,
+        n_test=2,
+        phantom_shape=(16, 24, 24),
+        rounds=2,
+        k=2,
+        steps=2,
+        eval_every=2,
+        offline_steps=8,
+        offline_eval_every=4,
+        warm_cases=1,
+        warm_steps=4,
+        learn=dict(_TINY_LEARN),
         engine={"replay_capacity": 16, "replay_patches_per_case": 4},
         methods=("ours", "proxy_even", "online_full"),
     ),
     "demo": StreamConfig(
-        name="demo", data="auto", n_train=16, n_test=4, rounds=2, k=(3, 2), steps=20, eval_every=4,
+        name="demo",
+        data="auto",
+        n_train=16,
+        n_test=4,
+        rounds=2,
+        k=(3, 2),
+        steps=20,
+        eval_every=4,
         learn={"patch_voxels": 24 * 48 * 48},  # the CPU time budget of a patch; the plan spends it
         methods=("ours", "ours@cells", "proxy_even", "online_full"),
     ),
     "paper": StreamConfig(
-        name="paper", data="la", n_train=80, n_test=20, rounds=2, k=3, steps=20, eval_every=10,
-        offline_steps=9600, offline_eval_every=1600, warm_cases=10, warm_steps=1600,
+        name="paper",
+        data="la",
+        n_train=80,
+        n_test=20,
+        rounds=2,
+        k=3,
+        steps=20,
+        eval_every=10,
+        offline_steps=9600,
+        offline_eval_every=1600,
+        warm_cases=10,
+        warm_steps=1600,
         methods=ALL_METHODS,
     ),
 }

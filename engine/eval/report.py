@@ -23,7 +23,6 @@ e.g. while a long run is still going.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import sys
@@ -33,6 +32,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .._files import atomic_write
+from .figures import write_csvs, write_plots
 
 __all__ = ["load_run", "summarize", "claims", "paired", "write_report", "headline_table"]
 
@@ -92,9 +92,19 @@ def summarize(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
         rounds: dict[int, dict[str, Any]] = {}
         for r in sorted({row["round"] for c in second for row in c.get("rounds", [])}):
             rows = [row for c in second for row in c.get("rounds", []) if row["round"] == r]
-            rounds[r] = {k: _mean(row.get(k) for row in rows)
-                         for k in ("proxy", "model", "fused", "fusion_weight", "n_drawn", "effort_slices",
-                                   "effort_labor", "seconds")}
+            rounds[r] = {
+                k: _mean(row.get(k) for row in rows)
+                for k in (
+                    "proxy",
+                    "model",
+                    "fused",
+                    "fusion_weight",
+                    "n_drawn",
+                    "effort_slices",
+                    "effort_labor",
+                    "seconds",
+                )
+            }
             rounds[r]["n"] = len(rows)
         s["rounds_2nd"] = rounds
         out[name] = s
@@ -123,27 +133,36 @@ def headline_table(summary: dict[str, dict[str, Any]], n_train: int) -> str:
         held = _f(s["heldout_end"])
         if s["heldout_end"] is not None and s["heldout_at"] is not None and not s["finished"]:
             held += f" (at {s['heldout_at']:g})"
-        lines.append(f"| {name} | {cases} | {held} | {_f(s['heldout_last3'])} | {_f(s['fused_2nd'])} | "
-                     f"{_f(s['before_2nd'])} | "
-                     f"{_f(s['proxy_2nd'])} | {_f(s['drawn'], 2)} | {_f(s['effort_slices'])} | "
-                     f"{_f(s['effort_labor'])} | {_f(s['sec_per_case'], 1)} |")
+        lines.append(
+            f"| {name} | {cases} | {held} | {_f(s['heldout_last3'])} | {_f(s['fused_2nd'])} | "
+            f"{_f(s['before_2nd'])} | "
+            f"{_f(s['proxy_2nd'])} | {_f(s['drawn'], 2)} | {_f(s['effort_slices'])} | "
+            f"{_f(s['effort_labor'])} | {_f(s['sec_per_case'], 1)} |"
+        )
     return "\n".join(lines)
 
 
 def _round_table(summary: dict[str, dict[str, Any]]) -> str:
-    lines = ["| method | round | proxy | model | fused | model weight λ | slices drawn | effort: slices | "
-             "effort: labor | s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | round | proxy | model | fused | model weight λ | slices drawn | effort: slices | "
+        "effort: labor | s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, s in summary.items():
         for r, v in s["rounds_2nd"].items():
-            lines.append(f"| {name} | {r} | {_f(v['proxy'])} | {_f(v['model'])} | {_f(v['fused'])} | "
-                         f"{_f(v.get('fusion_weight'), 2)} | {_f(v['n_drawn'], 2)} | {_f(v['effort_slices'])} | {_f(v['effort_labor'])} | "
-                         f"{_f(v['seconds'], 1)} |")
+            lines.append(
+                f"| {name} | {r} | {_f(v['proxy'])} | {_f(v['model'])} | {_f(v['fused'])} | "
+                f"{_f(v.get('fusion_weight'), 2)} | {_f(v['n_drawn'], 2)} | "
+                f"{_f(v['effort_slices'])} | {_f(v['effort_labor'])} | "
+                f"{_f(v['seconds'], 1)} |"
+            )
     return "\n".join(lines)
 
 
 def _heldout_table(run: dict[str, Any]) -> str:
-    points = sorted({round(float(h["cases_seen"]), 2) for log in run["methods"].values()
-                     for h in log.get("heldout", [])})
+    points = sorted(
+        {round(float(h["cases_seen"]), 2) for log in run["methods"].values() for h in log.get("heldout", [])}
+    )
     if not points:
         return "(no held-out evaluation yet)"
     lines = ["| method | " + " | ".join(f"{p:g}" for p in points) + " |", "|---|" + "---|" * len(points)]
@@ -162,165 +181,66 @@ def claims(summary: dict[str, dict[str, Any]]) -> list[str]:
     def have(*names: str) -> bool:
         return all(g(n) is not None for n in names)
 
-    if have("ours", "online_full") and summary["ours"]["heldout_end"] is not None \
-            and summary["online_full"]["heldout_end"] is not None:
+    if (
+        have("ours", "online_full")
+        and summary["ours"]["heldout_end"] is not None
+        and summary["online_full"]["heldout_end"] is not None
+    ):
         o, f = summary["ours"], summary["online_full"]
         gap = f["heldout_end"] - o["heldout_end"]
         ok = (o["effort_labor"] or 1) <= 0.40 and gap <= 0.03
-        out.append(f"1. **{'holds' if ok else 'does not hold'}**: ours at labor {_f(o['effort_labor'])} "
-                   f"(slices {_f(o['effort_slices'])}) reaches held-out Dice {_f(o['heldout_end'])} against "
-                   f"{_f(f['heldout_end'])} for online training with full labels (gap {gap:+.3f}; the claim "
-                   f"needs labor <= 0.40 and gap <= 0.03).")
+        out.append(
+            f"1. **{'holds' if ok else 'does not hold'}**: ours at labor {_f(o['effort_labor'])} "
+            f"(slices {_f(o['effort_slices'])}) reaches held-out Dice {_f(o['heldout_end'])} against "
+            f"{_f(f['heldout_end'])} for online training with full labels (gap {gap:+.3f}; the claim "
+            f"needs labor <= 0.40 and gap <= 0.03)."
+        )
         if o.get("heldout_last3") is not None and f.get("heldout_last3") is not None:
             g3 = f["heldout_last3"] - o["heldout_last3"]
-            out.append(f"   Over the last three held-out evaluations: {_f(o['heldout_last3'])} vs "
-                       f"{_f(f['heldout_last3'])} (gap {g3:+.3f}; {'within' if g3 <= 0.03 else 'outside'} 0.03).")
+            out.append(
+                f"   Over the last three held-out evaluations: {_f(o['heldout_last3'])} vs "
+                f"{_f(f['heldout_last3'])} (gap {g3:+.3f}; {'within' if g3 <= 0.03 else 'outside'} 0.03)."
+            )
     # claim 2 for the paper's method first, then every other sparse-label variant in the
     # run (the product's default proposals are ours@cells)
-    learners = ["ours"] + [n for n in summary if n.startswith("ours") and n != "ours"
-                           and summary[n].get("drawn") is not None]
+    learners = ["ours"] + [
+        n for n in summary if n.startswith("ours") and n != "ours" and summary[n].get("drawn") is not None
+    ]
     for name in learners:
         if not have(name, "proxy_even"):
             continue
         o, p = summary[name], summary["proxy_even"]
         if o["fused_2nd"] is not None and p["fused_2nd"] is not None:
             d = o["fused_2nd"] - p["fused_2nd"]
-            out.append(f"2. **{'holds' if d >= 0.01 else 'does not hold'}** for {name}: fused Dice over the "
-                       f"second half {_f(o['fused_2nd'])} ({_f(o['drawn'], 2)} slices/case) against "
-                       f"{_f(p['fused_2nd'])} (proxy only, even, {_f(p['drawn'], 2)} slices/case): "
-                       f"{d:+.3f} (the claim needs >= +0.010).")
+            out.append(
+                f"2. **{'holds' if d >= 0.01 else 'does not hold'}** for {name}: fused Dice over the "
+                f"second half {_f(o['fused_2nd'])} ({_f(o['drawn'], 2)} slices/case) against "
+                f"{_f(p['fused_2nd'])} (proxy only, even, {_f(p['drawn'], 2)} slices/case): "
+                f"{d:+.3f} (the claim needs >= +0.010)."
+            )
     pairs = [("ours", "ours_even", "with learning"), ("proxy_guided", "proxy_even", "without learning")]
     for a, b, what in pairs:
         if have(a, b) and summary[a]["fused_2nd"] is not None and summary[b]["fused_2nd"] is not None:
             d = summary[a]["fused_2nd"] - summary[b]["fused_2nd"]
-            out.append(f"3. guided vs even {what}: {a} {_f(summary[a]['fused_2nd'])} vs {b} "
-                       f"{_f(summary[b]['fused_2nd'])} ({d:+.3f}; drawn {_f(summary[a]['drawn'], 2)} vs "
-                       f"{_f(summary[b]['drawn'], 2)} slices/case) — guided "
-                       f"{'beats' if d > 0 else 'does not beat'} even spacing.")
+            out.append(
+                f"3. guided vs even {what}: {a} {_f(summary[a]['fused_2nd'])} vs {b} "
+                f"{_f(summary[b]['fused_2nd'])} ({d:+.3f}; drawn {_f(summary[a]['drawn'], 2)} vs "
+                f"{_f(summary[b]['drawn'], 2)} slices/case) — guided "
+                f"{'beats' if d > 0 else 'does not beat'} even spacing."
+            )
     for name, s in summary.items():
         if "@" in name and s["fused_2nd"] is not None:
             ref = "ours_even" if name.startswith("ours") else "proxy_even"
             if ref in summary and summary[ref]["fused_2nd"] is not None:
                 d = s["fused_2nd"] - summary[ref]["fused_2nd"]
-                out.append(f"3. rule `{name.split('@', 1)[1]}`: {name} {_f(s['fused_2nd'])} vs {ref} "
-                           f"{_f(summary[ref]['fused_2nd'])} ({d:+.3f}).")
+                out.append(
+                    f"3. rule `{name.split('@', 1)[1]}`: {name} {_f(s['fused_2nd'])} vs {ref} "
+                    f"{_f(summary[ref]['fused_2nd'])} ({d:+.3f})."
+                )
     return out
 
 
 # ============================================================================== files
-def _csvs(run: dict[str, Any], out: Path) -> list[Path]:
-    case_cols = ["method", "index", "name", "before", "proxy", "model", "fused", "n_drawn", "object_slices",
-                 "effort_slices", "effort_labor", "seconds", "accepted_after"]
-    round_cols = ["method", "index", "name", "round", "slices", "proxy", "model", "fused", "fusion_weight", "n_drawn",
-                  "effort_slices", "effort_labor", "seconds", "timings_ms"]
-    paths = [out / "cases.csv", out / "rounds.csv", out / "heldout.csv"]
-    with open(paths[0], "w", newline="") as fc, open(paths[1], "w", newline="") as fr, \
-            open(paths[2], "w", newline="") as fh:
-        wc, wr, wh = csv.writer(fc), csv.writer(fr), csv.writer(fh)
-        wc.writerow(case_cols)
-        wr.writerow(round_cols)
-        wh.writerow(["method", "cases_seen", "steps", "dice", "per_case"])
-        for name, log in run["methods"].items():
-            for c in log.get("cases", []):
-                wc.writerow([name] + [c.get(k) for k in case_cols[1:]])
-                for row in c.get("rounds", []):
-                    wr.writerow([name, c["index"], c["name"]] + [
-                        " ".join(map(str, row[k])) if k == "slices" else
-                        json.dumps(row[k]) if k == "timings_ms" else row.get(k) for k in round_cols[3:]])
-            for h in log.get("heldout", []):
-                wh.writerow([name, h["cases_seen"], h.get("steps"), h["dice"],
-                             " ".join(f"{x:.4f}" for x in h.get("per_case", []))])
-    return paths
-
-
-def _legend(ax, **kw) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, **kw)
-
-
-def _plots(run: dict[str, Any], summary: dict[str, dict[str, Any]], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    names = list(run["methods"])
-    cmap = plt.cm.tab10 if len(names) <= 10 else plt.cm.tab20
-    colors = {n: cmap(i % cmap.N) for i, n in enumerate(names)}
-
-    # 1. Dice per case
-    fig, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
-    for n, log in run["methods"].items():
-        cases = log.get("cases", [])
-        if not cases:
-            continue
-        x = [c["index"] for c in cases]
-        if any(c.get("fused") is not None for c in cases) and log.get("method", n) != "online_full":
-            axes[0].plot(x, [c.get("fused") for c in cases], ".-", color=colors[n], label=n, lw=1)
-        if any(c.get("before") is not None for c in cases):
-            axes[1].plot(x, [c.get("before") for c in cases], ".-", color=colors[n], label=n, lw=1)
-    axes[0].set_ylabel("fused Dice (final)")
-    axes[0].set_title("Per stream case: front-end result after the last round")
-    axes[1].set_ylabel("Dice before interaction")
-    axes[1].set_title("Dynamic evaluation: back-end prediction before the case's first stroke")
-    axes[1].set_xlabel("stream case")
-    for a in axes:
-        a.grid(alpha=0.3)
-        _legend(a, ncol=3)
-    fig.tight_layout()
-    p = out / "dice_per_case.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
-
-    # 2. fused Dice against effort (per-round means over the second half)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for measure, ax in zip(("effort_labor", "effort_slices"), axes):
-        for n, s in summary.items():
-            rounds = s["rounds_2nd"]
-            if rounds:
-                xs = [v[measure] for v in rounds.values()]
-                ys = [v["fused"] for v in rounds.values()]
-                ax.plot(xs, ys, "o-", color=colors[n], label=n)
-                for r, xx, yy in zip(rounds, xs, ys):
-                    ax.annotate(f"r{r}", (xx, yy), fontsize=7, xytext=(3, -9), textcoords="offset points")
-            elif s["fused_2nd"] is not None and s.get(measure) is not None and s[measure] < 1.0:
-                ax.plot([s[measure]], [s["fused_2nd"]], "s", color=colors[n], label=n)
-        ax.set_xlabel({"effort_labor": "labor (boundary pixels drawn / all)",
-                       "effort_slices": "slices drawn / object slices"}[measure])
-        ax.set_ylabel("fused Dice (mean, 2nd half)")
-        ax.grid(alpha=0.3)
-    _legend(axes[0])
-    full = [n for n, s in summary.items() if s.get("effort_labor") == 1.0]
-    if full:
-        fig.text(0.5, 0.01, f"not shown: {', '.join(full)} (full labels: effort 1, fused Dice 1)", ha="center",
-                 fontsize=8)
-    fig.suptitle("Final fused Dice against effort, after each round (second half of the stream)")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    p = out / "dice_vs_effort.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
-
-    # 3. held-out Dice against cases seen
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for n, log in run["methods"].items():
-        held = log.get("heldout", [])
-        if held:
-            style = "s--" if log.get("steps_done") is not None and not log.get("cases") else "o-"
-            ax.plot([h["cases_seen"] for h in held], [h["dice"] for h in held], style, color=colors[n], label=n)
-    ax.set_xlabel("stream cases seen (offline: steps / steps per case)")
-    ax.set_ylabel("held-out Dice (mean)")
-    ax.set_title("Learning curve on the held-out split")
-    ax.grid(alpha=0.3)
-    _legend(ax)
-    fig.tight_layout()
-    p = out / "heldout.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
-    return paths
 
 
 def paired(run: dict[str, Any], a: str, b: str, key: str = "fused") -> Optional[dict[str, float]]:
@@ -334,23 +254,34 @@ def paired(run: dict[str, Any], a: str, b: str, key: str = "fused") -> Optional[
         return None
 
     def values(name: str) -> dict[int, float]:
-        return {c["index"]: c[key] for c in logs[name].get("cases", [])
-                if c["index"] >= half and c.get(key) is not None}
+        return {
+            c["index"]: c[key] for c in logs[name].get("cases", []) if c["index"] >= half and c.get(key) is not None
+        }
 
     va, vb = values(a), values(b)
     common = sorted(set(va) & set(vb))
     if len(common) < 2:
         return None
     d = np.array([va[i] - vb[i] for i in common], dtype=np.float64)
-    return {"mean": float(d.mean()), "se": float(d.std(ddof=1) / math.sqrt(len(d))),
-            "better": int((d > 0).sum()), "n": len(d)}
+    return {
+        "mean": float(d.mean()),
+        "se": float(d.std(ddof=1) / math.sqrt(len(d))),
+        "better": int((d > 0).sum()),
+        "n": len(d),
+    }
 
 
 def _paired_table(run: dict[str, Any]) -> str:
     names = list(run["methods"])
-    pairs = [("ours", "proxy_even"), ("ours_even", "proxy_even"), ("ours", "ours_even"),
-             ("proxy_guided", "proxy_even"), ("ours_random", "ours_even"), ("ours_noreplay", "ours"),
-             ("ours_smooth", "ours")]
+    pairs = [
+        ("ours", "proxy_even"),
+        ("ours_even", "proxy_even"),
+        ("ours", "ours_even"),
+        ("proxy_guided", "proxy_even"),
+        ("ours_random", "ours_even"),
+        ("ours_noreplay", "ours"),
+        ("ours_smooth", "ours"),
+    ]
     for n in names:
         if n.endswith("_fixed"):  # the evidence gate against the paper's fixed fusion
             pairs.append((n[: -len("_fixed")], n))
@@ -399,15 +330,31 @@ def markdown(run: dict[str, Any], summary: dict[str, dict[str, Any]]) -> str:
         "",
     ]
     if 0 < n_train < 40:
-        lines += [f"A short stream ({n_train} cases): the model has seen few cases, so these lines show the "
-                  "early regime; the claims are about the `paper` preset's 80 cases "
-                  "(benchmarks/RESULTS.md has that run).", ""]
+        lines += [
+            f"A short stream ({n_train} cases): the model has seen few cases, so these lines show the "
+            "early regime; the claims are about the `paper` preset's 80 cases "
+            "(benchmarks/RESULTS.md has that run).",
+            "",
+        ]
     lines += claims(summary) or ["(not enough methods in this run to check them)"]
-    lines += ["", "## Paired differences of fused Dice (second half, same cases)", "", _paired_table(run), "",
-              "## Per round (means over the second half)", "", _round_table(summary), "",
-              "## Held-out Dice against stream cases seen", "", _heldout_table(run), "",
-              "Plots: `dice_per_case.png`, `dice_vs_effort.png`, `heldout.png`. Numbers: `results.json`, "
-              "`cases.csv`, `rounds.csv`, `heldout.csv`.", ""]
+    lines += [
+        "",
+        "## Paired differences of fused Dice (second half, same cases)",
+        "",
+        _paired_table(run),
+        "",
+        "## Per round (means over the second half)",
+        "",
+        _round_table(summary),
+        "",
+        "## Held-out Dice against stream cases seen",
+        "",
+        _heldout_table(run),
+        "",
+        "Plots: `dice_per_case.png`, `dice_vs_effort.png`, `heldout.png`. Numbers: `results.json`, "
+        "`cases.csv`, `rounds.csv`, `heldout.csv`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -424,11 +371,15 @@ def write_report(out: str | Path) -> list[Path]:
     summary = summarize(run)
     paths = []
     p = out / "results.json"
-    atomic_write(p, json.dumps({"config": run["config"], "data": run["data"], "summary": summary,
-                                "methods": run["methods"]}, indent=1))
+    atomic_write(
+        p,
+        json.dumps(
+            {"config": run["config"], "data": run["data"], "summary": summary, "methods": run["methods"]}, indent=1
+        ),
+    )
     paths.append(p)
-    paths += _csvs(run, out)
-    paths += _plots(run, summary, out)
+    paths += write_csvs(run, out)
+    paths += write_plots(run, summary, out)
     p = out / "report.md"
     atomic_write(p, markdown(run, summary))
     paths.append(p)

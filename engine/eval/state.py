@@ -44,10 +44,21 @@ class MethodState:
         self.digest = digest
         log = read_json(self.path)
         if log is not None and (log.get("version") != LOG_VERSION or log.get("digest") != digest):
-            raise InputError(f"{self.path} belongs to another config (digest {log.get('digest')} != {digest}); "
-                             f"use another --out folder")
-        self.log = log or {"version": LOG_VERSION, "method": spec_name, "digest": digest, "slot": None,
-                           "cases_done": 0, "finished": False, "cases": [], "heldout": [], "train_seconds": 0.0}
+            raise InputError(
+                f"{self.path} belongs to another config (digest {log.get('digest')} != {digest}); "
+                f"use another --out folder"
+            )
+        self.log = log or {
+            "version": LOG_VERSION,
+            "method": spec_name,
+            "digest": digest,
+            "slot": None,
+            "cases_done": 0,
+            "finished": False,
+            "cases": [],
+            "heldout": [],
+            "train_seconds": 0.0,
+        }
 
     @property
     def slot_path(self) -> Optional[Path]:
@@ -95,11 +106,15 @@ def check_run_folder(out: Path, cfg: StreamConfig, data) -> None:
     if theirs.get("variant", "none") == "none":  # as StreamConfig.identity: absent means "none"
         theirs.pop("variant", None)
     diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-    if diff or old.get("data", {}).get("train") != data.meta()["train"] \
-            or old.get("data", {}).get("test") != data.meta()["test"]:
+    if (
+        diff
+        or old.get("data", {}).get("train") != data.meta()["train"]
+        or old.get("data", {}).get("test") != data.meta()["test"]
+    ):
         what = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in diff) or "the data's cases differ"
-        raise InputError(f"{out} holds a run with another config ({what}); resume with the same settings or "
-                         f"choose another --out")
+        raise InputError(
+            f"{out} holds a run with another config ({what}); resume with the same settings or choose another --out"
+        )
     # remember every method ever asked for in this folder
     methods = list(dict.fromkeys(list(old["stream"].get("methods", [])) + list(cfg.methods)))
     old["stream"]["methods"] = methods

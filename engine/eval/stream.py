@@ -30,12 +30,30 @@ from .offline import pretrained, train_offline
 from .presets import StreamConfig
 from .state import LOG_VERSION, MethodState, check_run_folder
 
-__all__ = ["run_stream", "run_method", "parse_method", "engine_config", "load_stream_data", "check_run_folder",
-           "StreamData", "MethodSpec", "LOG_VERSION", "case_line"]
+__all__ = [
+    "run_stream",
+    "run_method",
+    "parse_method",
+    "engine_config",
+    "load_stream_data",
+    "check_run_folder",
+    "StreamData",
+    "MethodSpec",
+    "LOG_VERSION",
+    "case_line",
+]
 
 
-def run_method(name: str, cfg: StreamConfig, data: StreamData, out: Path, device: str = "cpu",
-               log: Log = print, progress: bool = True, stop_after: Optional[int] = None) -> dict:
+def run_method(
+    name: str,
+    cfg: StreamConfig,
+    data: StreamData,
+    out: Path,
+    device: str = "cpu",
+    log: Log = print,
+    progress: bool = True,
+    stop_after: Optional[int] = None,
+) -> dict:
     """Run (or resume) one method into ``out/<name>/``; returns its log.
 
     ``stop_after``: return after this many stream cases are logged (offline: this
@@ -57,8 +75,19 @@ def run_method(name: str, cfg: StreamConfig, data: StreamData, out: Path, device
         _note_engine(state, cfg, spec, device, log, name)
         if resumed:
             log(f"{name}: resuming at step {state.log.get('steps_done', 0)}")
-        if not train_offline(state, eng, cfg, data, range(cfg.n_train), cfg.offline_total(), cfg.offline_chunk(),
-                             log, progress, name, stop_after=stop_after):
+        if not train_offline(
+            state,
+            eng,
+            cfg,
+            data,
+            range(cfg.n_train),
+            cfg.offline_total(),
+            cfg.offline_chunk(),
+            log,
+            progress,
+            name,
+            stop_after=stop_after,
+        ):
             eng.close()
             return state.log
         state.log["finished"] = True
@@ -72,8 +101,7 @@ def run_method(name: str, cfg: StreamConfig, data: StreamData, out: Path, device
             eng = Engine.load(pretrained(out, cfg, data, device, log, progress), device=device)
             eng.reconfigure(**overrides, steps=cfg.steps)
             scores = heldout(eng, data, progress)
-            state.log["heldout"].append({"cases_seen": start_case, "dice": float(np.mean(scores)),
-                                         "per_case": scores})
+            state.log["heldout"].append({"cases_seen": start_case, "dice": float(np.mean(scores)), "per_case": scores})
         else:
             eng = Engine(engine_config(cfg, spec, device))
     _note_engine(state, cfg, spec, device, log, name)
@@ -108,8 +136,14 @@ def run_method(name: str, cfg: StreamConfig, data: StreamData, out: Path, device
         if spec.learns and (seen % cfg.eval_every == 0 or seen == cfg.n_train):
             t0 = time.perf_counter()
             scores = heldout(eng, data, progress)
-            state.log["heldout"].append({"cases_seen": seen, "dice": float(np.mean(scores)), "per_case": scores,
-                                         "seconds": time.perf_counter() - t0})
+            state.log["heldout"].append(
+                {
+                    "cases_seen": seen,
+                    "dice": float(np.mean(scores)),
+                    "per_case": scores,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
             write(log, progress, f"{name:<16} held-out Dice after {seen} cases: {np.mean(scores):.3f}")
         state.save(eng if spec.learns else None)
         if progress and hasattr(progress_bar, "update"):
@@ -123,8 +157,7 @@ def run_method(name: str, cfg: StreamConfig, data: StreamData, out: Path, device
     return state.log
 
 
-def _note_engine(state: MethodState, cfg: StreamConfig, spec: MethodSpec, device: str, log: Log,
-                 name: str) -> None:
+def _note_engine(state: MethodState, cfg: StreamConfig, spec: MethodSpec, device: str, log: Log, name: str) -> None:
     """Record the resolved engine config (library defaults included) and the torch
     setup in the log; warn when a resumed run resolves to another config (e.g. a
     library default changed in between)."""
@@ -132,21 +165,32 @@ def _note_engine(state: MethodState, cfg: StreamConfig, spec: MethodSpec, device
     old = state.log.get("engine_config")
     if old is not None and old != resolved:
         diff = sorted(k for k in set(old) | set(resolved) if old.get(k) != resolved.get(k))
-        log(f"WARNING {name}: the engine config differs from the one this log started with ({', '.join(diff)}); "
-            f"the numbers of this method mix both")
+        log(
+            f"WARNING {name}: the engine config differs from the one this log started with ({', '.join(diff)}); "
+            f"the numbers of this method mix both"
+        )
     state.log.setdefault("engine_config", resolved)
     from ..propagate import register_volume
 
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-           "register_pairs": f"{register_volume.__module__}.{register_volume.__qualname__}"}
+    env = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "register_pairs": f"{register_volume.__module__}.{register_volume.__qualname__}",
+    }
     if state.log.get("env") not in (None, env):
         log(f"note {name}: resumed with another environment: {state.log['env']} -> {env}")
         state.log.setdefault("env_history", []).append(env)
     state.log.setdefault("env", env)
 
 
-def run_stream(cfg: StreamConfig, out: str | os.PathLike, device: str = "cpu", log: Log = print,
-               progress: bool = True, report: bool = True) -> dict[str, dict]:
+def run_stream(
+    cfg: StreamConfig,
+    out: str | os.PathLike,
+    device: str = "cpu",
+    log: Log = print,
+    progress: bool = True,
+    report: bool = True,
+) -> dict[str, dict]:
     """Run every method of ``cfg.methods`` (resuming what a folder already holds),
     then write the report files into ``out``. Returns ``{method: log}``."""
     cfg.validate()
@@ -158,8 +202,10 @@ def run_stream(cfg: StreamConfig, out: str | os.PathLike, device: str = "cpu", l
     log(f"data: {data.describe()}")
     check_run_folder(out, cfg, data)
     sizes = cfg.round_sizes()
-    log(f"protocol: {cfg.rounds} rounds of {sizes} slices, {cfg.steps} steps per round, held-out every "
-        f"{cfg.eval_every} cases; methods {', '.join(cfg.methods)}; device {device}; out {out}")
+    log(
+        f"protocol: {cfg.rounds} rounds of {sizes} slices, {cfg.steps} steps per round, held-out every "
+        f"{cfg.eval_every} cases; methods {', '.join(cfg.methods)}; device {device}; out {out}"
+    )
     logs: dict[str, dict] = {}
     t_start = time.perf_counter()
     for i, m in enumerate(cfg.methods):

@@ -12,6 +12,21 @@ from .geometry import cell_centres, chebyshev_slices, distance_to_annotated, eve
 from .plans import PLANS, plan_slices, split_rounds
 from .rules import EXPERIMENTAL, REGISTRY, RULES, ProposalContext, Rule, propose, register_rule, residual_scores
 
-__all__ = ["EXPERIMENTAL", "PLANS", "REGISTRY", "RULES", "ProposalContext", "Rule", "cell_centres",
-           "chebyshev_slices", "distance_to_annotated", "even_slices", "plan_slices", "propose", "register_rule",
-           "residual_scores", "split_rounds", "symmetric_slices"]
+__all__ = [
+    "EXPERIMENTAL",
+    "PLANS",
+    "REGISTRY",
+    "RULES",
+    "ProposalContext",
+    "Rule",
+    "cell_centres",
+    "chebyshev_slices",
+    "distance_to_annotated",
+    "even_slices",
+    "plan_slices",
+    "propose",
+    "register_rule",
+    "residual_scores",
+    "split_rounds",
+    "symmetric_slices",
+]

@@ -49,8 +49,16 @@ import torch
 from ..errors import InputError, SliceIndexError
 from .geometry import cell_centres, distance_to_annotated, even_slices
 
-__all__ = ["Rule", "ProposalContext", "REGISTRY", "RULES", "EXPERIMENTAL", "register_rule", "propose",
-           "residual_scores"]
+__all__ = [
+    "Rule",
+    "ProposalContext",
+    "REGISTRY",
+    "RULES",
+    "EXPERIMENTAL",
+    "register_rule",
+    "propose",
+    "residual_scores",
+]
 
 
 @dataclass
@@ -108,6 +116,7 @@ def residual_scores(q: torch.Tensor, p: torch.Tensor, weight: Optional[torch.Ten
 
 # --- geometry rules ---------------------------------------------------------------------------
 
+
 def _gap_choice(size: int, annotated: Sequence[int], extent: tuple[int, int], k: int, min_gap: int) -> list[int]:
     chosen: list[int] = []
     taken = set(annotated)
@@ -159,7 +168,7 @@ def _cells(ctx: ProposalContext, k: int) -> list[int]:
     pts = sorted(inside)
     for _ in range(k):
         best, best_d = -1, -1.0
-        for gap in ((ctx.min_gap, 0) if ctx.min_gap > 0 else (0,)):
+        for gap in (ctx.min_gap, 0) if ctx.min_gap > 0 else (0,):
             for z in range(lo, hi + 1):
                 if z in taken:
                     continue
@@ -208,6 +217,7 @@ def _ends(ctx: ProposalContext, k: int) -> list[int]:
 
 
 # --- score rules ------------------------------------------------------------------------------
+
 
 def _select_by_score(ctx: ProposalContext, k: int, s: torch.Tensor) -> list[int]:
     from ..ops import select_slices
@@ -321,7 +331,14 @@ def propose(
     r = REGISTRY[rule]
     if r.needs_model and scores is None:
         raise InputError(f"rule {rule!r} needs residual scores")
-    ctx = ProposalContext(size, sorted(set(int(a) for a in annotated)), (lo, hi), min_gap, generator,
-                          model_ready=scores is not None, scores=(lambda: scores) if scores is not None else None,
-                          contributors=(lambda: contributors) if contributors is not None else None)
+    ctx = ProposalContext(
+        size,
+        sorted(set(int(a) for a in annotated)),
+        (lo, hi),
+        min_gap,
+        generator,
+        model_ready=scores is not None,
+        scores=(lambda: scores) if scores is not None else None,
+        contributors=(lambda: contributors) if contributors is not None else None,
+    )
     return r.choose(ctx, int(k))

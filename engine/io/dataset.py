@@ -70,11 +70,9 @@ class Case:
 
     def __post_init__(self) -> None:
         if self.image.shape != self.label.shape:
-            raise ShapeError(f"case {self.name}: label shape {self.label.shape} != "
-                             f"image shape {self.image.shape}")
+            raise ShapeError(f"case {self.name}: label shape {self.label.shape} != image shape {self.image.shape}")
         if len(self.spacing) != self.image.ndim:
-            raise ShapeError(f"case {self.name}: {len(self.spacing)} spacings for a "
-                             f"{self.image.ndim}D image")
+            raise ShapeError(f"case {self.name}: {len(self.spacing)} spacings for a {self.image.ndim}D image")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -118,8 +116,7 @@ def _pairs_by_suffix(files: list[Path]) -> tuple[dict, dict]:
             if stem.endswith(tag) and len(stem) > len(tag):
                 name = stem[: -len(tag)]
                 if name in table:
-                    raise DataError(f"{p}: two files for {tag[1:]} of case {name!r}: "
-                                    f"{table[name].name} and {p.name}")
+                    raise DataError(f"{p}: two files for {tag[1:]} of case {name!r}: {table[name].name} and {p.name}")
                 table[name] = p
     return images, labels
 
@@ -141,9 +138,7 @@ def _pairs_by_folder(folder: Path) -> tuple[dict, dict]:
 def _match(images: dict, labels: dict, where: str) -> list[_Source]:
     lonely = sorted(set(images) ^ set(labels))
     if lonely:
-        details = ", ".join(
-            f"{n} ({'no label' if n in images else 'no image'})" for n in lonely[:8]
-        )
+        details = ", ".join(f"{n} ({'no label' if n in images else 'no image'})" for n in lonely[:8])
         raise DataError(f"{where}: unpaired files for cases {details}")
     return [_Source(n, images[n], labels[n]) for n in sorted(images)]
 
@@ -153,8 +148,7 @@ def _case_subfolders(folder: Path) -> list[_Source]:
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         if sub.name in ("images", "labels") or sub.name.startswith("."):
             continue
-        found = [p for p in _supported_files(sub)
-                 if split_name(p)[1] in _CONTAINERS and _has_image_and_label(p)]
+        found = [p for p in _supported_files(sub) if split_name(p)[1] in _CONTAINERS and _has_image_and_label(p)]
         if len(found) == 1:
             out.append(_Source(sub.name, found[0], None))
     return out
@@ -175,8 +169,7 @@ def _discover(folder: Path) -> list[_Source]:
     seen: dict[str, _Source] = {}
     for s in sources:
         if s.name in seen:
-            raise DataError(f"{folder}: case {s.name!r} found twice: {seen[s.name].image} "
-                            f"and {s.image}")
+            raise DataError(f"{folder}: case {s.name!r} found twice: {seen[s.name].image} and {s.image}")
         seen[s.name] = s
     return [seen[n] for n in sorted(seen)]
 
@@ -200,8 +193,9 @@ class CaseFolder:
             image's.
     """
 
-    def __init__(self, path: Union[str, os.PathLike], label_value: Optional[int] = None,
-                 axis: Optional[int] = None) -> None:
+    def __init__(
+        self, path: Union[str, os.PathLike], label_value: Optional[int] = None, axis: Optional[int] = None
+    ) -> None:
         folder = Path(path)
         if not folder.is_dir():
             raise DataError(f"{folder}: no such folder")
@@ -266,8 +260,9 @@ class CaseFolder:
         if image.ndim != 3:
             raise DataError(f"{where}: case {src.name} image is {image.ndim}D, need 3D")
         if label.shape != image.shape:
-            raise DataError(f"{where}: case {src.name} label shape {label.shape} does not "
-                            f"match image shape {image.shape}")
+            raise DataError(
+                f"{where}: case {src.name} label shape {label.shape} does not match image shape {image.shape}"
+            )
         img = np.ascontiguousarray(image.array, dtype=np.float32)
         if not np.all(np.isfinite(img)):
             raise DataError(f"{where}: case {src.name} image holds NaN or Inf")

@@ -19,8 +19,16 @@ import numpy as np
 from .._files import commit_file, fsync_dir
 from ..errors import DataError, InputError, ShapeError
 
-__all__ = ["READERS", "WRITERS", "CONTAINER_READERS", "CONTAINER_WRITERS", "GEOMETRY_KEYS", "default_geometry",
-           "container_payload", "write_mhd"]
+__all__ = [
+    "READERS",
+    "WRITERS",
+    "CONTAINER_READERS",
+    "CONTAINER_WRITERS",
+    "GEOMETRY_KEYS",
+    "default_geometry",
+    "container_payload",
+    "write_mhd",
+]
 
 GEOMETRY_KEYS = ("spacing", "origin", "direction")
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -37,7 +45,6 @@ def _squeeze_trailing(arr: np.ndarray, path: str) -> np.ndarray:
     if arr.ndim not in (2, 3):
         raise DataError(f"{path}: expected a 2D or 3D volume, got shape {arr.shape}")
     return arr
-
 
 
 # --------------------------------------------------------------------------- NIfTI
@@ -79,9 +86,12 @@ def _write_nifti(path: str, arr: np.ndarray, sp, og, dr) -> None:
 
 #: NRRD anatomical space -> sign of each physical axis relative to LPS.
 _NRRD_SPACE_SIGNS = {
-    "right-anterior-superior": (-1.0, -1.0, 1.0), "ras": (-1.0, -1.0, 1.0),
-    "left-anterior-superior": (1.0, -1.0, 1.0), "las": (1.0, -1.0, 1.0),
-    "left-posterior-superior": (1.0, 1.0, 1.0), "lps": (1.0, 1.0, 1.0),
+    "right-anterior-superior": (-1.0, -1.0, 1.0),
+    "ras": (-1.0, -1.0, 1.0),
+    "left-anterior-superior": (1.0, -1.0, 1.0),
+    "las": (1.0, -1.0, 1.0),
+    "left-posterior-superior": (1.0, 1.0, 1.0),
+    "lps": (1.0, 1.0, 1.0),
 }
 
 
@@ -202,8 +212,7 @@ def _container_geometry(path: str, nd: int, get: Callable[[str], Optional[np.nda
         raise DataError(f"{path}: unusable geometry arrays: {exc}") from exc
     if len(sp) != nd or len(og) != nd or dr.shape != (nd, nd):
         raise DataError(
-            f"{path}: geometry does not fit a {nd}D array "
-            f"(spacing {sp}, origin {og}, direction shape {dr.shape})"
+            f"{path}: geometry does not fit a {nd}D array (spacing {sp}, origin {og}, direction shape {dr.shape})"
         )
     return sp, og, dr
 

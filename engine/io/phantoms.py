@@ -62,8 +62,7 @@ def _linear_weights(n: int, coarse: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], coarse: int,
-                  channels: int = 1) -> np.ndarray:
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], coarse: int, channels: int = 1) -> np.ndarray:
     """Smooth noise: a ``coarse``^3 normal grid trilinearly upsampled to ``shape``.
 
     Returns ``(channels, *shape)`` float32 with roughly unit amplitude. The
@@ -94,11 +93,9 @@ class _Geometry:
     def __init__(self, rng: np.random.Generator, dims: tuple[int, int, int]) -> None:
         d, h, w = dims
         self.dims = dims
-        self.center = np.array([d, h, w], dtype=np.float64) / 2 + rng.uniform(-1, 1, 3) * [
-            0.04 * d, 0.08 * h, 0.08 * w]
+        self.center = np.array([d, h, w], dtype=np.float64) / 2 + rng.uniform(-1, 1, 3) * [0.04 * d, 0.08 * h, 0.08 * w]
         # body semi-axes along (D, H, W), in voxels
-        self.body = np.array([rng.uniform(0.31, 0.41) * d, rng.uniform(0.2, 0.3) * h,
-                              rng.uniform(0.2, 0.3) * w])
+        self.body = np.array([rng.uniform(0.31, 0.41) * d, rng.uniform(0.2, 0.3) * h, rng.uniform(0.2, 0.3) * w])
         self.body_tilt = rng.uniform(-0.25, 0.25, 3)
         n_veins = int(rng.integers(2, 5))
         self.veins = []
@@ -157,8 +154,7 @@ def _inside(points: np.ndarray, centers: np.ndarray, inverses: np.ndarray) -> np
         rel = [points[j] - np.float32(c[j]) for j in range(3)]
         r2 = None
         for i in range(3):  # q_i = sum_j A_ij (p_j - c_j); r2 = sum_i q_i^2
-            q = np.float32(a[i, 0]) * rel[0] + np.float32(a[i, 1]) * rel[1] \
-                + np.float32(a[i, 2]) * rel[2]
+            q = np.float32(a[i, 0]) * rel[0] + np.float32(a[i, 1]) * rel[1] + np.float32(a[i, 2]) * rel[2]
             r2 = q * q if r2 is None else r2 + q * q
         best = r2 if best is None else np.minimum(best, r2)
     return best
@@ -196,35 +192,41 @@ def _distractors(rng: np.random.Generator, geom: _Geometry, points: np.ndarray) 
     out = np.zeros(points.shape[1:], dtype=np.float32)
     for _ in range(int(rng.integers(2, 4))):
         azim = rng.uniform(0, 2 * np.pi)
-        off = np.array([rng.uniform(-0.6, 0.6) * semi[0],
-                        np.cos(azim) * semi[1] * rng.uniform(1.0, 1.4),
-                        np.sin(azim) * semi[2] * rng.uniform(1.0, 1.4)])
-        size = np.array([semi[0] * rng.uniform(0.4, 0.8), semi[1] * rng.uniform(0.3, 0.55),
-                         semi[2] * rng.uniform(0.3, 0.55)])
+        off = np.array(
+            [
+                rng.uniform(-0.6, 0.6) * semi[0],
+                np.cos(azim) * semi[1] * rng.uniform(1.0, 1.4),
+                np.sin(azim) * semi[2] * rng.uniform(1.0, 1.4),
+            ]
+        )
+        size = np.array(
+            [semi[0] * rng.uniform(0.4, 0.8), semi[1] * rng.uniform(0.3, 0.55), semi[2] * rng.uniform(0.3, 0.55)]
+        )
         inv = np.diag(1 / size) @ _rotation(rng.uniform(-0.5, 0.5, 3)).T
         blob = _inside(points, (geom.center + off)[None], inv[None]) < 1.0
         out = np.maximum(out, blob * np.float32(rng.uniform(0.5, 0.8)))
     return out
 
 
-def _appearance(rng: np.random.Generator, obj: np.ndarray, distract: np.ndarray,
-                dims: tuple[int, int, int]) -> np.ndarray:
+def _appearance(
+    rng: np.random.Generator, obj: np.ndarray, distract: np.ndarray, dims: tuple[int, int, int]
+) -> np.ndarray:
     from scipy import ndimage
 
-    background = (1.0 + 0.12 * _smooth_field(rng, dims, 5)[0]
-                  + 0.06 * _smooth_field(rng, dims, 12)[0])
+    background = 1.0 + 0.12 * _smooth_field(rng, dims, 5)[0] + 0.06 * _smooth_field(rng, dims, 12)[0]
     contrast = np.float32(rng.uniform(1.0, 1.6))
     wall = ndimage.binary_dilation(obj) & ~obj
     clean = background + contrast * distract
     clean = np.where(wall, background * np.float32(rng.uniform(0.6, 0.85)), clean)
-    clean = np.where(obj, background + contrast * (1.0 + 0.08 * _smooth_field(rng, dims, 7)[0]),
-                     clean)
+    clean = np.where(obj, background + contrast * (1.0 + 0.08 * _smooth_field(rng, dims, 7)[0]), clean)
     clean = ndimage.gaussian_filter(clean.astype(np.float32), sigma=0.8)
     bias = np.exp(0.2 * _smooth_field(rng, dims, 3)[0])
     signal = clean * bias
     sigma = np.float32(rng.uniform(0.08, 0.16))
-    noisy = np.hypot(signal + sigma * rng.standard_normal(dims, dtype=np.float32),
-                     sigma * rng.standard_normal(dims, dtype=np.float32))
+    noisy = np.hypot(
+        signal + sigma * rng.standard_normal(dims, dtype=np.float32),
+        sigma * rng.standard_normal(dims, dtype=np.float32),
+    )
     return ((noisy - noisy.mean()) / max(float(noisy.std()), 1e-6)).astype(np.float32)
 
 
@@ -234,8 +236,7 @@ def _seed_key(seed: SeedLike) -> list[int]:
         key = list(items)
     except TypeError:
         key = None
-    if not key or any(not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0
-                      for k in key):
+    if not key or any(not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0 for k in key):
         raise InputError(f"phantom seed must be an int >= 0 or a sequence of them, got {seed!r}")
     return [int(k) for k in key]
 
@@ -265,13 +266,16 @@ def phantom_case(seed: SeedLike, shape: Sequence[int] = (40, 72, 64), axis: int 
     image = _appearance(rng, obj, distract, dims)
     back = np.argsort(order)
     name = "phantom_" + "_".join(str(k) for k in key)
-    return Case(name, np.ascontiguousarray(image.transpose(back)),
-                np.ascontiguousarray(obj.transpose(back).astype(np.uint8)),
-                (PHANTOM_SPACING,) * 3, axis)
+    return Case(
+        name,
+        np.ascontiguousarray(image.transpose(back)),
+        np.ascontiguousarray(obj.transpose(back).astype(np.uint8)),
+        (PHANTOM_SPACING,) * 3,
+        axis,
+    )
 
 
-def phantom_stream(n: int, seed: int = 0, shape: Sequence[int] = (40, 72, 64),
-                   axis: int = 0) -> Iterator[Case]:
+def phantom_stream(n: int, seed: int = 0, shape: Sequence[int] = (40, 72, 64), axis: int = 0) -> Iterator[Case]:
     """``n`` phantom cases; case ``i`` is ``phantom_case((seed, i), shape, axis)``.
 
     Streams with different seeds share no case; a held-out split is another seed.
@@ -282,8 +286,13 @@ def phantom_stream(n: int, seed: int = 0, shape: Sequence[int] = (40, 72, 64),
         yield phantom_case((seed, i), shape, axis)
 
 
-def phantom_in_volume(seed: SeedLike, shape: Sequence[int] = (240, 240, 155), inner: Sequence[int] = (96, 96, 64),
-                      axis: int = 2, spacing: float = 1.0) -> Case:
+def phantom_in_volume(
+    seed: SeedLike,
+    shape: Sequence[int] = (240, 240, 155),
+    inner: Sequence[int] = (96, 96, 64),
+    axis: int = 2,
+    spacing: float = 1.0,
+) -> Case:
     """A large volume with a *small* object: a phantom case of shape ``inner`` placed at
     a seeded position inside ``shape`` (brain-MRI size by default: 240x240x155 at 1 mm,
     the object about 1 % of the voxels), the rest smooth MR-like background with the

@@ -41,8 +41,13 @@ def thick_slices(case: Case, factor: int, axis: Optional[int] = None) -> Case:
     label = (np.stack([lab[a:b].mean(0) for a, b in groups]) >= 0.5).astype(np.uint8)
     spacing = list(case.spacing)
     spacing[axis] = float(spacing[axis]) * factor
-    return Case(f"{case.name}", np.ascontiguousarray(np.moveaxis(image, 0, axis)),
-                np.ascontiguousarray(np.moveaxis(label, 0, axis)), tuple(spacing), case.axis)
+    return Case(
+        f"{case.name}",
+        np.ascontiguousarray(np.moveaxis(image, 0, axis)),
+        np.ascontiguousarray(np.moveaxis(label, 0, axis)),
+        tuple(spacing),
+        case.axis,
+    )
 
 
 def parse_variant(spec: Optional[str]) -> Optional[tuple[str, int]]:

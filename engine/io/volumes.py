@@ -104,10 +104,8 @@ SUPPORTED_SUFFIXES: dict[str, str] = {
 
 #: dtypes each file format can store (npz/h5 store every bool/int/float dtype).
 _FILE_DTYPES = {
-    "nifti": ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
-              "float32", "float64"),
-    "nrrd": ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
-             "float32", "float64"),
+    "nifti": ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64"),
+    "nrrd": ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64"),
     "meta": ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64"),
 }
 
@@ -202,9 +200,7 @@ def _check_geometry(
         raise InputError(f"direction must be a finite {ndim}x{ndim} matrix, got {direction!r}")
     norms = np.linalg.norm(dr, axis=0)
     if np.any(np.abs(norms - 1.0) > 1e-4) or abs(np.linalg.det(dr)) < 1e-6:
-        raise InputError(
-            f"direction must have unit-length, independent columns (column norms {norms})"
-        )
+        raise InputError(f"direction must have unit-length, independent columns (column norms {norms})")
     return tuple(float(v) for v in sp), tuple(float(v) for v in og), dr.copy()
 
 

@@ -19,15 +19,29 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from ._jit import LazyJit as _LazyJit
 
 __all__ = ["confidence_map"]
 
 
 def _confidence_map_kernel(
-    ad_ptr, sd, ah_ptr, sh, aw_ptr, sw, out_ptr, D, H, W,
-    HAS_D: tl.constexpr, HAS_H: tl.constexpr, HAS_W: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr,
+    ad_ptr,
+    sd,
+    ah_ptr,
+    sh,
+    aw_ptr,
+    sw,
+    out_ptr,
+    D,
+    H,
+    W,
+    HAS_D: tl.constexpr,
+    HAS_H: tl.constexpr,
+    HAS_W: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    BLOCK_J: tl.constexpr,
 ):
     BIG: tl.constexpr = 1 << 30
     z = tl.program_id(0)
@@ -91,10 +105,20 @@ def confidence_map(ann_d, ann_h, ann_w, out: torch.Tensor) -> None:
     BLOCK_W = min(128, max(16, triton.next_power_of_2(W)))
     grid = (D, triton.cdiv(H, BLOCK_H))
     _kernel[grid](
-        ann_d if ann_d is not None else dummy, ann_d.stride(0) if ann_d is not None else 0,
-        ann_h if ann_h is not None else dummy, ann_h.stride(0) if ann_h is not None else 0,
-        ann_w if ann_w is not None else dummy, ann_w.stride(0) if ann_w is not None else 0,
-        out, D, H, W,
-        HAS_D=ann_d is not None, HAS_H=ann_h is not None, HAS_W=ann_w is not None,
-        BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, BLOCK_J=32,
+        ann_d if ann_d is not None else dummy,
+        ann_d.stride(0) if ann_d is not None else 0,
+        ann_h if ann_h is not None else dummy,
+        ann_h.stride(0) if ann_h is not None else 0,
+        ann_w if ann_w is not None else dummy,
+        ann_w.stride(0) if ann_w is not None else 0,
+        out,
+        D,
+        H,
+        W,
+        HAS_D=ann_d is not None,
+        HAS_H=ann_h is not None,
+        HAS_W=ann_w is not None,
+        BLOCK_H=BLOCK_H,
+        BLOCK_W=BLOCK_W,
+        BLOCK_J=32,
     )

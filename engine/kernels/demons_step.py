@@ -27,8 +27,7 @@ __all__ = ["demons_step_forward"]
 _BLOCK = 128
 
 
-def _demons_step_kernel(fixed_ptr, moving_ptr, u_ptr, gf_ptr, out_ptr, H, W, HW, total, inv_k,
-                        BLOCK: tl.constexpr):
+def _demons_step_kernel(fixed_ptr, moving_ptr, u_ptr, gf_ptr, out_ptr, H, W, HW, total, inv_k, BLOCK: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = offs < total
@@ -53,8 +52,21 @@ def _demons_step_kernel(fixed_ptr, moving_ptr, u_ptr, gf_ptr, out_ptr, H, W, HW,
     px = pad_position(sx.to(tl.float32) + ux, W, True)
     yc0, yc1, ay, wy, vy0, vy1 = linear_taps(py, H)
     xc0, xc1, ax, wx, vx0, vx1 = linear_taps(px, W)
-    mw = bilinear(moving_ptr + n[:, None] * HW, yc0 * W, yc1 * W, xc0, xc1, ay, wy, ax, wx,
-                  m2 & vy0 & vx0, m2 & vy0 & vx1, m2 & vy1 & vx0, m2 & vy1 & vx1)
+    mw = bilinear(
+        moving_ptr + n[:, None] * HW,
+        yc0 * W,
+        yc1 * W,
+        xc0,
+        xc1,
+        ay,
+        wy,
+        ax,
+        wx,
+        m2 & vy0 & vx0,
+        m2 & vy0 & vx1,
+        m2 & vy1 & vx0,
+        m2 & vy1 & vx1,
+    )
 
     mc = tl.reduce(tl.where(k == 0, mw, 0.0), 1, tl.standard._sum_combine)
     m_ym = tl.reduce(tl.where(k == 1, mw, 0.0), 1, tl.standard._sum_combine)
@@ -78,8 +90,9 @@ def _demons_step_kernel(fixed_ptr, moving_ptr, u_ptr, gf_ptr, out_ptr, H, W, HW,
 _kernel = _LazyJit(_demons_step_kernel)
 
 
-def demons_step_forward(fixed: torch.Tensor, moving: torch.Tensor, u: torch.Tensor, g_fixed: torch.Tensor,
-                        inv_k: float, out: torch.Tensor) -> None:
+def demons_step_forward(
+    fixed: torch.Tensor, moving: torch.Tensor, u: torch.Tensor, g_fixed: torch.Tensor, inv_k: float, out: torch.Tensor
+) -> None:
     """Write the demons step into ``out`` ``[N, 2, H, W]`` float32 in ONE launch."""
     fixed, moving, u, g_fixed = (t.contiguous() for t in (fixed, moving, u, g_fixed))
     N, _, H, W = fixed.shape

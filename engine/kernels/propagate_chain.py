@@ -43,6 +43,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from ._helpers import bilinear, linear_taps, pad_position
 from ._jit import LazyJit as _LazyJit
 
@@ -52,13 +53,35 @@ _FUSE = {"none": 0, "nearest": 1, "linear": 2}
 
 
 def _propagate_chain_kernel(
-    masks_ptr, ms0, ms1, ms2,
-    ann_ptr, ann_st,
-    fwd_ptr, fs0, fs1, fs2, fs3,
-    bwd_ptr, bs0, bs1, bs2, bs3,
-    fb_ptr, fa_ptr, db_ptr, da_ptr, q_ptr, conf_ptr,
-    D, H, W, min_mass,
-    FUSE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+    masks_ptr,
+    ms0,
+    ms1,
+    ms2,
+    ann_ptr,
+    ann_st,
+    fwd_ptr,
+    fs0,
+    fs1,
+    fs2,
+    fs3,
+    bwd_ptr,
+    bs0,
+    bs1,
+    bs2,
+    bs3,
+    fb_ptr,
+    fa_ptr,
+    db_ptr,
+    da_ptr,
+    q_ptr,
+    conf_ptr,
+    D,
+    H,
+    W,
+    min_mass,
+    FUSE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     hi = tl.program_id(0)  # int32: annotated slice ending the segment, or D
     ann_hi = tl.load(ann_ptr + hi.to(tl.int64) * ann_st, mask=hi < D, other=0)
@@ -158,8 +181,21 @@ def _propagate_chain_kernel(
                         px = pad_position(xf + ux, W, False)
                         yc0, yc1, ay, wy, vy0, vy1 = linear_taps(py, H)
                         xc0, xc1, ax, wx, vx0, vx1 = linear_taps(px, W)
-                        v = bilinear(src, yc0 * sy, yc1 * sy, xc0 * sx, xc1 * sx, ay, wy, ax, wx,
-                                     m & vy0 & vx0, m & vy0 & vx1, m & vy1 & vx0, m & vy1 & vx1)
+                        v = bilinear(
+                            src,
+                            yc0 * sy,
+                            yc1 * sy,
+                            xc0 * sx,
+                            xc1 * sx,
+                            ay,
+                            wy,
+                            ax,
+                            wx,
+                            m & vy0 & vx0,
+                            m & vy0 & vx1,
+                            m & vy1 & vx0,
+                            m & vy1 & vx1,
+                        )
                         if c == 0:
                             tl.store(fb_ptr + zu * HW + p, v, mask=m)
                             acc_u += tl.where(m, v, 0.0)
@@ -183,10 +219,12 @@ def _propagate_chain_kernel(
                     tl.store(fb_ptr + zd * HW + p, zero, mask=tl.where(lo < 0, pm, False))
                     tl.store(fa_ptr + zu * HW + p, zero, mask=tl.where(hi >= D, pm, False))
                     if FUSE != 0:
-                        tl.store(q_ptr + zd * HW + p, tl.minimum(tl.maximum(vd, 0.0), 1.0),
-                                 mask=tl.where(lo < 0, pm, False))
-                        tl.store(q_ptr + zu * HW + p, tl.minimum(tl.maximum(vu, 0.0), 1.0),
-                                 mask=tl.where(hi >= D, pm, False))
+                        tl.store(
+                            q_ptr + zd * HW + p, tl.minimum(tl.maximum(vd, 0.0), 1.0), mask=tl.where(lo < 0, pm, False)
+                        )
+                        tl.store(
+                            q_ptr + zu * HW + p, tl.minimum(tl.maximum(vu, 0.0), 1.0), mask=tl.where(hi >= D, pm, False)
+                        )
                         both = up & down
                         for c in tl.static_range(2):
                             if c == 0:
@@ -194,8 +232,9 @@ def _propagate_chain_kernel(
                                 zz = zu
                                 fz = both & (hi - zu <= i)
                                 mine = vu
-                                other = tl.load(fa_ptr + zu * HW + p, mask=tl.where(fz & (zu != zd), pm, False),
-                                                other=0.0)
+                                other = tl.load(
+                                    fa_ptr + zu * HW + p, mask=tl.where(fz & (zu != zd), pm, False), other=0.0
+                                )
                                 other = tl.where(zu == zd, vd, other)
                                 fbv = mine
                                 fav = other
@@ -212,8 +251,9 @@ def _propagate_chain_kernel(
                             else:  # linear: (b-z)/(b-a) from below, (z-a)/(b-a) from above
                                 spanf = tl.maximum(dbz + daz, 1).to(tl.float32)
                                 qv = (daz.to(tl.float32) / spanf) * fbv + (dbz.to(tl.float32) / spanf) * fav
-                            tl.store(q_ptr + zz * HW + p, tl.minimum(tl.maximum(qv, 0.0), 1.0),
-                                     mask=tl.where(fz, pm, False))
+                            tl.store(
+                                q_ptr + zz * HW + p, tl.minimum(tl.maximum(qv, 0.0), 1.0), mask=tl.where(fz, pm, False)
+                            )
                 alive_u = keep_u
                 alive_d = keep_d
                 tl.debug_barrier()
@@ -233,10 +273,21 @@ def _propagate_chain_kernel(
 _kernel = _LazyJit(_propagate_chain_kernel)
 
 
-def propagate_chain(masks: torch.Tensor, annotated: torch.Tensor, fwd: torch.Tensor, bwd: torch.Tensor,
-                    from_below: torch.Tensor, from_above: torch.Tensor, dist_below: torch.Tensor,
-                    dist_above: torch.Tensor, q: torch.Tensor, conf: torch.Tensor, *, min_mass: float,
-                    fuse: str) -> None:
+def propagate_chain(
+    masks: torch.Tensor,
+    annotated: torch.Tensor,
+    fwd: torch.Tensor,
+    bwd: torch.Tensor,
+    from_below: torch.Tensor,
+    from_above: torch.Tensor,
+    dist_below: torch.Tensor,
+    dist_above: torch.Tensor,
+    q: torch.Tensor,
+    conf: torch.Tensor,
+    *,
+    min_mass: float,
+    fuse: str,
+) -> None:
     """Launch the kernel (one launch; plus a float32 conversion for non-float32
     masks). Outputs are contiguous and written entirely; ``q`` is ignored for
     ``fuse="none"``. ``annotated`` is a [D] bool/uint8 vector."""
@@ -255,7 +306,26 @@ def propagate_chain(masks: torch.Tensor, annotated: torch.Tensor, fwd: torch.Ten
     BLOCK = 1024 if H * W >= 1024 else max(16, triton.next_power_of_2(H * W))
     BLOCK_D = max(16, min(1024, triton.next_power_of_2(D)))
     _kernel[(D + 1,)](
-        masks, *masks.stride(), ann, ann.stride(0), fptr, *fwd_s, bptr, *bwd_s,
-        from_below, from_above, dist_below, dist_above, qq, conf, D, H, W, float(min_mass),
-        FUSE=code, BLOCK=BLOCK, BLOCK_D=BLOCK_D, num_warps=8,
+        masks,
+        *masks.stride(),
+        ann,
+        ann.stride(0),
+        fptr,
+        *fwd_s,
+        bptr,
+        *bwd_s,
+        from_below,
+        from_above,
+        dist_below,
+        dist_above,
+        qq,
+        conf,
+        D,
+        H,
+        W,
+        float(min_mass),
+        FUSE=code,
+        BLOCK=BLOCK,
+        BLOCK_D=BLOCK_D,
+        num_warps=8,
     )

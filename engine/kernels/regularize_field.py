@@ -26,8 +26,24 @@ _BLOCK = 128
 MAX_TAPS = 9  # radius 4: sigma <= 2
 
 
-def _regularize_field_kernel(u_ptr, s_ptr, taps_ptr, out_ptr, C, H, W, HW, total, per, wc, wn,
-                             K: tl.constexpr, R: tl.constexpr, COUPLE: tl.constexpr, BLOCK: tl.constexpr):
+def _regularize_field_kernel(
+    u_ptr,
+    s_ptr,
+    taps_ptr,
+    out_ptr,
+    C,
+    H,
+    W,
+    HW,
+    total,
+    per,
+    wc,
+    wn,
+    K: tl.constexpr,
+    R: tl.constexpr,
+    COUPLE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = offs < total
@@ -64,8 +80,9 @@ def _regularize_field_kernel(u_ptr, s_ptr, taps_ptr, out_ptr, C, H, W, HW, total
 _kernel = _LazyJit(_regularize_field_kernel)
 
 
-def regularize_field_forward(u: torch.Tensor, step: torch.Tensor, taps: tuple[float, ...], coupling: float,
-                             groups: int, out: torch.Tensor) -> None:
+def regularize_field_forward(
+    u: torch.Tensor, step: torch.Tensor, taps: tuple[float, ...], coupling: float, groups: int, out: torch.Tensor
+) -> None:
     """Write ``filter(couple(u + step))`` into ``out`` ``[N, C, H, W]`` float32 in ONE launch."""
     if len(taps) % 2 == 0 or len(taps) > MAX_TAPS:
         raise ValueError(f"taps: an odd count <= {MAX_TAPS}, got {len(taps)}")
@@ -75,9 +92,24 @@ def regularize_field_forward(u: torch.Tensor, step: torch.Tensor, taps: tuple[fl
     couple = coupling != 0.0 and per >= 2
     total = N * C * H * W
     grid = (triton.cdiv(total, _BLOCK),)
-    _kernel[grid](u, step, _taps_tensor(tuple(float(v) for v in taps), u.device), out, C, H, W, H * W, total,
-                  max(per, 1), 1.0 - 2.0 * coupling, float(coupling),
-                  K=len(taps), R=len(taps) // 2, COUPLE=couple, BLOCK=_BLOCK)
+    _kernel[grid](
+        u,
+        step,
+        _taps_tensor(tuple(float(v) for v in taps), u.device),
+        out,
+        C,
+        H,
+        W,
+        H * W,
+        total,
+        max(per, 1),
+        1.0 - 2.0 * coupling,
+        float(coupling),
+        K=len(taps),
+        R=len(taps) // 2,
+        COUPLE=couple,
+        BLOCK=_BLOCK,
+    )
 
 
 _TAPS: dict = {}

@@ -20,14 +20,28 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+
 from ._jit import LazyJit as _LazyJit
 
 __all__ = ["select_slices_forward"]
 
 
 def _select_slices_kernel(
-    s_ptr, ss, a_ptr, a_st, v_ptr, v_st, out_ptr, D, k, KR, gap,
-    HAS_A: tl.constexpr, HAS_V: tl.constexpr, BLOCK: tl.constexpr, FILL: tl.constexpr,
+    s_ptr,
+    ss,
+    a_ptr,
+    a_st,
+    v_ptr,
+    v_st,
+    out_ptr,
+    D,
+    k,
+    KR,
+    gap,
+    HAS_A: tl.constexpr,
+    HAS_V: tl.constexpr,
+    BLOCK: tl.constexpr,
+    FILL: tl.constexpr,
 ):
     BIG: tl.constexpr = 1 << 30
     z = tl.arange(0, BLOCK)
@@ -63,18 +77,34 @@ def _u8(t):
     return t.view(torch.uint8) if t is not None and t.dtype == torch.bool else t
 
 
-def select_slices_forward(scores: torch.Tensor, annotated: Optional[torch.Tensor], k: int, min_gap: int,
-                          valid: Optional[torch.Tensor], out: torch.Tensor) -> None:
+def select_slices_forward(
+    scores: torch.Tensor,
+    annotated: Optional[torch.Tensor],
+    k: int,
+    min_gap: int,
+    valid: Optional[torch.Tensor],
+    out: torch.Tensor,
+) -> None:
     """Write the ``k`` selected indices (int64, -1 padded) into ``out`` in ONE launch."""
     D = scores.shape[0]
     a, v = _u8(annotated), _u8(valid)
     dummy = scores  # never read when the matching HAS_* is False
     BLOCK = max(16, triton.next_power_of_2(D))
     _kernel[(1,)](
-        scores, scores.stride(0),
-        a if a is not None else dummy, a.stride(0) if a is not None else 0,
-        v if v is not None else dummy, v.stride(0) if v is not None else 0,
-        out, D, k, min(k, D), min(min_gap, D),
-        HAS_A=a is not None, HAS_V=v is not None, BLOCK=BLOCK, FILL=16,
+        scores,
+        scores.stride(0),
+        a if a is not None else dummy,
+        a.stride(0) if a is not None else 0,
+        v if v is not None else dummy,
+        v.stride(0) if v is not None else 0,
+        out,
+        D,
+        k,
+        min(k, D),
+        min(min_gap, D),
+        HAS_A=a is not None,
+        HAS_V=v is not None,
+        BLOCK=BLOCK,
+        FILL=16,
         num_warps=8 if BLOCK >= 2048 else 4,
     )

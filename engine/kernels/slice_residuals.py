@@ -23,15 +23,33 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+
 from ._jit import LazyJit as _LazyJit
 
 __all__ = ["slice_residuals_forward"]
 
 
 def _slice_residuals_kernel(
-    q_ptr, qs0, qs1, qs2, p_ptr, ps0, ps1, ps2, w_ptr, ws0, ws1, ws2, out_ptr, D, H, W, TZ,
+    q_ptr,
+    qs0,
+    qs1,
+    qs2,
+    p_ptr,
+    ps0,
+    ps1,
+    ps2,
+    w_ptr,
+    ws0,
+    ws1,
+    ws2,
+    out_ptr,
+    D,
+    H,
+    W,
+    TZ,
     W_MODE: tl.constexpr,  # 0: no weight, 1: per-slice [D] float32, 2: full [D,H,W]
-    BLOCK_Y: tl.constexpr, BLOCK_X: tl.constexpr,
+    BLOCK_Y: tl.constexpr,
+    BLOCK_X: tl.constexpr,
 ):
     y = tl.program_id(1) * BLOCK_Y + tl.arange(0, BLOCK_Y)
     x = tl.program_id(0) * BLOCK_X + tl.arange(0, BLOCK_X)
@@ -76,8 +94,9 @@ def _target_programs(t: torch.Tensor) -> int:
     return 4  # interpreter: few programs, each looping over planes
 
 
-def slice_residuals_forward(q: torch.Tensor, p: torch.Tensor, w: Optional[torch.Tensor], w_mode: str,
-                            out: torch.Tensor) -> None:
+def slice_residuals_forward(
+    q: torch.Tensor, p: torch.Tensor, w: Optional[torch.Tensor], w_mode: str, out: torch.Tensor
+) -> None:
     """Add the sums of ``w * |q - p|`` into ``out`` ``[D+H+W]`` float32 (zero-filled
     by the caller) in ONE launch. ``w_mode``: ``"none"`` (w ignored), ``"slice"``
     (``w`` ``[D]`` float32) or ``"full"`` (``w`` ``[D,H,W]``)."""
@@ -97,6 +116,18 @@ def slice_residuals_forward(q: torch.Tensor, p: torch.Tensor, w: Optional[torch.
     else:
         ws = [0, 0, 0]
     _kernel[grid](
-        q, *q.stride(), p, *p.stride(), wt, *ws, out, D, H, W, TZ,
-        W_MODE=mode, BLOCK_Y=BLOCK_Y, BLOCK_X=BLOCK_X,
+        q,
+        *q.stride(),
+        p,
+        *p.stride(),
+        wt,
+        *ws,
+        out,
+        D,
+        H,
+        W,
+        TZ,
+        W_MODE=mode,
+        BLOCK_Y=BLOCK_Y,
+        BLOCK_X=BLOCK_X,
     )

@@ -20,11 +20,11 @@ This package imports only torch, numpy and :mod:`engine.errors`.
 from __future__ import annotations
 
 from . import checkpoint
+from .config import LearnConfig
 from .losses import build_targets, extent_mask, weighted_bce_dice
 from .models import UNet3D, build_model, normalize_intensity, sliding_window_inference
 from .replay import ReplayBuffer
 from .sampler import PatchSampler, extract_patches, random_flip
-from .config import LearnConfig
 from .trainer import Trainer
 
 __all__ = [

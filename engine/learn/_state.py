@@ -45,7 +45,6 @@ def _canon(v: Any) -> Any:
     return tuple(_canon(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
-
 def check_trainer_state(trainer, state: dict[str, Any]) -> None:
     """Raise :class:`CheckpointError` unless ``state`` can load into ``trainer``."""
     try:

@@ -196,7 +196,9 @@ def read(path: str | os.PathLike, map_location: torch.device | str = "cpu") -> d
         raise CheckpointError(f"checkpoint {path} has version {version}; this build reads up to {VERSION}")
     data = raw[_HEADER.size :]
     if len(data) != length:
-        raise CheckpointError(f"checkpoint {path} is truncated or padded: payload {len(data)} bytes, header says {length}")
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or padded: payload {len(data)} bytes, header says {length}"
+        )
     if hashlib.sha256(data).digest() != digest:
         raise CheckpointError(f"checkpoint {path} is corrupted: SHA-256 of the payload does not match the header")
     try:

@@ -138,8 +138,9 @@ class LearnConfig:
                 raise InputError(f"LearnConfig.{name} must be {n} triples of positive ints, got {v!r}")
         if self.kernels is not None and any(k % 2 == 0 for t in self.kernels for k in t):
             raise InputError(f"LearnConfig.kernels must be odd, got {self.kernels!r}")
-        if self.normalize == "ct" and (self.ct_window is None or len(self.ct_window) != 4
-                                       or not float(self.ct_window[3]) > 0):
+        if self.normalize == "ct" and (
+            self.ct_window is None or len(self.ct_window) != 4 or not float(self.ct_window[3]) > 0
+        ):
             raise InputError("LearnConfig.normalize='ct' needs ct_window=(clip_lo, clip_hi, mean, std > 0)")
         check_int("LearnConfig.seed", self.seed, 0)
         check_float("LearnConfig.fg_fraction", self.fg_fraction, 0.0, 1.0)
@@ -181,8 +182,15 @@ class LearnConfig:
     def concrete(self) -> "LearnConfig":
         """A copy with every planned field still open set to its fixed default
         (isotropic strides and kernels, patch (32, 48, 48), batch 2, robust z-score)."""
-        d = {"patch": (32, 48, 48), "batch_size": 2, "sw_batch": 4, "strides": ((2, 2, 2),) * self.depth,
-             "kernels": ((3, 3, 3),) * (self.depth + 1), "patch_voxels": None, "target_spacing": None}
+        d = {
+            "patch": (32, 48, 48),
+            "batch_size": 2,
+            "sw_batch": 4,
+            "strides": ((2, 2, 2),) * self.depth,
+            "kernels": ((3, 3, 3),) * (self.depth + 1),
+            "patch_voxels": None,
+            "target_spacing": None,
+        }
         changes = {k: v for k, v in d.items() if getattr(self, k) is None}
         if self.normalize == "auto":
             changes["normalize"] = "robust_zscore"

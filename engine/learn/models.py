@@ -215,15 +215,28 @@ def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
     MODELS[name] = builder
 
 
-register_model("unet", lambda width, depth, norm, strides=None, kernels=None: UNet3D(
-    1, width, depth, residual=False, norm=norm, strides=strides, kernels=kernels))
-register_model("resunet", lambda width, depth, norm, strides=None, kernels=None: UNet3D(
-    1, width, depth, residual=True, norm=norm, strides=strides, kernels=kernels))
+register_model(
+    "unet",
+    lambda width, depth, norm, strides=None, kernels=None: UNet3D(
+        1, width, depth, residual=False, norm=norm, strides=strides, kernels=kernels
+    ),
+)
+register_model(
+    "resunet",
+    lambda width, depth, norm, strides=None, kernels=None: UNet3D(
+        1, width, depth, residual=True, norm=norm, strides=strides, kernels=kernels
+    ),
+)
 
 
-def build_model(arch: str = "unet", base_width: int = 8, depth: int = 3, norm: str = "instance",
-                strides: Sequence[Sequence[int]] | None = None,
-                kernels: Sequence[Sequence[int]] | None = None) -> nn.Module:
+def build_model(
+    arch: str = "unet",
+    base_width: int = 8,
+    depth: int = 3,
+    norm: str = "instance",
+    strides: Sequence[Sequence[int]] | None = None,
+    kernels: Sequence[Sequence[int]] | None = None,
+) -> nn.Module:
     """Build a segmenter by name (:data:`MODELS`: ``"unet"`` plain, ``"resunet"`` residual)."""
     if arch not in MODELS:
         raise InputError(f"arch must be one of {tuple(MODELS)}, got {arch!r}")
@@ -406,13 +419,12 @@ def sliding_window_inference(
     norm = torch.zeros(shape, dtype=torch.float32, device=volume.device)
     for i in range(0, len(starts), batch_size):
         chunk = starts[i : i + batch_size]
-        batch = torch.stack(
-            [volume[a : a + window[0], b : b + window[1], c : c + window[2]] for a, b, c in chunk]
-        )[:, None].float()
+        batch = torch.stack([volume[a : a + window[0], b : b + window[1], c : c + window[2]] for a, b, c in chunk])[
+            :, None
+        ].float()
         probs = run(batch)
         for (a, b, c), p in zip(chunk, probs):
             region = (slice(a, a + window[0]), slice(b, b + window[1]), slice(c, c + window[2]))
             acc[region] += p * weights
             norm[region] += weights
     return acc / norm
-

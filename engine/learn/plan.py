@@ -95,11 +95,25 @@ class Fingerprint:
         lo, hi = np.percentile(x, [0.5, 99.5])
         self.spacings.append([float(s) for s in spacing])
         self.shapes.append([int(s) for s in image.shape])
-        self.intensity.append([float(x.mean()), float(x.std()), float(lo), float(hi), float(x.min()),
-                               float(x.max()), bool(np.all(x == np.round(x)))])
+        self.intensity.append(
+            [
+                float(x.mean()),
+                float(x.std()),
+                float(lo),
+                float(hi),
+                float(x.min()),
+                float(x.max()),
+                bool(np.all(x == np.round(x))),
+            ]
+        )
 
-    def observe_object(self, image: torch.Tensor, masks: Mapping[int, torch.Tensor], spacing: Sequence[float],
-                       extent: Optional[tuple[int, int]] = None) -> None:
+    def observe_object(
+        self,
+        image: torch.Tensor,
+        masks: Mapping[int, torch.Tensor],
+        spacing: Sequence[float],
+        extent: Optional[tuple[int, int]] = None,
+    ) -> None:
         """A drawn or labelled object: ``masks`` ``{slice: 2D mask}`` on the annotation
         axis of ``image`` ``(D, H, W)`` (the drawn slices, or every slice of a label);
         ``extent``: its first/last slice when known (else the span of non-empty masks)."""
@@ -115,7 +129,7 @@ class Fingerprint:
         self.objects_mm.append([float(k * s) for k, s in zip(n, spacing)])
         vals = torch.cat([image[z][drawn[z]] for z in full]).double()
         step = max(1, vals.numel() // _FG_SAMPLE)
-        self.foreground = (self.foreground + vals[::step].cpu().tolist())[-16 * _FG_SAMPLE:]
+        self.foreground = (self.foreground + vals[::step].cpu().tolist())[-16 * _FG_SAMPLE :]
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"images": self.images, "objects": len(self.objects_mm)}
@@ -130,8 +144,11 @@ class Fingerprint:
         """Hounsfield units: integer-valued intensities reaching below -200 and above 300."""
         if not self.intensity:
             return False
-        return all(row[6] for row in self.intensity) and min(r[4] for r in self.intensity) < -200 \
+        return (
+            all(row[6] for row in self.intensity)
+            and min(r[4] for r in self.intensity) < -200
             and max(r[5] for r in self.intensity) > 300
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,9 +169,11 @@ class Plan:
 
     def describe(self) -> str:
         lc = self.learn
-        head = (f"segmenter plan: target spacing {_fmt(lc.target_spacing)} mm, patch {_fmt(lc.patch)} voxels, "
-                f"batch {lc.batch_size}, strides {_fmt_levels(lc.strides)}, kernels {_fmt_levels(lc.kernels)}, "
-                f"normalisation {lc.normalize}")
+        head = (
+            f"segmenter plan: target spacing {_fmt(lc.target_spacing)} mm, patch {_fmt(lc.patch)} voxels, "
+            f"batch {lc.batch_size}, strides {_fmt_levels(lc.strides)}, kernels {_fmt_levels(lc.kernels)}, "
+            f"normalisation {lc.normalize}"
+        )
         return "\n".join([head] + [f"  - {r}" for r in self.reasons])
 
     def to_dict(self) -> dict[str, Any]:
@@ -242,18 +261,24 @@ def make_plan(fp: Fingerprint, learn: LearnConfig, device: torch.device) -> Plan
                 k = 2 ** max(1, int(round(math.log2(factor))))  # powers of 2: exact block averages
                 for a in iso:
                     target[a] = native[a] * k
-                reasons.append(f"target spacing {_fmt(target)} mm: the object spans {span:.0f} mm, "
-                               f"{span / max(native[a] for a in iso):.0f} voxels at the native {_fmt(native)} mm; "
-                               f"{k}x coarser lets a {inplane}-voxel patch see most of it")
+                reasons.append(
+                    f"target spacing {_fmt(target)} mm: the object spans {span:.0f} mm, "
+                    f"{span / max(native[a] for a in iso):.0f} voxels at the native {_fmt(native)} mm; "
+                    f"{k}x coarser lets a {inplane}-voxel patch see most of it"
+                )
             else:
-                reasons.append(f"target spacing {_fmt(target)} mm: native; the object ({_fmt(obj)} mm) spans at "
-                               f"most {span / max(native[a] for a in iso):.0f} voxels, about a patch's width "
-                               f"({inplane})")
+                reasons.append(
+                    f"target spacing {_fmt(target)} mm: native; the object ({_fmt(obj)} mm) spans at "
+                    f"most {span / max(native[a] for a in iso):.0f} voxels, about a patch's width "
+                    f"({inplane})"
+                )
         else:
             reasons.append(f"target spacing {_fmt(target)} mm: native (no object seen yet)")
         if any(thick):
-            reasons.append(f"axis {[a for a in range(3) if thick[a]]} is thick ({_fmt(native)} mm: >= "
-                           f"{THICK_RATIO:g}x the finest): never resampled")
+            reasons.append(
+                f"axis {[a for a in range(3) if thick[a]]} is thick ({_fmt(native)} mm: >= "
+                f"{THICK_RATIO:g}x the finest): never resampled"
+            )
         target = tuple(float(v) for v in target)
     grid = grid_size(shape, native, target)
 
@@ -271,8 +296,10 @@ def make_plan(fp: Fingerprint, learn: LearnConfig, device: torch.device) -> Plan
         elif pd >= 8:
             pd = _mult(pd, 8)
         patch = (pd, ph, pw)
-        reasons.append(f"patch {_fmt(patch)} voxels = {_fmt([p * t for p, t in zip(patch, target)])} mm "
-                       f"(budget {budget} voxels; the image is {_fmt(grid)} voxels at the target spacing)")
+        reasons.append(
+            f"patch {_fmt(patch)} voxels = {_fmt([p * t for p, t in zip(patch, target)])} mm "
+            f"(budget {budget} voxels; the image is {_fmt(grid)} voxels at the target spacing)"
+        )
 
     # --- pooling and kernels
     strides, kernels, _ = _levels(target, patch, learn.depth)
@@ -286,8 +313,10 @@ def make_plan(fp: Fingerprint, learn: LearnConfig, device: torch.device) -> Plan
         if all(k[0] == 1 for k in kernels):
             reasons.append("2D-like net: the slices are too thick for a 3-tap kernel across them at any level")
         elif any(k[0] == 1 for k in kernels):
-            reasons.append(f"anisotropic net: no pooling and 1-tap kernels across slices at the levels where the "
-                           f"slice spacing is > 2x the in-plane one (strides {_fmt_levels(strides)})")
+            reasons.append(
+                f"anisotropic net: no pooling and 1-tap kernels across slices at the levels where the "
+                f"slice spacing is > 2x the in-plane one (strides {_fmt_levels(strides)})"
+            )
         else:
             reasons.append(f"isotropic net: strides {_fmt_levels(strides)}")
 
@@ -299,14 +328,18 @@ def make_plan(fp: Fingerprint, learn: LearnConfig, device: torch.device) -> Plan
             lo, hi = np.percentile(fgv, [0.5, 99.5])
             clipped = np.clip(fgv, lo, hi)
             normalize, window = "ct", (float(lo), float(hi), float(clipped.mean()), float(max(clipped.std(), 1e-6)))
-            reasons.append(f"normalisation ct: integer intensities from {min(r[4] for r in fp.intensity):g} to "
-                           f"{max(r[5] for r in fp.intensity):g} look like Hounsfield units; clip to the objects' "
-                           f"0.5-99.5 percentiles [{lo:.0f}, {hi:.0f}] and z-score with their mean "
-                           f"{window[2]:.1f} / std {window[3]:.1f}")
+            reasons.append(
+                f"normalisation ct: integer intensities from {min(r[4] for r in fp.intensity):g} to "
+                f"{max(r[5] for r in fp.intensity):g} look like Hounsfield units; clip to the objects' "
+                f"0.5-99.5 percentiles [{lo:.0f}, {hi:.0f}] and z-score with their mean "
+                f"{window[2]:.1f} / std {window[3]:.1f}"
+            )
         else:
             normalize = "robust_zscore"
-            reasons.append("normalisation robust_zscore: MR-like intensities (not Hounsfield units): per-image "
-                           "z-score after clipping to the image's 0.5-99.5 percentiles")
+            reasons.append(
+                "normalisation robust_zscore: MR-like intensities (not Hounsfield units): per-image "
+                "z-score after clipping to the image's 0.5-99.5 percentiles"
+            )
     else:
         reasons.append(f"normalisation {normalize}: set in LearnConfig")
 
@@ -321,8 +354,17 @@ def make_plan(fp: Fingerprint, learn: LearnConfig, device: torch.device) -> Plan
         reasons.append(f"batch {batch} patches per step ({'GPU memory' if cuda else 'CPU'})")
     if sw_batch is None:
         sw_batch = 8 if cuda else 4
-    resolved = replace(learn, target_spacing=target, patch=patch, strides=tuple(strides), kernels=tuple(kernels),
-                       normalize=normalize, ct_window=window, batch_size=batch, sw_batch=sw_batch,
-                       patch_voxels=budget)
+    resolved = replace(
+        learn,
+        target_spacing=target,
+        patch=patch,
+        strides=tuple(strides),
+        kernels=tuple(kernels),
+        normalize=normalize,
+        ct_window=window,
+        batch_size=batch,
+        sw_batch=sw_batch,
+        patch_voxels=budget,
+    )
     resolved.validate()
     return Plan(resolved, reasons, summ)

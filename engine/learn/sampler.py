@@ -167,9 +167,7 @@ class PatchSampler:
         padded, self.offset = pad_to_patch(vols, [image.min(), 0.0, 0.0, 0.0], self.patch)
         self.image, self.target, self.weight = padded[:3]
         self.padded_shape = tuple(self.image.shape)
-        self._limit = torch.tensor(
-            [n - p for n, p in zip(self.padded_shape, self.patch)], device=self.device
-        )
+        self._limit = torch.tensor([n - p for n, p in zip(self.padded_shape, self.patch)], device=self.device)
         self._half = torch.tensor([p // 2 for p in self.patch], device=self.device)
         n_vox = self.image.numel()
         uniform = torch.full(self.padded_shape, self.floor / n_vox, device=self.device)

@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import torch
 
 from ..checks import check_finite
-from ..errors import CheckpointError, InputError, ShapeError
+from ..errors import InputError, ShapeError
 from ._checks import as_volume, check_float, check_int, check_range, check_same_shape
 from ._state import check_trainer_state, restore, snapshot
 from .config import OPTIMIZERS, PRECISIONS, LearnConfig
@@ -87,8 +87,9 @@ class Trainer:
         self.use_graph = bool(config.cuda_graph and on_gpu)
         with torch.random.fork_rng(devices=[]):  # seeded init, global RNG untouched
             torch.manual_seed(config.seed)
-            model = build_model(config.arch, config.base_width, config.depth, config.norm, config.strides,
-                                config.kernels)
+            model = build_model(
+                config.arch, config.base_width, config.depth, config.norm, config.strides, config.kernels
+            )
         self.model = model.to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
@@ -228,7 +229,9 @@ class Trainer:
                 raise ShapeError(f"batch {name} must be (B, 1, D, H, W), got {tuple(t.shape)}")
             if not t.is_floating_point():
                 raise InputError(f"batch {name} must be floating point, got {t.dtype}")
-            if t.device != self.device and not (t.device.type == self.device.type == "cuda" and self.device.index is None):
+            if t.device != self.device and not (
+                t.device.type == self.device.type == "cuda" and self.device.index is None
+            ):
                 raise InputError(f"batch {name} is on {t.device}, the trainer on {self.device}")
         check_same_shape(image, "image", target=target, weight=weight)
         return image, target, weight

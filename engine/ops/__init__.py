@@ -10,19 +10,31 @@ backends and which one serves CPU and CUDA tensors now. docs/ops.md is the guide
 """
 
 from ._declare import table as backend_table
-from .warp2d import warp2d, warp2d_reference
-from .propagate_chain import PropagateChainResult, as_annotated, propagate_chain, propagate_chain_reference
 from .confidence_map import confidence_map, confidence_map_reference, confidence_vector
-from .slice_residuals import slice_residuals, slice_residuals_reference
-from .select_slices import select_slices, select_slices_reference
 from .demons_step import demons_step, demons_step_reference
+from .propagate_chain import PropagateChainResult, as_annotated, propagate_chain, propagate_chain_reference
 from .regularize_field import regularize_field, regularize_field_reference
+from .select_slices import select_slices, select_slices_reference
+from .slice_residuals import slice_residuals, slice_residuals_reference
+from .warp2d import warp2d, warp2d_reference
 
 __all__ = [
     "backend_table",
-    "warp2d", "warp2d_reference",
-    "propagate_chain", "propagate_chain_reference", "PropagateChainResult", "as_annotated",
-    "confidence_map", "confidence_map_reference", "confidence_vector",
-    "slice_residuals", "slice_residuals_reference", "select_slices", "select_slices_reference",
-    "demons_step", "demons_step_reference", "regularize_field", "regularize_field_reference",
+    "warp2d",
+    "warp2d_reference",
+    "propagate_chain",
+    "propagate_chain_reference",
+    "PropagateChainResult",
+    "as_annotated",
+    "confidence_map",
+    "confidence_map_reference",
+    "confidence_vector",
+    "slice_residuals",
+    "slice_residuals_reference",
+    "select_slices",
+    "select_slices_reference",
+    "demons_step",
+    "demons_step_reference",
+    "regularize_field",
+    "regularize_field_reference",
 ]

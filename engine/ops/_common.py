@@ -30,8 +30,23 @@ from .. import _backends
 from ..checks import check_finite  # noqa: F401  (the op modules use it as C.check_finite)
 from ..errors import DTypeError, InputError, NonFiniteError, ShapeError
 
-__all__ = ["Kernel", "select", "acc_dtype", "check_tensor", "check_finite", "check_same_device", "same_device", "check_out",
-           "check_choice", "check_number", "overlaps", "InputError", "DTypeError", "ShapeError", "NonFiniteError"]
+__all__ = [
+    "Kernel",
+    "select",
+    "acc_dtype",
+    "check_tensor",
+    "check_finite",
+    "check_same_device",
+    "same_device",
+    "check_out",
+    "check_choice",
+    "check_number",
+    "overlaps",
+    "InputError",
+    "DTypeError",
+    "ShapeError",
+    "NonFiniteError",
+]
 
 _GPU_ORDER = {"auto": ("cuda", "triton"), "cuda": ("cuda",), "triton": ("triton",), "reference": ()}
 # the order in which backends are listed everywhere (declarations, reports)
@@ -87,11 +102,13 @@ def select(op: str, device: torch.device, kernels: Mapping[str, Kernel], args: t
             return b
     where = "CPU" if kind == "cpu" else "CUDA"
     if missing:
-        _backends.warn_once(f"{op}:{kind}", f"dilseg: {op} on {where} falls back to the pure-torch reference "
-                            f"({'; '.join(missing)})")
+        _backends.warn_once(
+            f"{op}:{kind}", f"dilseg: {op} on {where} falls back to the pure-torch reference ({'; '.join(missing)})"
+        )
     elif kind == "cuda" and not any(b in kernels for b in order):
-        _backends.warn_once(f"{op}:{kind}", f"dilseg: {op} on CUDA falls back to the pure-torch reference "
-                            "(no GPU kernel)")
+        _backends.warn_once(
+            f"{op}:{kind}", f"dilseg: {op} on CUDA falls back to the pure-torch reference (no GPU kernel)"
+        )
     return "reference"
 
 
@@ -101,6 +118,7 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 # --- validation: metadata only, unless a check's name says it reads values -----------------
+
 
 def check_tensor(name: str, t: Any, ndim: int, dtypes: tuple[torch.dtype, ...]) -> None:
     if not isinstance(t, torch.Tensor):
@@ -144,8 +162,9 @@ def check_out(name: str, out: Any, like: torch.Tensor, **inputs: torch.Tensor) -
     if out.dtype != torch.float32:
         raise DTypeError(f"{name} must be float32, got {out.dtype}")
     if out.shape != like.shape or out.device != like.device:
-        raise ShapeError(f"{name} must have shape {tuple(like.shape)} on {like.device}, "
-                         f"got {tuple(out.shape)} on {out.device}")
+        raise ShapeError(
+            f"{name} must have shape {tuple(like.shape)} on {like.device}, got {tuple(out.shape)} on {out.device}"
+        )
     if not out.is_contiguous():
         raise InputError(f"{name} must be contiguous")
     for other, t in inputs.items():

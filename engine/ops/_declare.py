@@ -75,8 +75,13 @@ class Launch:
 
     def dtype(self, dtype: torch.dtype) -> Any:
         """The compiled module's named element type for a torch dtype."""
-        names = {torch.float32: "Float32", torch.float64: "Float64", torch.float16: "Float16",
-                 torch.bfloat16: "BFloat16", torch.uint8: "UInt8"}
+        names = {
+            torch.float32: "Float32",
+            torch.float64: "Float64",
+            torch.float16: "Float16",
+            torch.bfloat16: "BFloat16",
+            torch.uint8: "UInt8",
+        }
         if dtype not in names:
             raise C.DTypeError(f"no kernel for dtype {dtype}")
         return getattr(self.mod.DType, names[dtype])
@@ -89,8 +94,11 @@ CPU = Launch("cpu")
 CUDA = Launch("cuda")
 
 
-def native(fn: Callable[..., Any], supports: Optional[Mapping[str, Callable[..., Optional[str]]]] = None,
-           backends: tuple[str, ...] = ("cpu", "cuda")) -> dict[str, Kernel]:
+def native(
+    fn: Callable[..., Any],
+    supports: Optional[Mapping[str, Callable[..., Optional[str]]]] = None,
+    backends: tuple[str, ...] = ("cpu", "cuda"),
+) -> dict[str, Kernel]:
     """The compiled kernels (``cpu`` and ``cuda``, or the ``backends`` named) of one
     adapter ``fn(launch, *args)``; ``supports``: per-backend capacity predicates
     (``{"cuda": pred}``)."""
@@ -126,9 +134,18 @@ registry: dict[str, "Op"] = {}
 class Op:
     """A declared op; see the module docstring. Call it with the schema's arguments."""
 
-    def __init__(self, name: str, schema: str, *, reference: Callable[..., Any], kernels: Mapping[str, Kernel],
-                 fake: Callable[..., Any], unit: Optional[str] = None, out: bool = False,
-                 autograd: Optional[tuple[Callable, Callable]] = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        schema: str,
+        *,
+        reference: Callable[..., Any],
+        kernels: Mapping[str, Kernel],
+        fake: Callable[..., Any],
+        unit: Optional[str] = None,
+        out: bool = False,
+        autograd: Optional[tuple[Callable, Callable]] = None,
+    ) -> None:
         unknown = set(kernels) - set(C.BACKEND_ORDER)
         if unknown:
             raise ValueError(f"{name}: unknown backends {sorted(unknown)}")
@@ -137,8 +154,10 @@ class Op:
         self.schema = schema
         self.kernels = {b: kernels[b] for b in C.BACKEND_ORDER if b in kernels}
         self.backends = tuple(self.kernels)
-        self.impls: dict[str, Callable[..., Any]] = {"reference": reference,
-                                                     **{b: k.fn for b, k in self.kernels.items()}}
+        self.impls: dict[str, Callable[..., Any]] = {
+            "reference": reference,
+            **{b: k.fn for b, k in self.kernels.items()},
+        }
         self.differentiable = autograd is not None
         self.custom_op = torch.library.custom_op(f"dilseg::{name}", self.dispatch, mutates_args=(), schema=schema)
         self.custom_op.register_fake(fake)
@@ -149,8 +168,9 @@ class Op:
         if out:
             params, _ = schema.rsplit("->", 1)
             out_schema = f"{params.rstrip()[:-1]}, Tensor(a!) out) -> ()"
-            self.out_op = torch.library.custom_op(f"dilseg::{name}_out", self._dispatch_out, mutates_args=("out",),
-                                                  schema=out_schema)
+            self.out_op = torch.library.custom_op(
+                f"dilseg::{name}_out", self._dispatch_out, mutates_args=("out",), schema=out_schema
+            )
             self.out_op.register_fake(lambda *args: None)
         registry[name] = self
 
@@ -187,8 +207,7 @@ class Op:
         """Whether an eager call may skip the torch dispatcher (module docstring): not
         when an input requires grad (the custom op then applies the op's autograd
         formula, or, for ops without one, sees detached inputs)."""
-        if (_compiling() or _dispatch_modes() or _function_modes() or _functorch_level() is not None
-                or _profiling()):
+        if _compiling() or _dispatch_modes() or _function_modes() or _functorch_level() is not None or _profiling():
             return False
         grad = _grad_enabled()
         for a in args:

@@ -28,9 +28,10 @@ def validate(src: Tensor, u: Tensor, mode: str, padding: str, finite: bool, spat
     if u.device != src.device:
         C.check_same_device(src=src, u=u)
     if u.shape[0] != src.shape[0] or u.shape[1] != spatial:
-        dims = ", ".join(("D", "H", "W")[3 - spatial:])
-        raise C.ShapeError(f"u must be [N=src.shape[0], {spatial}, {dims}]; got src {tuple(src.shape)}, "
-                           f"u {tuple(u.shape)}")
+        dims = ", ".join(("D", "H", "W")[3 - spatial :])
+        raise C.ShapeError(
+            f"u must be [N=src.shape[0], {spatial}, {dims}]; got src {tuple(src.shape)}, u {tuple(u.shape)}"
+        )
     if src.dtype == torch.uint8 and mode != "nearest":
         raise C.DTypeError("uint8 sources need mode='nearest' (linear interpolation would not be exact in uint8)")
     if min(src.shape[2:]) < 1:

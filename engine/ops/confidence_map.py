@@ -44,8 +44,10 @@ AnnotationLike = Union[Tensor, Sequence[int], Sequence[bool], None]
 
 # --- reference -------------------------------------------------------------------
 
-def confidence_vector_reference(annotated: Optional[Tensor], n: Optional[int] = None,
-                                device: Optional[torch.device] = None) -> Tensor:
+
+def confidence_vector_reference(
+    annotated: Optional[Tensor], n: Optional[int] = None, device: Optional[torch.device] = None
+) -> Tensor:
     """``[n]`` float32 ``1/(1+d)`` from a ``[n]`` bool vector (None: zeros of length ``n``)."""
     if annotated is None:
         return torch.zeros((n,), dtype=torch.float32, device=device)
@@ -59,8 +61,9 @@ def confidence_vector_reference(annotated: Optional[Tensor], n: Optional[int] = 
     return torch.where(d < big, 1.0 / (1.0 + d.to(torch.float32)), torch.zeros((), device=ann.device))
 
 
-def confidence_map_reference(ann_d: Optional[Tensor], ann_h: Optional[Tensor], ann_w: Optional[Tensor],
-                             shape: Sequence[int]) -> Tensor:
+def confidence_map_reference(
+    ann_d: Optional[Tensor], ann_h: Optional[Tensor], ann_w: Optional[Tensor], shape: Sequence[int]
+) -> Tensor:
     """Pure-torch confidence map ``[D,H,W]`` float32 (the oracle)."""
     D, H, W = (int(s) for s in shape)
     dev = next(t.device for t in (ann_d, ann_h, ann_w) if t is not None)
@@ -71,6 +74,7 @@ def confidence_map_reference(ann_d: Optional[Tensor], ann_h: Optional[Tensor], a
 
 
 # --- kernels ------------------------------------------------------------------------------
+
 
 def _vec_args(t: Optional[Tensor]) -> tuple[int, int]:
     return (0, 0) if t is None else (t.data_ptr(), t.stride(0))
@@ -107,16 +111,18 @@ def _triton(ann_d, ann_h, ann_w, shape):
 # --- the declaration (not differentiable) ---------------------------------------------------
 
 confidence_map_op = declare(
-    "confidence_map", "(Tensor? ann_d, Tensor? ann_h, Tensor? ann_w, int[] shape) -> Tensor",
+    "confidence_map",
+    "(Tensor? ann_d, Tensor? ann_h, Tensor? ann_w, int[] shape) -> Tensor",
     reference=confidence_map_reference,
     kernels={**native(_native, supports={"cuda": _cuda_capacity}), "triton": Kernel(_triton)},
-    fake=lambda ann_d, ann_h, ann_w, shape: _first(ann_d, ann_h, ann_w).new_empty(tuple(shape),
-                                                                                   dtype=torch.float32))
+    fake=lambda ann_d, ann_h, ann_w, shape: _first(ann_d, ann_h, ann_w).new_empty(tuple(shape), dtype=torch.float32),
+)
 
 IMPLS = confidence_map_op.impls
 
 
 # --- public entries -----------------------------------------------------------------------
+
 
 def _as_vector(name: str, a: AnnotationLike, n: int, device: Optional[torch.device]) -> Optional[Tensor]:
     if a is None:
@@ -140,8 +146,9 @@ def _check_shape(shape) -> tuple[int, int, int]:
     return dims  # type: ignore[return-value]
 
 
-def confidence_map(shape: Sequence[int], annotated: Sequence[AnnotationLike], *,
-                   device: Union[str, torch.device, None] = None) -> Tensor:
+def confidence_map(
+    shape: Sequence[int], annotated: Sequence[AnnotationLike], *, device: Union[str, torch.device, None] = None
+) -> Tensor:
     """Confidence ``[D, H, W]`` float32 = max over axes of ``1 / (1 + d_axis)``.
 
     ``annotated``: up to three entries, for axes 0, 1, 2 in order; each a bool vector
@@ -168,8 +175,9 @@ def confidence_map(shape: Sequence[int], annotated: Sequence[AnnotationLike], *,
     return confidence_map_op(vecs[0], vecs[1], vecs[2], list(dims))
 
 
-def confidence_vector(annotated: AnnotationLike, length: Optional[int] = None, *,
-                      device: Union[str, torch.device, None] = None) -> Tensor:
+def confidence_vector(
+    annotated: AnnotationLike, length: Optional[int] = None, *, device: Union[str, torch.device, None] = None
+) -> Tensor:
     """Single-axis confidence ``[n]`` float32 ``1 / (1 + d)`` (0 everywhere without
     annotation), to broadcast as e.g. ``[D, 1, 1]``. ``length`` is required when
     ``annotated`` is given as slice indices (or None)."""

@@ -43,6 +43,7 @@ __all__ = ["demons_step", "demons_step_reference", "IMPLS"]
 
 # --- reference -------------------------------------------------------------------
 
+
 def _gradient(x: Tensor) -> Tensor:
     """Central differences of ``[N, 1, H, W]`` (one-sided at the border, 0 along a
     size-1 axis): ``[N, 2, H, W]``."""
@@ -70,13 +71,24 @@ def demons_step_reference(fixed: Tensor, moving: Tensor, u: Tensor, g_fixed: Ten
 
 # --- kernels ------------------------------------------------------------------------------
 
+
 def _native(on: Launch, fixed, moving, u, g_fixed, inv_k, out=None):
     fixed, moving, u, g_fixed = (t.contiguous() for t in (fixed, moving, u, g_fixed))
     N, _, H, W = fixed.shape
     out = torch.empty((N, 2, H, W), dtype=torch.float32, device=fixed.device) if out is None else out
     if out.numel():
-        on.mod.demons_step(fixed.data_ptr(), moving.data_ptr(), u.data_ptr(), g_fixed.data_ptr(), out.data_ptr(),
-                           N, H, W, float(inv_k), on.last(fixed))
+        on.mod.demons_step(
+            fixed.data_ptr(),
+            moving.data_ptr(),
+            u.data_ptr(),
+            g_fixed.data_ptr(),
+            out.data_ptr(),
+            N,
+            H,
+            W,
+            float(inv_k),
+            on.last(fixed),
+        )
     return out
 
 
@@ -96,20 +108,32 @@ def _reference(fixed, moving, u, g_fixed, inv_k, out=None):
 # --- the declaration (not differentiable); dilseg::demons_step_out writes into out ---------------
 
 demons_step_op = declare(
-    "demons_step", "(Tensor fixed, Tensor moving, Tensor u, Tensor g_fixed, float inv_k) -> Tensor",
+    "demons_step",
+    "(Tensor fixed, Tensor moving, Tensor u, Tensor g_fixed, float inv_k) -> Tensor",
     reference=_reference,
     kernels={**native(_native, backends=("cpu",)), "triton": Kernel(_triton)},
-    fake=lambda fixed, moving, u, g_fixed, inv_k: fixed.new_empty((fixed.shape[0], 2, fixed.shape[2],
-                                                                   fixed.shape[3]), dtype=torch.float32),
-    out=True)
+    fake=lambda fixed, moving, u, g_fixed, inv_k: fixed.new_empty(
+        (fixed.shape[0], 2, fixed.shape[2], fixed.shape[3]), dtype=torch.float32
+    ),
+    out=True,
+)
 
 IMPLS = demons_step_op.impls
 
 
 # --- public entry -----------------------------------------------------------------------
 
-def demons_step(fixed: Tensor, moving: Tensor, u: Tensor, g_fixed: Tensor, inv_k: float, *,
-                out: Optional[Tensor] = None, check_finite: bool = False) -> Tensor:
+
+def demons_step(
+    fixed: Tensor,
+    moving: Tensor,
+    u: Tensor,
+    g_fixed: Tensor,
+    inv_k: float,
+    *,
+    out: Optional[Tensor] = None,
+    check_finite: bool = False,
+) -> Tensor:
     """The demons step ``[N, 2, H, W]`` of every pair (module docstring).
 
     ``out``: a contiguous float32 ``[N, 2, H, W]`` tensor on the inputs' device,

@@ -87,8 +87,8 @@ class PropagateChainResult(NamedTuple):
 
 # --- reference -------------------------------------------------------------------
 
-def fuse_reference(from_below: Tensor, from_above: Tensor, dist_below: Tensor, dist_above: Tensor,
-                   fuse: str) -> Tensor:
+
+def fuse_reference(from_below: Tensor, from_above: Tensor, dist_below: Tensor, dist_above: Tensor, fuse: str) -> Tensor:
     """Fused proxy ``Q`` ``[D,H,W]`` float32 from the two contributors (see module doc)."""
     db = dist_below.view(-1, 1, 1)
     da = dist_above.view(-1, 1, 1)
@@ -112,8 +112,9 @@ def confidence_reference(dist_below: Tensor, dist_above: Tensor) -> Tensor:
     return torch.where(d < big, 1.0 / (1.0 + d.to(torch.float32)), torch.zeros((), device=d.device))
 
 
-def propagate_chain_reference(masks: Tensor, annotated: Tensor, fwd: Tensor, bwd: Tensor, min_mass: float = 0.02,
-                              fuse: str = "none") -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def propagate_chain_reference(
+    masks: Tensor, annotated: Tensor, fwd: Tensor, bwd: Tensor, min_mass: float = 0.02, fuse: str = "none"
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Pure-torch propagate_chain (the oracle): a loop over chains and slices.
 
     Returns the tuple ``(from_below, from_above, dist_below, dist_above, q, confidence)``
@@ -192,11 +193,27 @@ def _native(on: Launch, masks: Tensor, annotated: Tensor, fwd: Tensor, bwd: Tens
     D, H, W = masks.shape
     ann = _as_flags(annotated)
     mod = on.mod
-    mod.propagate_chain(masks.data_ptr(), list(masks.stride()), on.dtype(masks.dtype), ann.data_ptr(), ann.stride(0),
-                        fwd.data_ptr(), list(fwd.stride()), bwd.data_ptr(), list(bwd.stride()),
-                        fb.data_ptr(), fa.data_ptr(), db.data_ptr(), da.data_ptr(),
-                        q.data_ptr() if fuse != "none" else 0, conf.data_ptr(), [D, H, W], float(min_mass),
-                        getattr(mod.Fuse, _FUSE_ENUM[fuse]), on.last(masks))
+    mod.propagate_chain(
+        masks.data_ptr(),
+        list(masks.stride()),
+        on.dtype(masks.dtype),
+        ann.data_ptr(),
+        ann.stride(0),
+        fwd.data_ptr(),
+        list(fwd.stride()),
+        bwd.data_ptr(),
+        list(bwd.stride()),
+        fb.data_ptr(),
+        fa.data_ptr(),
+        db.data_ptr(),
+        da.data_ptr(),
+        q.data_ptr() if fuse != "none" else 0,
+        conf.data_ptr(),
+        [D, H, W],
+        float(min_mass),
+        getattr(mod.Fuse, _FUSE_ENUM[fuse]),
+        on.last(masks),
+    )
     return outs
 
 
@@ -214,6 +231,7 @@ def _nonempty(masks, *rest) -> Optional[str]:
 
 # --- the declaration (no autograd: masks are data) -------------------------------------------
 
+
 def _fake(masks, annotated, fwd, bwd, min_mass, fuse):
     D, H, W = masks.shape
     vol = lambda: masks.new_empty((D, H, W), dtype=torch.float32)  # noqa: E731
@@ -227,14 +245,15 @@ propagate_chain_op = declare(
     "(Tensor masks, Tensor annotated, Tensor fwd, Tensor bwd, float min_mass, str fuse)"
     " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     reference=propagate_chain_reference,
-    kernels={**native(_native, supports={"cpu": _nonempty, "cuda": _nonempty}),
-             "triton": Kernel(_triton, _nonempty)},
-    fake=_fake)
+    kernels={**native(_native, supports={"cpu": _nonempty, "cuda": _nonempty}), "triton": Kernel(_triton, _nonempty)},
+    fake=_fake,
+)
 
 IMPLS = propagate_chain_op.impls
 
 
 # --- public entry -------------------------------------------------------------------------
+
 
 def as_annotated(annotated: Union[Tensor, Sequence[int], Sequence[bool]], D: int, device: torch.device) -> Tensor:
     """``[D]`` bool on ``device`` from a bool vector or a sequence of slice indices.
@@ -250,15 +269,18 @@ def as_annotated(annotated: Union[Tensor, Sequence[int], Sequence[bool]], D: int
         return annotated.to(device)
     if isinstance(annotated, Tensor):
         if annotated.is_floating_point() or annotated.dim() > 1:
-            raise C.DTypeError(f"annotated must be a [D] bool vector or integer slice indices; got {annotated.dtype} "
-                               f"of shape {tuple(annotated.shape)}")
+            raise C.DTypeError(
+                f"annotated must be a [D] bool vector or integer slice indices; got {annotated.dtype} "
+                f"of shape {tuple(annotated.shape)}"
+            )
         idx = [int(i) for i in annotated.reshape(-1).tolist()]
     else:
         try:
             seq = list(annotated)
         except TypeError as exc:
-            raise C.InputError(f"annotated must be a bool vector or a sequence of slice indices, got "
-                               f"{type(annotated).__name__}") from exc
+            raise C.InputError(
+                f"annotated must be a bool vector or a sequence of slice indices, got {type(annotated).__name__}"
+            ) from exc
         if seq and all(isinstance(v, bool) for v in seq):
             if len(seq) != D:
                 raise C.ShapeError(f"annotated bool sequence has length {len(seq)}, expected D={D}")
@@ -277,8 +299,9 @@ def as_annotated(annotated: Union[Tensor, Sequence[int], Sequence[bool]], D: int
     return out.to(device)
 
 
-def validate(masks: Tensor, annotated: Tensor, fwd: Tensor, bwd: Tensor, min_mass: float, fuse: str,
-             check_inputs: bool) -> None:
+def validate(
+    masks: Tensor, annotated: Tensor, fwd: Tensor, bwd: Tensor, min_mass: float, fuse: str, check_inputs: bool
+) -> None:
     C.check_tensor("masks", masks, 3, MASK_DTYPES)
     C.check_tensor("fwd", fwd, 4, (torch.float32,))
     C.check_tensor("bwd", bwd, 4, (torch.float32,))
@@ -289,8 +312,9 @@ def validate(masks: Tensor, annotated: Tensor, fwd: Tensor, bwd: Tensor, min_mas
     want = (max(D - 1, 0), 2, H, W)
     for name, f in (("fwd", fwd), ("bwd", bwd)):
         if tuple(f.shape) != want:
-            raise C.ShapeError(f"{name} must be [D-1, 2, H, W] = {list(want)} for masks {tuple(masks.shape)}, "
-                               f"got {tuple(f.shape)}")
+            raise C.ShapeError(
+                f"{name} must be [D-1, 2, H, W] = {list(want)} for masks {tuple(masks.shape)}, got {tuple(f.shape)}"
+            )
     if D < 1 or H < 1 or W < 1:
         raise C.ShapeError(f"masks must be non-empty, got {tuple(masks.shape)}")
     if not isinstance(min_mass, (int, float)) or isinstance(min_mass, bool) or not 0.0 <= float(min_mass) <= 1.0:
@@ -309,8 +333,16 @@ def validate(masks: Tensor, annotated: Tensor, fwd: Tensor, bwd: Tensor, min_mas
                 raise MaskError("annotated masks must lie in [0, 1] (uint8 masks: 0 or 1)")
 
 
-def propagate_chain(masks: Tensor, annotated: Union[Tensor, Sequence[int], Sequence[bool]], fwd: Tensor, bwd: Tensor,
-                    min_mass: float = 0.02, fuse: str = "none", *, check_inputs: bool = False) -> PropagateChainResult:
+def propagate_chain(
+    masks: Tensor,
+    annotated: Union[Tensor, Sequence[int], Sequence[bool]],
+    fwd: Tensor,
+    bwd: Tensor,
+    min_mass: float = 0.02,
+    fuse: str = "none",
+    *,
+    check_inputs: bool = False,
+) -> PropagateChainResult:
     """Propagate the annotated slices of ``masks`` ``[D,H,W]`` through ``fwd`` / ``bwd``
     ``[D-1,2,H,W]`` and fuse; see the module docstring for every output.
 

@@ -65,6 +65,7 @@ def _smooths(sigma: float, H: int, W: int) -> bool:
 
 # --- reference ----------------------------------------------------------------------
 
+
 def _couple_reference(a: Tensor, w: float, groups: int) -> Tensor:
     N = a.shape[0]
     n = N // groups
@@ -99,6 +100,7 @@ def regularize_field_reference(u: Tensor, step: Tensor, sigma: float, coupling: 
 
 # --- kernels ----------------------------------------------------------------------------------
 
+
 def _taps_for(sigma: float, H: int, W: int) -> tuple[float, ...]:
     """The kernels' taps: the Gaussian's, or the single tap (1,) where no smoothing applies."""
     return gaussian_taps(float(sigma)) if _smooths(sigma, H, W) else (1.0,)
@@ -109,8 +111,19 @@ def _native(on: Launch, u, step, sigma, coupling, groups, out=None):
     N, Cc, H, W = u.shape
     out = torch.empty_like(u) if out is None else out
     if out.numel():
-        on.mod.regularize_field(u.data_ptr(), step.data_ptr(), out.data_ptr(), N, Cc, H, W,
-                                list(_taps_for(sigma, H, W)), float(coupling), int(groups), on.last(u))
+        on.mod.regularize_field(
+            u.data_ptr(),
+            step.data_ptr(),
+            out.data_ptr(),
+            N,
+            Cc,
+            H,
+            W,
+            list(_taps_for(sigma, H, W)),
+            float(coupling),
+            int(groups),
+            on.last(u),
+        )
     return out
 
 
@@ -130,19 +143,30 @@ def _reference(u, step, sigma, coupling, groups, out=None):
 # --- the declaration (not differentiable); dilseg::regularize_field_out writes into out ----------
 
 regularize_field_op = declare(
-    "regularize_field", "(Tensor u, Tensor step, float sigma, float coupling, int groups) -> Tensor",
+    "regularize_field",
+    "(Tensor u, Tensor step, float sigma, float coupling, int groups) -> Tensor",
     reference=_reference,
     kernels={**native(_native, backends=("cpu",)), "triton": Kernel(_triton)},
     fake=lambda u, step, sigma, coupling, groups: torch.empty_like(u, memory_format=torch.contiguous_format),
-    out=True)
+    out=True,
+)
 
 IMPLS = regularize_field_op.impls
 
 
 # --- public entry ------------------------------------------------------------------------------
 
-def regularize_field(u: Tensor, step: Tensor, sigma: float, coupling: float = 0.0, groups: int = 1, *,
-                     out: Optional[Tensor] = None, check_finite: bool = False) -> Tensor:
+
+def regularize_field(
+    u: Tensor,
+    step: Tensor,
+    sigma: float,
+    coupling: float = 0.0,
+    groups: int = 1,
+    *,
+    out: Optional[Tensor] = None,
+    check_finite: bool = False,
+) -> Tensor:
     """``G_sigma * couple(u + step)`` ``[N, C, H, W]`` (module docstring).
 
     ``coupling`` in [0, 0.5]; ``groups`` divides N. ``out``: a contiguous float32

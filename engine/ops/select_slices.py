@@ -38,9 +38,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..errors import InputError, ShapeError
 from . import _common as C
 from ._declare import Kernel, Launch, declare, native, triton_module
-from ..errors import InputError, ShapeError
 
 __all__ = ["select_slices", "select_slices_reference", "IMPLS", "CUDA_MAX_D"]
 
@@ -52,8 +52,8 @@ CUDA_MAX_D = 32768
 
 # --- reference -------------------------------------------------------------------
 
-def _initial_eligible(scores: Tensor, annotated: Optional[Tensor], min_gap: int,
-                      valid: Optional[Tensor]) -> Tensor:
+
+def _initial_eligible(scores: Tensor, annotated: Optional[Tensor], min_gap: int, valid: Optional[Tensor]) -> Tensor:
     D = scores.shape[0]
     elig = ~torch.isnan(scores)
     if valid is not None:
@@ -61,16 +61,18 @@ def _initial_eligible(scores: Tensor, annotated: Optional[Tensor], min_gap: int,
     if annotated is not None:
         # any annotated slice in [z - gap, z + gap]: a window count from a prefix sum
         z = torch.arange(D, device=scores.device)
-        cs = torch.cat([torch.zeros(1, dtype=torch.int64, device=scores.device),
-                        torch.cumsum(annotated.to(torch.int64), 0)])
+        cs = torch.cat(
+            [torch.zeros(1, dtype=torch.int64, device=scores.device), torch.cumsum(annotated.to(torch.int64), 0)]
+        )
         hi = (z + min_gap + 1).clamp(max=D)
         lo = (z - min_gap).clamp(min=0)
         elig = elig & ((cs.index_select(0, hi) - cs.index_select(0, lo)) == 0)
     return elig
 
 
-def select_slices_reference(scores: Tensor, annotated: Optional[Tensor], k: int, min_gap: int = 0,
-                            valid: Optional[Tensor] = None) -> Tensor:
+def select_slices_reference(
+    scores: Tensor, annotated: Optional[Tensor], k: int, min_gap: int = 0, valid: Optional[Tensor] = None
+) -> Tensor:
     """Pure-torch select_slices (the oracle); k rounds of device ops, no host sync."""
     D = scores.shape[0]
     dev = scores.device
@@ -93,6 +95,7 @@ def select_slices_reference(scores: Tensor, annotated: Optional[Tensor], k: int,
 
 # --- kernels ------------------------------------------------------------------------------
 
+
 def _flag_args(t: Optional[Tensor]) -> tuple[int, int]:
     # bool tensors are one byte per element (0/1): passed as uint8 with their stride
     return (0, 0) if t is None else (t.data_ptr(), t.stride(0))
@@ -108,8 +111,9 @@ def _native(on: Launch, scores, annotated, k, min_gap, valid, out=None):
         return out.fill_(-1)
     a_ptr, a_st = _flag_args(annotated)
     v_ptr, v_st = _flag_args(valid)
-    on.mod.select_slices(scores.data_ptr(), scores.stride(0), a_ptr, a_st, v_ptr, v_st, D, k, min_gap,
-                         out.data_ptr(), on.last(scores))
+    on.mod.select_slices(
+        scores.data_ptr(), scores.stride(0), a_ptr, a_st, v_ptr, v_st, D, k, min_gap, out.data_ptr(), on.last(scores)
+    )
     return out
 
 
@@ -140,15 +144,18 @@ def _reference(scores, annotated, k, min_gap, valid, out=None):
 # --- the declaration ----------------------------------------------------------------------------
 
 select_slices_op = declare(
-    "select_slices", "(Tensor scores, Tensor? annotated, int k, int min_gap, Tensor? valid) -> Tensor",
+    "select_slices",
+    "(Tensor scores, Tensor? annotated, int k, int min_gap, Tensor? valid) -> Tensor",
     reference=_reference,
     kernels={**native(_native, supports={"cuda": _cuda_capacity}), "triton": Kernel(_triton)},
-    fake=lambda scores, annotated, k, min_gap, valid: scores.new_empty((k,), dtype=torch.int64))
+    fake=lambda scores, annotated, k, min_gap, valid: scores.new_empty((k,), dtype=torch.int64),
+)
 
 IMPLS = select_slices_op.impls
 
 
 # --- public entry -------------------------------------------------------------------------
+
 
 def _check_flags(name: str, t: Optional[Tensor], D: int) -> None:
     if t is None:
@@ -172,8 +179,9 @@ def validate(scores: Tensor, annotated: Optional[Tensor], k: int, min_gap: int, 
         C.check_same_device(scores=scores, annotated=annotated, valid=valid)
 
 
-def select_slices(scores: Tensor, annotated: Optional[Tensor], k: int, min_gap: int = 0,
-                  valid: Optional[Tensor] = None) -> Tensor:
+def select_slices(
+    scores: Tensor, annotated: Optional[Tensor], k: int, min_gap: int = 0, valid: Optional[Tensor] = None
+) -> Tensor:
     """Greedy top-``k`` slices by ``scores`` ``[D]`` with a minimum gap.
 
     Skips ``annotated`` slices (``[D]`` bool or None) and everything within

@@ -36,9 +36,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..errors import MaskError, ShapeError
 from . import _common as C
 from ._declare import Kernel, Launch, declare, native, triton_module
-from ..errors import MaskError, ShapeError
 
 __all__ = ["slice_residuals", "slice_residuals_reference", "IMPLS"]
 
@@ -47,6 +47,7 @@ WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # --- reference -------------------------------------------------------------------
+
 
 def slice_residuals_reference(q: Tensor, p: Tensor, w: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
     """Pure-torch slice_residuals (the oracle). ``w``: None, ``[D]`` or ``[D,H,W]``."""
@@ -61,9 +62,10 @@ def slice_residuals_reference(q: Tensor, p: Tensor, w: Optional[Tensor] = None) 
 
 # --- kernels: each returns the packed float32 [D+H+W] buffer cat(sz, sy, sx) ------------------
 
+
 def split(out: Tensor, D: int, H: int, W: int) -> tuple[Tensor, Tensor, Tensor]:
     """``(sz, sy, sx)``: views of the packed buffer."""
-    return out[:D], out[D:D + H], out[D + H:D + H + W]
+    return out[:D], out[D : D + H], out[D + H : D + H + W]
 
 
 def _packed(q: Tensor, out: Optional[Tensor]) -> Tensor:
@@ -97,8 +99,21 @@ def _native(on: Launch, q: Tensor, p: Tensor, w: Optional[Tensor], out: Optional
     else:
         wst = [0, 0, 0]
     wdt = on.dtype(wk.dtype if mode == "full" else torch.float32)
-    mod.slice_residuals(q.data_ptr(), list(q.stride()), on.dtype(q.dtype), p.data_ptr(), list(p.stride()),
-                        on.dtype(p.dtype), wptr, wst, wdt, wmode, out.data_ptr(), [D, H, W], on.last(q))
+    mod.slice_residuals(
+        q.data_ptr(),
+        list(q.stride()),
+        on.dtype(q.dtype),
+        p.data_ptr(),
+        list(p.stride()),
+        on.dtype(p.dtype),
+        wptr,
+        wst,
+        wdt,
+        wmode,
+        out.data_ptr(),
+        [D, H, W],
+        on.last(q),
+    )
     return out
 
 
@@ -123,15 +138,18 @@ def _reference(q, p, w, out=None):
 # --- the declaration (one output: the native kernels write the three sums into one buffer) ------
 
 slice_residuals_op = declare(
-    "slice_residuals", "(Tensor q, Tensor p, Tensor? w) -> Tensor",
+    "slice_residuals",
+    "(Tensor q, Tensor p, Tensor? w) -> Tensor",
     reference=_reference,
     kernels={**native(_native), "triton": Kernel(_triton)},
-    fake=lambda q, p, w: q.new_empty((q.shape[0] + q.shape[1] + q.shape[2],), dtype=torch.float32))
+    fake=lambda q, p, w: q.new_empty((q.shape[0] + q.shape[1] + q.shape[2],), dtype=torch.float32),
+)
 
 IMPLS = slice_residuals_op.impls
 
 
 # --- public entry -------------------------------------------------------------------------
+
 
 def validate(q: Tensor, p: Tensor, w: Optional[Tensor], check_finite: bool) -> Optional[Tensor]:
     """Check arguments; returns ``w`` normalised to None / ``[D]`` / ``[D,H,W]``."""
@@ -164,8 +182,9 @@ def validate(q: Tensor, p: Tensor, w: Optional[Tensor], check_finite: bool) -> O
     return w
 
 
-def slice_residuals(q: Tensor, p: Tensor, w: Optional[Tensor] = None, *,
-                    check_finite: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def slice_residuals(
+    q: Tensor, p: Tensor, w: Optional[Tensor] = None, *, check_finite: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
     """Per-slice sums of ``w * |q - p|`` along z, y and x of ``[D, H, W]`` volumes.
 
     Returns ``(sz [D], sy [H], sx [W])`` float32. ``w``: None, ``[D]`` (per slice)

@@ -38,6 +38,7 @@ MODES, PADDINGS, FLOAT_DTYPES = _warp.MODES, _warp.PADDINGS, _warp.FLOAT_DTYPES
 
 # --- reference -------------------------------------------------------------------
 
+
 def _clamp_coord(p: Tensor, hi: int) -> Tensor:
     # gradient 1 strictly inside (0, hi), 0 where clamped (as grid_sample's border mode)
     inside = (p > 0) & (p < hi)
@@ -143,6 +144,7 @@ def _reference_backward(grad: Tensor, src: Tensor, u: Tensor, mode: str, padding
 
 # --- kernels ------------------------------------------------------------------------------
 
+
 def _geom(src: Tensor, u: Tensor) -> list[int]:
     N, Cc, Hs, Ws = src.shape
     return [N, Cc, Hs, Ws, u.shape[2], u.shape[3]]
@@ -159,13 +161,24 @@ def _native_forward(on: Launch, src: Tensor, u: Tensor, mode: str, padding: str)
         return out
     mod = on.mod
     interp, pad = _warp.enums(mod, mode, padding)
-    mod.warp2d_forward(src.data_ptr(), list(src.stride()), on.dtype(src.dtype), uk.data_ptr(), list(uk.stride()),
-                       out.data_ptr(), _geom(src, uk), interp, pad, on.last(src))
+    mod.warp2d_forward(
+        src.data_ptr(),
+        list(src.stride()),
+        on.dtype(src.dtype),
+        uk.data_ptr(),
+        list(uk.stride()),
+        out.data_ptr(),
+        _geom(src, uk),
+        interp,
+        pad,
+        on.last(src),
+    )
     return out
 
 
-def _native_backward(on: Launch, grad: Tensor, src: Tensor, u: Tensor, mode: str, padding: str, need_src: bool,
-                     need_u: bool):
+def _native_backward(
+    on: Launch, grad: Tensor, src: Tensor, u: Tensor, mode: str, padding: str, need_src: bool, need_u: bool
+):
     acc = C.acc_dtype(src.dtype)
     uk = u.to(acc)
     grad = grad.to(src.dtype)
@@ -174,10 +187,21 @@ def _native_backward(on: Launch, grad: Tensor, src: Tensor, u: Tensor, mode: str
     if grad.numel() and (need_src or need_u):
         mod = on.mod
         interp, pad = _warp.enums(mod, mode, padding)
-        mod.warp2d_backward(grad.data_ptr(), list(grad.stride()), src.data_ptr(), list(src.stride()),
-                            on.dtype(src.dtype), uk.data_ptr(), list(uk.stride()),
-                            gs.data_ptr() if gs is not None else 0, gu.data_ptr() if gu is not None else 0,
-                            _geom(src, uk), interp, pad, on.last(src))
+        mod.warp2d_backward(
+            grad.data_ptr(),
+            list(grad.stride()),
+            src.data_ptr(),
+            list(src.stride()),
+            on.dtype(src.dtype),
+            uk.data_ptr(),
+            list(uk.stride()),
+            gs.data_ptr() if gs is not None else 0,
+            gu.data_ptr() if gu is not None else 0,
+            _geom(src, uk),
+            interp,
+            pad,
+            on.last(src),
+        )
     elif gu is not None:
         gu.zero_()
     return _warp.pack_grads(gs, gu, src, u)
@@ -197,8 +221,9 @@ def _triton_backward(grad, src, u, mode, padding, need_src, need_u):
     gs = torch.zeros(src.shape, dtype=acc, device=src.device) if need_src else None
     gu = torch.zeros(uk.shape, dtype=acc, device=src.device) if need_u else None
     if grad.numel() and (need_src or need_u):
-        triton_module().warp2d_backward(grad.to(src.dtype), src, uk, gs, gu, bilinear=mode == "bilinear",
-                                        border=padding == "border")
+        triton_module().warp2d_backward(
+            grad.to(src.dtype), src, uk, gs, gu, bilinear=mode == "bilinear", border=padding == "border"
+        )
     return _warp.pack_grads(gs, gu, src, u)
 
 
@@ -209,14 +234,18 @@ warp2d_backward_op = declare(
     "(Tensor grad, Tensor src, Tensor u, str mode, str padding, bool need_src, bool need_u) -> (Tensor, Tensor)",
     reference=_reference_backward,
     kernels={**native(_native_backward), "triton": Kernel(_triton_backward)},
-    fake=_warp.fake_backward, unit="warp2d")
+    fake=_warp.fake_backward,
+    unit="warp2d",
+)
 
 warp2d_op = declare(
-    "warp2d", "(Tensor src, Tensor u, str mode, str padding) -> Tensor",
+    "warp2d",
+    "(Tensor src, Tensor u, str mode, str padding) -> Tensor",
     reference=warp2d_reference,
     kernels={**native(_native_forward), "triton": Kernel(_triton_forward)},
     fake=lambda src, u, mode, padding: src.new_empty(_out_shape(src, u)),
-    autograd=_warp.autograd(warp2d_backward_op))
+    autograd=_warp.autograd(warp2d_backward_op),
+)
 
 IMPLS = warp2d_op.impls
 BACKWARD_IMPLS = warp2d_backward_op.impls
@@ -224,8 +253,10 @@ BACKWARD_IMPLS = warp2d_backward_op.impls
 
 # --- public entry -------------------------------------------------------------------------
 
-def warp2d(src: Tensor, u: Tensor, mode: str = "bilinear", padding: str = "zeros", *,
-           check_finite: bool = False) -> Tensor:
+
+def warp2d(
+    src: Tensor, u: Tensor, mode: str = "bilinear", padding: str = "zeros", *, check_finite: bool = False
+) -> Tensor:
     """Warp ``src`` ``[N,C,Hs,Ws]`` by pixel displacements ``u`` ``[N,2,H,W]``.
 
     Returns ``[N, C, H, W]`` in ``src``'s dtype. Differentiable w.r.t. ``src`` and

@@ -29,11 +29,20 @@ from typing import Any
 # names -> the submodule that defines them; loaded on first use, so that importing
 # engine.propagate (the CLI does) costs nothing and engine.propagate.lite needs no torch
 _EXPORTS = {
-    "NativeParams": "params", "REGISTER_MARGIN": "params",
-    "FUSIONS": "proxy", "ProxyBuilder": "proxy", "ProxyResult": "proxy", "assemble_proxy": "proxy",
-    "build_proxy": "proxy", "check_extent": "proxy",
-    "BACKENDS": "registration", "Registration": "registration", "RegistrationBackend": "registration",
-    "register_backend": "registration", "register_volume": "registration", "window_to_unit": "registration",
+    "NativeParams": "params",
+    "REGISTER_MARGIN": "params",
+    "FUSIONS": "proxy",
+    "ProxyBuilder": "proxy",
+    "ProxyResult": "proxy",
+    "assemble_proxy": "proxy",
+    "build_proxy": "proxy",
+    "check_extent": "proxy",
+    "BACKENDS": "registration",
+    "Registration": "registration",
+    "RegistrationBackend": "registration",
+    "register_backend": "registration",
+    "register_volume": "registration",
+    "window_to_unit": "registration",
     "ElastixParams": "elastix",
 }
 

@@ -3,7 +3,8 @@
 Not in the product path: the evaluation harness (``*_even`` methods) and
 benchmarks/bench_proxy.py run them on the same drawn slices as the proxy; they live
 beside the registration backends because they answer the same question (a 3D mask
-from a few drawn slices) without fields. :data:`BASELINES` maps a name to each. Every function takes a label volume in which
+from a few drawn slices) without fields. :data:`BASELINES` maps a name to each. Every function takes a label
+volume in which
 the drawn slices carry their binary mask, the drawn slice indices along ``axis`` and
 an optional object ``extent = (first, last)`` along that axis (outside it everything
 is background, as for the proxy), and returns a float32 volume of the label's shape
@@ -35,12 +36,18 @@ import numpy as np
 from ..checks import check_axis
 from ..errors import MaskError, ShapeError, SliceIndexError
 
-__all__ = ["nearest_slice_copy", "signed_distance_interpolation", "morphological_contour_interpolation",
-           "signed_distance_2d", "BASELINES"]
+__all__ = [
+    "nearest_slice_copy",
+    "signed_distance_interpolation",
+    "morphological_contour_interpolation",
+    "signed_distance_2d",
+    "BASELINES",
+]
 
 
-def _prepare(label: np.ndarray, annotated: Sequence[int], axis: int,
-             extent: Optional[tuple[int, int]]) -> tuple[np.ndarray, list[int], Optional[tuple[int, int]]]:
+def _prepare(
+    label: np.ndarray, annotated: Sequence[int], axis: int, extent: Optional[tuple[int, int]]
+) -> tuple[np.ndarray, list[int], Optional[tuple[int, int]]]:
     lab = np.asarray(label)
     if lab.ndim != 3:
         raise ShapeError(f"label must be 3D, got shape {lab.shape}")
@@ -68,14 +75,15 @@ def _finish(out: np.ndarray, fg: np.ndarray, idx: list[int], extent, axis: int) 
         out[z] = fg[z]
     if extent is not None:
         out[: extent[0]] = 0
-        out[extent[1] + 1:] = 0
+        out[extent[1] + 1 :] = 0
         for z in idx:  # drawn slices are known, wherever they are
             out[z] = fg[z]
     return np.ascontiguousarray(np.moveaxis(out.astype(np.float32), 0, axis))
 
 
-def nearest_slice_copy(label: np.ndarray, annotated: Sequence[int], axis: int = 0,
-                       extent: Optional[tuple[int, int]] = None) -> np.ndarray:
+def nearest_slice_copy(
+    label: np.ndarray, annotated: Sequence[int], axis: int = 0, extent: Optional[tuple[int, int]] = None
+) -> np.ndarray:
     """Copy the nearest drawn slice into every slice (see the module docstring)."""
     fg, idx, extent = _prepare(label, annotated, axis, extent)
     D = fg.shape[0]
@@ -100,8 +108,9 @@ def signed_distance_2d(mask: np.ndarray, far: Optional[float] = None) -> np.ndar
     return (ndimage.distance_transform_edt(~m) - ndimage.distance_transform_edt(m)).astype(np.float32)
 
 
-def signed_distance_interpolation(label: np.ndarray, annotated: Sequence[int], axis: int = 0,
-                                  extent: Optional[tuple[int, int]] = None) -> np.ndarray:
+def signed_distance_interpolation(
+    label: np.ndarray, annotated: Sequence[int], axis: int = 0, extent: Optional[tuple[int, int]] = None
+) -> np.ndarray:
     """Shape-based interpolation between consecutive drawn slices (module docstring)."""
     fg, idx, extent = _prepare(label, annotated, axis, extent)
     out = np.zeros(fg.shape, np.float32)
@@ -120,8 +129,9 @@ def signed_distance_interpolation(label: np.ndarray, annotated: Sequence[int], a
     return _finish(out, fg, idx, extent, axis)
 
 
-def morphological_contour_interpolation(label: np.ndarray, annotated: Sequence[int], axis: int = 0,
-                                        extent: Optional[tuple[int, int]] = None) -> np.ndarray:
+def morphological_contour_interpolation(
+    label: np.ndarray, annotated: Sequence[int], axis: int = 0, extent: Optional[tuple[int, int]] = None
+) -> np.ndarray:
     """ITK MorphologicalContourInterpolator along ``axis`` (module docstring)."""
     import itk
 

@@ -36,16 +36,24 @@ def _int_list(text: str) -> list[int]:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``propagate`` subcommand to an ``argparse`` subparsers object."""
-    p = subparsers.add_parser("propagate", help="proxy mask from a few drawn slices",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "propagate",
+        help="proxy mask from a few drawn slices",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("image", help="image volume")
     p.add_argument("drawn", help="label volume holding the drawn slices")
     p.add_argument("-o", "--output", required=True, help="proxy mask to write (float32 in [0, 1])")
     p.add_argument("--confidence", default=None, help="also write the confidence map here")
     p.add_argument("--axis", type=int, default=None, help="annotation axis (default: detected)")
     p.add_argument("--slices", type=_int_list, default=None, help="drawn slices, e.g. 10,20,30")
-    p.add_argument("--extent", type=_int_list, default=None,
-                   help="FIRST,LAST slice of the object: background outside (default: none)")
+    p.add_argument(
+        "--extent",
+        type=_int_list,
+        default=None,
+        help="FIRST,LAST slice of the object: background outside (default: none)",
+    )
     p.add_argument("--backend", choices=("native", "elastix"), default="native")
     p.add_argument("--fusion", choices=("linear", "nearest"), default="linear")
     p.add_argument("--device", default="cpu", help="torch device for the native backend (cpu, cuda, cuda:1)")
@@ -85,8 +93,9 @@ def detect_axis(label: np.ndarray, slices: Optional[list[int]] = None) -> int:
         best = min(counts)
         ties = [a for n, a, _ in counts if n == best[0]]
         if len(ties) > 1:
-            raise InputError(f"cannot tell the annotation axis (axes {ties} hold foreground on as many slices): "
-                             "pass --axis")
+            raise InputError(
+                f"cannot tell the annotation axis (axes {ties} hold foreground on as many slices): pass --axis"
+            )
         return best[1]
     fits = [a for n, a, held in counts if held <= set(slices)]
     if len(fits) != 1:
@@ -94,8 +103,9 @@ def detect_axis(label: np.ndarray, slices: Optional[list[int]] = None) -> int:
     return fits[0]
 
 
-def _numpy_inputs(image: np.ndarray, label: np.ndarray, axis: int, slices: Optional[list[int]],
-                  extent: Optional[tuple[int, int]]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+def _numpy_inputs(
+    image: np.ndarray, label: np.ndarray, axis: int, slices: Optional[list[int]], extent: Optional[tuple[int, int]]
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """The image (annotation axis first, float32) and the drawn masks ``{slice: 2D}``,
     validated as :class:`~engine.propagate.ProxyBuilder` validates them (same errors)."""
     from ..errors import InputError, MaskError, NonFiniteError, SliceIndexError
@@ -164,8 +174,9 @@ def run(args: argparse.Namespace) -> int:
             stray = np.nonzero(np.moveaxis(label != 0, axis, 0).reshape(D, -1).any(1))[0]
             extra = sorted(set(int(z) for z in stray) - set(args.slices))
             if extra:
-                raise InputError(f"{args.drawn} holds foreground on slices {extra} of axis {axis % 3}, "
-                                 "which --slices does not list")
+                raise InputError(
+                    f"{args.drawn} holds foreground on slices {extra} of axis {axis % 3}, which --slices does not list"
+                )
         if args.backend == "native" and args.device == "cpu" and lite.available():
             # no torch: NumPy and the compiled CPU kernels (engine.propagate.lite)
             img, masks = _numpy_inputs(image.array, label, axis, args.slices, extent)
@@ -180,8 +191,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             from .proxy import ProxyBuilder
 
-            builder = ProxyBuilder(image.array, axis=axis, backend=args.backend, extent=extent,
-                                   device=args.device, spacing=image.spacing)
+            builder = ProxyBuilder(
+                image.array, axis=axis, backend=args.backend, extent=extent, device=args.device, spacing=image.spacing
+            )
             result = builder.propagate(label, args.slices, fusion=args.fusion)
             proxy, conf = result.numpy()
             seconds, annotated, how = result.seconds, list(result.annotated), "torch"
@@ -193,7 +205,10 @@ def run(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError) as exc:  # e.g. an unknown torch device string
         return fail(f"{type(exc).__name__}: {exc}")
     if not args.quiet:
-        print(f"propagated {len(annotated)} drawn slices {annotated} along axis {axis % 3} "
-              f"({args.backend}, {args.fusion}, {how}): register + propagate {seconds['register'] + seconds['propagate']:.3f} s "
-              f"-> {args.output}" + (f", {args.confidence}" if args.confidence else ""))
+        print(
+            f"propagated {len(annotated)} drawn slices {annotated} along axis {axis % 3} "
+            f"({args.backend}, {args.fusion}, {how}): "
+            f"register + propagate {seconds['register'] + seconds['propagate']:.3f} s "
+            f"-> {args.output}" + (f", {args.confidence}" if args.confidence else "")
+        )
     return 0

@@ -129,8 +129,9 @@ def _image(a: np.ndarray):
     return img
 
 
-def register_pair(fixed: np.ndarray, moving: np.ndarray, params: Optional[ElastixParams] = None,
-                  parameters=None) -> np.ndarray:
+def register_pair(
+    fixed: np.ndarray, moving: np.ndarray, params: Optional[ElastixParams] = None, parameters=None
+) -> np.ndarray:
     """Register ``moving`` to ``fixed`` (2D ``[H, W]``); returns ``u`` ``[2, H, W]`` float32
     (channel 0 rows, 1 columns, pixels) with ``moving(p + u(p)) ~ fixed(p)``."""
     itk = _itk()

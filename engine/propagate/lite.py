@@ -47,8 +47,13 @@ def available(params: Any = None) -> bool:
         return False
     if params is None:
         return True
-    return (params.force == "symmetric" and params.direction == "both" and params.sigma_update_mm == 0
-            and params.sigma_image_mm == 0 and params.stop_mm == 0)
+    return (
+        params.force == "symmetric"
+        and params.direction == "both"
+        and params.sigma_update_mm == 0
+        and params.sigma_image_mm == 0
+        and params.stop_mm == 0
+    )
 
 
 def _threads(work: int) -> int:
@@ -57,6 +62,7 @@ def _threads(work: int) -> int:
 
 
 # --- the pieces of native.register_stack, on float32 NumPy arrays ------------------------------
+
 
 def _window(vol: np.ndarray, extent: Optional[tuple[int, int]]) -> np.ndarray:
     """:func:`engine.propagate.window_to_unit`: 1st-99th percentile window to [0, 1]."""
@@ -158,8 +164,9 @@ def _taps(sigma: float, H: int, W: int) -> list[float]:
     return [v / s for v in w]
 
 
-def _level(C: Any, fixed: np.ndarray, moving: np.ndarray, u: np.ndarray, iterations: int, px: Any,
-           groups: int) -> np.ndarray:
+def _level(
+    C: Any, fixed: np.ndarray, moving: np.ndarray, u: np.ndarray, iterations: int, px: Any, groups: int
+) -> np.ndarray:
     N, H, W = fixed.shape
     inv_k = 1.0 / (4.0 * px.max_step * px.max_step)
     f = np.ascontiguousarray(fixed)
@@ -170,10 +177,22 @@ def _level(C: Any, fixed: np.ndarray, moving: np.ndarray, u: np.ndarray, iterati
     taps = _taps(px.sigma_field, H, W)
     nt = _threads(u.size)
     for _ in range(iterations):
-        C.demons_step(f.ctypes.data, m.ctypes.data, u.ctypes.data, g.ctypes.data, step.ctypes.data, N, H, W,
-                      float(inv_k), nt)
-        C.regularize_field(u.ctypes.data, step.ctypes.data, spare.ctypes.data, N, 2, H, W, taps,
-                           float(px.pair_coupling), int(groups), nt)
+        C.demons_step(
+            f.ctypes.data, m.ctypes.data, u.ctypes.data, g.ctypes.data, step.ctypes.data, N, H, W, float(inv_k), nt
+        )
+        C.regularize_field(
+            u.ctypes.data,
+            step.ctypes.data,
+            spare.ctypes.data,
+            N,
+            2,
+            H,
+            W,
+            taps,
+            float(px.pair_coupling),
+            int(groups),
+            nt,
+        )
         u, spare = spare, u
     return u
 
@@ -196,7 +215,7 @@ def _register(C: Any, vol: np.ndarray, params: Any, spacing: Optional[Sequence[f
             break
         pf.append(_pool2(pf[-1]))
         pm.append(_pool2(pm[-1]))
-    its = px.iterations[levels - len(pf):]
+    its = px.iterations[levels - len(pf) :]
     u = None
     for lvl in range(len(pf) - 1, -1, -1):
         fl, ml = pf[lvl], pm[lvl]
@@ -208,12 +227,19 @@ def _register(C: Any, vol: np.ndarray, params: Any, spacing: Optional[Sequence[f
     if f != (1, 1):
         up = _upsample(u, (u.shape[-2] * f[0], u.shape[-1] * f[1]))
         u = np.ascontiguousarray(up[..., :H, :W])
-    return np.ascontiguousarray(u[: D - 1]), np.ascontiguousarray(u[D - 1:])
+    return np.ascontiguousarray(u[: D - 1]), np.ascontiguousarray(u[D - 1 :])
 
 
-def proxy(image: np.ndarray, masks: dict[int, np.ndarray], *, extent: Optional[tuple[int, int]] = None,
-          spacing: Optional[Sequence[float]] = None, fusion: str = "linear", min_mass: float = 0.02,
-          params: Any = None) -> tuple[np.ndarray, np.ndarray]:
+def proxy(
+    image: np.ndarray,
+    masks: dict[int, np.ndarray],
+    *,
+    extent: Optional[tuple[int, int]] = None,
+    spacing: Optional[Sequence[float]] = None,
+    fusion: str = "linear",
+    min_mass: float = 0.02,
+    params: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(Q, C)`` float32 ``[D, H, W]`` (annotation axis first) of the drawn ``masks``
     ``{slice: [H, W] binary}`` on ``image`` (finite float32, checked by the caller),
     as :func:`engine.propagate.assemble_proxy` gives them after
@@ -246,9 +272,27 @@ def proxy(image: np.ndarray, masks: dict[int, np.ndarray], *, extent: Optional[t
         fuse = {"linear": C.Fuse.Linear, "nearest": C.Fuse.Nearest}[fusion]
         st3 = [s // 4 for s in vol.strides]
         st4 = [s // 4 for s in fwd.strides]
-        C.propagate_chain(vol.ctypes.data, st3, C.DType.Float32, ann.ctypes.data, 1, fwd.ctypes.data, st4,
-                          bwd.ctypes.data, st4, fb.ctypes.data, fa.ctypes.data, db.ctypes.data, da.ctypes.data,
-                          qq.ctypes.data, conf.ctypes.data, [n, H, W], float(min_mass), fuse, _threads(vol.size))
+        C.propagate_chain(
+            vol.ctypes.data,
+            st3,
+            C.DType.Float32,
+            ann.ctypes.data,
+            1,
+            fwd.ctypes.data,
+            st4,
+            bwd.ctypes.data,
+            st4,
+            fb.ctypes.data,
+            fa.ctypes.data,
+            db.ctypes.data,
+            da.ctypes.data,
+            qq.ctypes.data,
+            conf.ctypes.data,
+            [n, H, W],
+            float(min_mass),
+            fuse,
+            _threads(vol.size),
+        )
         q[lo : hi + 1] = qq
         c[lo : hi + 1] = conf.reshape(n, 1, 1)
     if extent is not None:

@@ -82,11 +82,11 @@ from ..errors import InputError, ShapeError
 from ..ops import demons_step, regularize_field, warp2d
 from .params import NativeParams, _Pixels, grid_factors
 
-__all__ = ["NativeParams", "gaussian_smooth", "image_gradient", "demons_register", "invert_field",
-           "register_stack"]
+__all__ = ["NativeParams", "gaussian_smooth", "image_gradient", "demons_register", "invert_field", "register_stack"]
 
 
 # --- building blocks ------------------------------------------------------------------
+
 
 def _kernel1d(sigma: float) -> list[float]:
     r = max(1, int(math.ceil(2.0 * sigma)))
@@ -241,8 +241,9 @@ def _check_pair(fixed: Tensor, moving: Tensor) -> None:
         raise InputError(f"fixed on {fixed.device}, moving on {moving.device}")
 
 
-def demons_register(fixed: Tensor, moving: Tensor, params: Optional[NativeParams] = None,
-                    init: Optional[Tensor] = None, groups: int = 1) -> Tensor:
+def demons_register(
+    fixed: Tensor, moving: Tensor, params: Optional[NativeParams] = None, init: Optional[Tensor] = None, groups: int = 1
+) -> Tensor:
     """Register every ``moving[n]`` to ``fixed[n]`` (``[N, 1, H, W]``, intensities in [0, 1]).
 
     Returns ``u`` ``[N, 2, H, W]`` float32 with ``moving(p + u(p)) ~ fixed(p)``.
@@ -266,7 +267,7 @@ def demons_register(fixed: Tensor, moving: Tensor, params: Optional[NativeParams
             break
         pf.append(_downsample(pf[-1]))
         pm.append(_downsample(pm[-1]))
-    its = p.iterations[levels - len(pf):]  # drop the coarsest settings when levels were cut
+    its = p.iterations[levels - len(pf) :]  # drop the coarsest settings when levels were cut
     u: Optional[Tensor] = None
     for lvl in range(len(pf) - 1, -1, -1):
         f, m = pf[lvl], pm[lvl]
@@ -311,8 +312,9 @@ def _fields_up(u: Tensor, f: tuple[int, int], size: tuple[int, int]) -> Tensor:
     return up[..., : size[0], : size[1]].contiguous()
 
 
-def register_stack(volume: Tensor, params: Optional[NativeParams] = None,
-                   spacing: Optional[tuple[float, float]] = None) -> tuple[Tensor, Tensor]:
+def register_stack(
+    volume: Tensor, params: Optional[NativeParams] = None, spacing: Optional[tuple[float, float]] = None
+) -> tuple[Tensor, Tensor]:
     """Register all adjacent slice pairs of ``volume`` ``[D, H, W]`` (intensities in [0, 1])
     in one batch. ``spacing``: the in-plane pixel size (mm; None: ``params.pixel_mm``),
     which sets the registration grid (:class:`NativeParams`). Returns ``(fwd, bwd)``,
@@ -338,6 +340,6 @@ def register_stack(volume: Tensor, params: Optional[NativeParams] = None,
     if p.direction == "both":
         both = demons_register(torch.cat([upper, lower]), torch.cat([lower, upper]), px, groups=2)
         both = _fields_up(both, f, (H, W))
-        return both[: D - 1].contiguous(), both[D - 1:].contiguous()
+        return both[: D - 1].contiguous(), both[D - 1 :].contiguous()
     fwd = demons_register(upper, lower, px)
     return _fields_up(fwd, f, (H, W)), _fields_up(invert_field(fwd, p.inverse_iterations), f, (H, W))

@@ -76,8 +76,16 @@ class NativeParams:
     def in_pixels(self, grid_mm: Optional[float] = None) -> "_Pixels":
         """The lengths in pixels of a finest grid of ``grid_mm`` (default ``pixel_mm``)."""
         g = float(grid_mm or self.pixel_mm)
-        return _Pixels(self.iterations, self.sigma_update_mm / g, self.sigma_field_mm / g, self.max_step_mm / g,
-                       self.force, self.sigma_image_mm / g, self.pair_coupling, self.stop_mm / g)
+        return _Pixels(
+            self.iterations,
+            self.sigma_update_mm / g,
+            self.sigma_field_mm / g,
+            self.max_step_mm / g,
+            self.force,
+            self.sigma_image_mm / g,
+            self.pair_coupling,
+            self.stop_mm / g,
+        )
 
 
 @dataclass(frozen=True)
@@ -101,5 +109,3 @@ def grid_factors(spacing: Optional[tuple[float, float]], params: NativeParams) -
     if spacing is None:
         return (1, 1)
     return tuple(max(1, int(round(params.pixel_mm / float(s)))) for s in spacing)  # type: ignore[return-value]
-
-

@@ -48,6 +48,7 @@ Key = tuple[int, int]  # (internal axis, slice index)
 
 # --- the assembly -----------------------------------------------------------------------------
 
+
 @dataclass
 class ProxyResult:
     """One propagation.
@@ -78,10 +79,17 @@ class ProxyResult:
         return self.proxy.detach().cpu().numpy(), self.confidence.detach().cpu().numpy()
 
 
-def assemble_proxy(registration: Optional[Registration], shape: Sequence[int], main: Mapping[int, Tensor],
-                   planes: Optional[Mapping[Key, Tensor]] = None, *, extent: Extent = None,
-                   fusion: str = "linear", min_mass: float = 0.02,
-                   device: Union[str, torch.device, None] = None) -> ProxyResult:
+def assemble_proxy(
+    registration: Optional[Registration],
+    shape: Sequence[int],
+    main: Mapping[int, Tensor],
+    planes: Optional[Mapping[Key, Tensor]] = None,
+    *,
+    extent: Extent = None,
+    fusion: str = "linear",
+    min_mass: float = 0.02,
+    device: Union[str, torch.device, None] = None,
+) -> ProxyResult:
     """The proxy mask and its confidence from drawn slices (module docstring).
 
     Args:
@@ -120,8 +128,15 @@ def assemble_proxy(registration: Optional[Registration], shape: Sequence[int], m
         for z in inside:
             vol[z - lo] = main[z].float()
         fwd, bwd = registration.pairs(lo, hi)
-        res = propagate_chain(vol, _on_device(hi - lo + 1, [z - lo for z in inside], device), fwd, bwd,
-                              min_mass=min_mass, fuse=fusion, check_inputs=False)
+        res = propagate_chain(
+            vol,
+            _on_device(hi - lo + 1, [z - lo for z in inside], device),
+            fwd,
+            bwd,
+            min_mass=min_mass,
+            fuse=fusion,
+            check_inputs=False,
+        )
         q[lo : hi + 1] = res.q
         fb[lo : hi + 1] = res.from_below
         fa[lo : hi + 1] = res.from_above
@@ -133,8 +148,9 @@ def assemble_proxy(registration: Optional[Registration], shape: Sequence[int], m
         else:
             q[:, :, idx] = m.float()
     per_axis = [inside] + [sorted(i for (a, i) in planes if a == ax) for ax in (1, 2)]
-    c = confidence_map((D, H, W), [_on_device(n, idx, device) if idx else None
-                                   for n, idx in zip((D, H, W), per_axis)], device=device)
+    c = confidence_map(
+        (D, H, W), [_on_device(n, idx, device) if idx else None for n, idx in zip((D, H, W), per_axis)], device=device
+    )
     if extent is not None:  # slices, not a boolean mask: no host synchronisation
         q[:lo] = 0.0
         q[hi + 1 :] = 0.0
@@ -142,8 +158,18 @@ def assemble_proxy(registration: Optional[Registration], shape: Sequence[int], m
         c[hi + 1 :] = 1.0
     seconds = {"normalize": 0.0, "register": 0.0, "propagate": time.perf_counter() - t0}
     seconds["total"] = seconds["propagate"]
-    return ProxyResult(proxy=q, confidence=c, annotated=tuple(sorted(int(z) for z in main)), fusion=fusion,
-                       extent=extent, from_below=fb, from_above=fa, dist_below=db, dist_above=da, seconds=seconds)
+    return ProxyResult(
+        proxy=q,
+        confidence=c,
+        annotated=tuple(sorted(int(z) for z in main)),
+        fusion=fusion,
+        extent=extent,
+        from_below=fb,
+        from_above=fa,
+        dist_below=db,
+        dist_above=da,
+        seconds=seconds,
+    )
 
 
 def _on_device(n: int, idx: Sequence[int], device) -> Tensor:
@@ -156,6 +182,7 @@ def _on_device(n: int, idx: Sequence[int], device) -> Tensor:
 
 
 # --- input checks (the builder's boundary) ----------------------------------------------------
+
 
 def _as_tensor(x: Any, name: str, device: Optional[torch.device] = None) -> Tensor:
     if isinstance(x, Tensor):
@@ -197,6 +224,7 @@ def _binary(t: Tensor, name: str) -> Tensor:
 
 # --- the builder ------------------------------------------------------------------------------
 
+
 class ProxyBuilder:
     """Registration of one case, cached; propagation of annotations through it.
 
@@ -224,12 +252,23 @@ class ProxyBuilder:
     missing for ``backend="elastix"``).
     """
 
-    def __init__(self, image: ArrayLike, axis: int = 0, backend: str = "native", *, extent: Extent = None,
-                 device: Union[str, torch.device, None] = None, params: Any = None,
-                 spacing: Optional[Sequence[float]] = None) -> None:
+    def __init__(
+        self,
+        image: ArrayLike,
+        axis: int = 0,
+        backend: str = "native",
+        *,
+        extent: Extent = None,
+        device: Union[str, torch.device, None] = None,
+        params: Any = None,
+        spacing: Optional[Sequence[float]] = None,
+    ) -> None:
         params = check_params(backend, params)
-        dev = torch.device(device) if device is not None else (image.device if isinstance(image, Tensor) else
-                                                                torch.device("cpu"))
+        dev = (
+            torch.device(device)
+            if device is not None
+            else (image.device if isinstance(image, Tensor) else torch.device("cpu"))
+        )
         img = _as_tensor(image, "image", dev)
         if img.dim() != 3:
             raise ShapeError(f"image must be 3D, got shape {tuple(img.shape)}")
@@ -267,8 +306,9 @@ class ProxyBuilder:
             return reg
         whole = reg is not None
         margin = None if whole or self.extent is None else REGISTER_MARGIN
-        self._registration = register_volume(self.image, self.backend, self.extent, self.params, axis=self.axis,
-                                             spacing=self.spacing, margin=margin)
+        self._registration = register_volume(
+            self.image, self.backend, self.extent, self.params, axis=self.axis, spacing=self.spacing, margin=margin
+        )
         return self._registration
 
     @property
@@ -314,8 +354,15 @@ class ProxyBuilder:
         vol = _binary(t.index_select(0, sel), "annotated masks")
         return {z: vol[i] for i, z in enumerate(idx)}
 
-    def propagate(self, masks: Any, annotated: Optional[Sequence[int]] = None, *, fusion: str = "linear",
-                  extent: Union[Extent, str] = "default", min_mass: float = 0.02) -> ProxyResult:
+    def propagate(
+        self,
+        masks: Any,
+        annotated: Optional[Sequence[int]] = None,
+        *,
+        fusion: str = "linear",
+        extent: Union[Extent, str] = "default",
+        min_mass: float = 0.02,
+    ) -> ProxyResult:
         """Propagate the drawn slices and fuse them into the proxy mask.
 
         Args:
@@ -353,8 +400,9 @@ class ProxyBuilder:
         reg = self.register(lo, hi) if needs else self._registration
         fresh = reg is not None and reg is not before
         t1 = time.perf_counter()
-        res = assemble_proxy(reg, self.image.shape, main, extent=ext, fusion=fusion, min_mass=min_mass,
-                             device=self.device)
+        res = assemble_proxy(
+            reg, self.image.shape, main, extent=ext, fusion=fusion, min_mass=min_mass, device=self.device
+        )
         proxy = res.proxy.movedim(0, self.axis).contiguous()
         confidence = res.confidence.movedim(0, self.axis).contiguous()
         if self.device.type == "cuda":
@@ -368,10 +416,20 @@ class ProxyBuilder:
         return res
 
 
-def build_proxy(image: ArrayLike, masks: Any, annotated: Optional[Sequence[int]] = None, *, axis: int = 0,
-                backend: str = "native", fusion: str = "linear", extent: Extent = None,
-                device: Union[str, torch.device, None] = None, params: Any = None,
-                spacing: Optional[Sequence[float]] = None) -> ProxyResult:
+def build_proxy(
+    image: ArrayLike,
+    masks: Any,
+    annotated: Optional[Sequence[int]] = None,
+    *,
+    axis: int = 0,
+    backend: str = "native",
+    fusion: str = "linear",
+    extent: Extent = None,
+    device: Union[str, torch.device, None] = None,
+    params: Any = None,
+    spacing: Optional[Sequence[float]] = None,
+) -> ProxyResult:
     """One-shot :class:`ProxyBuilder` ``(image, axis, backend).propagate(masks, ...)``."""
-    return ProxyBuilder(image, axis, backend, extent=extent, device=device, params=params,
-                        spacing=spacing).propagate(masks, annotated, fusion=fusion)
+    return ProxyBuilder(image, axis, backend, extent=extent, device=device, params=params, spacing=spacing).propagate(
+        masks, annotated, fusion=fusion
+    )

@@ -24,11 +24,18 @@ from torch import Tensor
 from ..errors import InputError
 from .params import REGISTER_MARGIN
 
-__all__ = ["BACKENDS", "RegistrationBackend", "Registration", "register_backend", "register_volume",
-           "window_to_unit", "Extent", "REGISTER_MARGIN"]
+__all__ = [
+    "BACKENDS",
+    "RegistrationBackend",
+    "Registration",
+    "register_backend",
+    "register_volume",
+    "window_to_unit",
+    "Extent",
+    "REGISTER_MARGIN",
+]
 
 Extent = Optional[tuple[int, int]]
-
 
 
 class RegistrationBackend(Protocol):
@@ -40,8 +47,9 @@ class RegistrationBackend(Protocol):
     #: gives the defaults
     params_type: type
 
-    def register(self, volume: Tensor, params: Any, spacing: Optional[tuple[float, float, float]] = None
-                 ) -> tuple[Tensor, Tensor]:
+    def register(
+        self, volume: Tensor, params: Any, spacing: Optional[tuple[float, float, float]] = None
+    ) -> tuple[Tensor, Tensor]:
         """``(fwd, bwd)`` ``[D-1, 2, H, W]`` float32 on ``volume``'s device for a
         ``[D, H, W]`` float32 volume in [0, 1]; ``spacing`` (mm, annotation axis first)
         when known, for backends whose parameters are physical."""
@@ -73,8 +81,9 @@ class _Native:
 
         return NativeParams
 
-    def register(self, volume: Tensor, params: Any, spacing: Optional[tuple[float, float, float]] = None
-                 ) -> tuple[Tensor, Tensor]:
+    def register(
+        self, volume: Tensor, params: Any, spacing: Optional[tuple[float, float, float]] = None
+    ) -> tuple[Tensor, Tensor]:
         from .native import register_stack
 
         return register_stack(volume, params, None if spacing is None else tuple(spacing[1:]))
@@ -92,8 +101,9 @@ class _Elastix:
 
         return ElastixParams
 
-    def register(self, volume: Tensor, params: Any, spacing: Optional[tuple[float, float, float]] = None
-                 ) -> tuple[Tensor, Tensor]:
+    def register(
+        self, volume: Tensor, params: Any, spacing: Optional[tuple[float, float, float]] = None
+    ) -> tuple[Tensor, Tensor]:
         from .elastix import register_stack  # parameters in pixels (the CPU reference)
 
         f, b = register_stack(volume.cpu().numpy(), params)
@@ -180,8 +190,9 @@ class Registration:
     def pairs(self, lo: int, hi: int) -> tuple[Tensor, Tensor]:
         """``(fwd, bwd)`` of the pairs ``(z, z+1)`` for ``lo <= z < hi``."""
         if not self.covers(lo, hi):
-            raise InputError(f"slices {lo}..{hi} are not all registered (registered: {self.z0}.."
-                             f"{self.z0 + self.num_slices - 1})")
+            raise InputError(
+                f"slices {lo}..{hi} are not all registered (registered: {self.z0}..{self.z0 + self.num_slices - 1})"
+            )
         return self.fwd[lo - self.z0 : hi - self.z0], self.bwd[lo - self.z0 : hi - self.z0]
 
 
@@ -190,9 +201,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def register_volume(volume: Tensor, backend: str = "native", extent: Extent = None, params: Any = None,
-                    axis: int = 0, spacing: Optional[tuple[float, float, float]] = None,
-                    margin: Optional[int] = None, timed: bool = True) -> Registration:
+def register_volume(
+    volume: Tensor,
+    backend: str = "native",
+    extent: Extent = None,
+    params: Any = None,
+    axis: int = 0,
+    spacing: Optional[tuple[float, float, float]] = None,
+    margin: Optional[int] = None,
+    timed: bool = True,
+) -> Registration:
     """Register the adjacent slice pairs of ``volume`` ``[D, H, W]`` (annotation axis
     first, float32, finite: validated by the caller) with ``backend``, after windowing
     its intensities over the object's ``extent`` when known. ``spacing``: the voxel size
@@ -217,5 +235,13 @@ def register_volume(volume: Tensor, backend: str = "native", extent: Extent = No
     if timed:
         _sync(volume.device)
     t2 = time.perf_counter()
-    return Registration(fwd=fwd, bwd=bwd, axis=axis, backend=backend, extent=extent, params=params.as_dict(),
-                        seconds={"normalize": t1 - t0, "register": t2 - t1}, z0=z0)
+    return Registration(
+        fwd=fwd,
+        bwd=bwd,
+        axis=axis,
+        backend=backend,
+        extent=extent,
+        params=params.as_dict(),
+        seconds={"normalize": t1 - t0, "register": t2 - t1},
+        z0=z0,
+    )

@@ -30,9 +30,15 @@ from .state import StateDir
 log = logging.getLogger("dilseg.server")
 
 
-def create_app(engine_or_state: Union[Any, str, os.PathLike, None] = None, keys: Optional[KeyStore] = None,
-               limits: Optional[Limits] = None, config: Any = None, monai: bool = True,
-               reap_interval_s: float = 1.0, web: Union[str, os.PathLike, None] = None) -> FastAPI:
+def create_app(
+    engine_or_state: Union[Any, str, os.PathLike, None] = None,
+    keys: Optional[KeyStore] = None,
+    limits: Optional[Limits] = None,
+    config: Any = None,
+    monai: bool = True,
+    reap_interval_s: float = 1.0,
+    web: Union[str, os.PathLike, None] = None,
+) -> FastAPI:
     """The FastAPI app for one engine.
 
     ``engine_or_state``: an :class:`engine.Engine` (served as it is, never saved), a
@@ -84,9 +90,13 @@ def create_app(engine_or_state: Union[Any, str, os.PathLike, None] = None, keys:
                 with contextlib.suppress(Exception):
                     engine.close()
 
-    app = FastAPI(title="dilseg", version=__version__, lifespan=lifespan,
-                  description="Interactive 3D segmentation that learns while people annotate. "
-                              "Native API under /v1; a MONAI Label compatible subset at the root.")
+    app = FastAPI(
+        title="dilseg",
+        version=__version__,
+        lifespan=lifespan,
+        description="Interactive 3D segmentation that learns while people annotate. "
+        "Native API under /v1; a MONAI Label compatible subset at the root.",
+    )
     app.state.srv = srv
 
     app.add_middleware(AuthGate, srv=srv)
@@ -109,15 +119,18 @@ def create_app(engine_or_state: Union[Any, str, os.PathLike, None] = None, keys:
         for e in exc.errors()[:5]:
             loc = ".".join(str(x) for x in e.get("loc", ()))
             parts.append(f"{loc}: {e.get('msg')}")
-        return JSONResponse({"error": "InputError", "message": "; ".join(parts) or "invalid request",
-                             "status": 422}, status_code=422)
+        return JSONResponse(
+            {"error": "InputError", "message": "; ".join(parts) or "invalid request", "status": 422}, status_code=422
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         names = {404: "NotFoundError", 405: "MethodNotAllowed", 401: "AuthError", 403: "ForbiddenError"}
-        return JSONResponse({"error": names.get(exc.status_code, "HTTPError"), "message": str(exc.detail),
-                             "status": exc.status_code}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"error": names.get(exc.status_code, "HTTPError"), "message": str(exc.detail), "status": exc.status_code},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     from . import v1
 

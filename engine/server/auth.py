@@ -95,8 +95,14 @@ class KeyStore:
         with self._lock:
             if name in self.names:
                 raise ValueError(f"a key named {name!r} exists; remove it first")
-            self._entries.append({"name": name, "role": role, "sha256": _digest(token),
-                                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            self._entries.append(
+                {
+                    "name": name,
+                    "role": role,
+                    "sha256": _digest(token),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }
+            )
             self._save()
         return token
 

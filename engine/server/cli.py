@@ -18,29 +18,46 @@ def is_loopback(host: str) -> bool:
 
 
 def add_serve_parser(sub) -> None:
-    p = sub.add_parser("serve", help="serve one engine over HTTP (docs/server.md)",
-                       description="Serve one engine behind the /v1 HTTP API and a MONAI Label compatible subset.")
+    p = sub.add_parser(
+        "serve",
+        help="serve one engine over HTTP (docs/server.md)",
+        description="Serve one engine behind the /v1 HTTP API and a MONAI Label compatible subset.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--state", default=None, help="state folder: loaded at start, saved after every commit and at exit")
     p.add_argument("--keys", default=None, help="keys file from `dilseg keys add` (no file: no auth, loopback only)")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without keys")
-    p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a limit (max_body_bytes, max_voxels, max_slices_per_request, max_steps_per_call, "
-                        "max_sessions, idle_timeout_s, lease_timeout_s, max_wait_s); repeatable")
+    p.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a limit (max_body_bytes, max_voxels, max_slices_per_request, max_steps_per_call, "
+        "max_sessions, idle_timeout_s, lease_timeout_s, max_wait_s); repeatable",
+    )
     p.add_argument("--device", default=None, help="engine device for a fresh engine (auto, cpu, cuda)")
     p.add_argument("--steps", type=int, default=None, help="default learning steps per round for a fresh engine")
-    p.add_argument("--web", nargs="?", const="", default=None, metavar="DIR",
-                   help="also serve the annotation page at /web/ (docs/web.md) from DIR "
-                        "(default: clients/web/dist of this checkout, built by `make web`)")
+    p.add_argument(
+        "--web",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="also serve the annotation page at /web/ (docs/web.md) from DIR "
+        "(default: clients/web/dist of this checkout, built by `make web`)",
+    )
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and not args.keys and not args.insecure:
-        print(f"dilseg serve: refusing to bind {args.host} (not loopback) without --keys; "
-              "add keys with `dilseg keys add`, or pass --insecure", file=sys.stderr)
+        print(
+            f"dilseg serve: refusing to bind {args.host} (not loopback) without --keys; "
+            "add keys with `dilseg keys add`, or pass --insecure",
+            file=sys.stderr,
+        )
         return 2
     from .limits import Limits
 
@@ -89,9 +106,12 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"dilseg serve: {exc}", file=sys.stderr)
         return 2
     srv = app.state.srv
-    print(f"dilseg serve: http://{args.host}:{args.port}  device {srv.engine.device}  "
-          f"cases {srv.engine.counters['cases']}  state {args.state or '-'}  "
-          f"auth {'on (' + str(len(keys)) + ' keys)' if keys is not None else 'off'}", flush=True)
+    print(
+        f"dilseg serve: http://{args.host}:{args.port}  device {srv.engine.device}  "
+        f"cases {srv.engine.counters['cases']}  state {args.state or '-'}  "
+        f"auth {'on (' + str(len(keys)) + ' keys)' if keys is not None else 'off'}",
+        flush=True,
+    )
     if web is not None:
         print(f"dilseg serve: the annotation page is at http://{args.host}:{args.port}/web/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=10)

@@ -66,12 +66,16 @@ def parse_meta(text: str) -> dict:
         m = json.loads(text)
     except ValueError as exc:
         raise E.InputError(f"meta is not JSON: {exc}") from exc
-    if not isinstance(m, dict) or not isinstance(m.get("shape"), list) or \
-            not all(isinstance(v, int) and not isinstance(v, bool) for v in m["shape"]):
+    if (
+        not isinstance(m, dict)
+        or not isinstance(m.get("shape"), list)
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in m["shape"])
+    ):
         raise E.InputError('meta must be a JSON object with "shape": [D, H, W] (ints)')
     sp = m.get("spacing")
-    if sp is not None and (not isinstance(sp, list) or
-                           not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in sp)):
+    if sp is not None and (
+        not isinstance(sp, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in sp)
+    ):
         raise E.InputError('meta "spacing" must be a list of numbers')
     return m
 
@@ -112,13 +116,14 @@ def decode_masks(buf: bytes, count: int, plane: Sequence[int], encoding: str) ->
     """``count`` masks of shape ``plane`` from a body (module docstring)."""
     per = mask_nbytes(plane, encoding)
     if len(buf) != per * count:
-        raise E.ShapeError(f"body has {len(buf)} bytes; {count} mask(s) of {tuple(plane)} ({encoding}) need "
-                           f"{per * count}")
+        raise E.ShapeError(
+            f"body has {len(buf)} bytes; {count} mask(s) of {tuple(plane)} ({encoding}) need {per * count}"
+        )
     raw = np.frombuffer(buf, dtype=np.uint8)
     out = []
     n = int(np.prod(plane))
     for i in range(count):
-        chunk = raw[i * per:(i + 1) * per]
+        chunk = raw[i * per : (i + 1) * per]
         m = np.unpackbits(chunk)[:n] if encoding == "bits" else chunk.copy()
         out.append(m.reshape(plane))  # validated (binary) by Session.annotate
     return out
@@ -142,7 +147,7 @@ def unframe(data: bytes) -> tuple[dict, bytes]:
     if data[:4] != FRAME_MAGIC or len(data) < 8:
         raise E.DataError("not a dilseg frame")
     (n,) = struct.unpack("<I", data[4:8])
-    return json.loads(data[8:8 + n]), data[8 + n:]
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
 
 
 def maybe_gzip(body: bytes, accept_encoding: Optional[str], level: int = 1) -> tuple[bytes, dict]:

@@ -31,8 +31,9 @@ PUBLIC = {"/v1/health", "/auth/", "/auth/token", "/docs", "/openapi.json", "/doc
 class ServerState:
     """Everything the routes share: the engine, its state folder, keys, limits, leases."""
 
-    def __init__(self, engine: Any, state: Optional[StateDir], keys: Optional[KeyStore], limits: Limits,
-                 owns_engine: bool) -> None:
+    def __init__(
+        self, engine: Any, state: Optional[StateDir], keys: Optional[KeyStore], limits: Limits, owns_engine: bool
+    ) -> None:
         self.engine = engine
         self.state = state
         self.keys = keys
@@ -104,8 +105,11 @@ class BodyLimit:
                 except ValueError:
                     length = -1
         if length is not None and (length < 0 or length > self.limit):
-            msg = (f"request body of {length} bytes is over the server's limit of {self.limit}" if length >= 0
-                   else "Content-Length is not a number")
+            msg = (
+                f"request body of {length} bytes is over the server's limit of {self.limit}"
+                if length >= 0
+                else "Content-Length is not a number"
+            )
             exc = TooLargeError(msg) if length >= 0 else E.InputError(msg)
             resp = JSONResponse(error_body(exc), status_code=status_of(exc), headers={"Connection": "close"})
             return await resp(scope, receive, send)
@@ -178,5 +182,3 @@ async def read_body(request: Request, expected: Optional[int] = None, limit: Opt
             raise TooLargeError(f"request body passed the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-

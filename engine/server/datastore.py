@@ -117,8 +117,12 @@ class Datastore:
             e = self.index["images"][i]
             if e.get("session"):
                 continue
-            objects[i] = {"image": {"ext": Path(e["file"]).suffix, "info": {"ts": e["ts"], "name": e["name"]}},
-                          "labels": {t: {"ext": Path(v["file"]).suffix, "info": {"ts": v["ts"], **v.get("info", {})}}
-                                     for t, v in e["labels"].items()}}
+            objects[i] = {
+                "image": {"ext": Path(e["file"]).suffix, "info": {"ts": e["ts"], "name": e["name"]}},
+                "labels": {
+                    t: {"ext": Path(v["file"]).suffix, "info": {"ts": v["ts"], **v.get("info", {})}}
+                    for t, v in e["labels"].items()
+                },
+            }
         done = sum(1 for o in objects.values() if "final" in o["labels"])
         return {"name": "dilseg", "total": len(objects), "completed": done, "objects": objects, "base": base}

@@ -59,8 +59,12 @@ class Lease:
         self.last_seen = now
         self.lock = asyncio.Lock()
         self.jobs: "OrderedDict[str, Job]" = OrderedDict()
-        self.versions: dict[str, "OrderedDict[str, Any]"] = {"result": OrderedDict(), "soft": OrderedDict(),
-                                                          "prediction": OrderedDict(), "proxy": OrderedDict()}
+        self.versions: dict[str, "OrderedDict[str, Any]"] = {
+            "result": OrderedDict(),
+            "soft": OrderedDict(),
+            "prediction": OrderedDict(),
+            "proxy": OrderedDict(),
+        }
 
     def touch(self, work: bool = True) -> None:
         now = time.monotonic()
@@ -104,8 +108,10 @@ class LeaseTable:
     def reserve(self) -> None:
         """Raise CapacityError when no session can be opened now."""
         if len(self._open) >= self.limits.max_sessions:
-            raise CapacityError(f"{len(self._open)} sessions are open, the limit is {self.limits.max_sessions}; "
-                                "retry later", retry_after=max(1, int(min(30.0, self.limits.lease_timeout_s))))
+            raise CapacityError(
+                f"{len(self._open)} sessions are open, the limit is {self.limits.max_sessions}; retry later",
+                retry_after=max(1, int(min(30.0, self.limits.lease_timeout_s))),
+            )
 
     def add(self, lease: Lease) -> Lease:
         with self._lock:
@@ -146,7 +152,10 @@ class LeaseTable:
         for lease in list(self._open.values()):
             if lease.lock.locked():
                 continue  # a request is using it right now
-            if now - lease.last_used > self.limits.idle_timeout_s or now - lease.last_seen > self.limits.lease_timeout_s:
+            if (
+                now - lease.last_used > self.limits.idle_timeout_s
+                or now - lease.last_seen > self.limits.lease_timeout_s
+            ):
                 out.append(lease)
         return out
 

@@ -111,11 +111,19 @@ def scribbles_to_slices(label: np.ndarray, axis: int, fg: list[int], bg: list[in
 
 def _multipart(params: dict, file_name: Optional[str], data: Optional[bytes]) -> Response:
     boundary = "dilseg-" + secrets.token_hex(12)
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n'
-             f'Content-Type: application/json\r\n\r\n'.encode() + json.dumps(params).encode() + b"\r\n"]
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n'
+        f"Content-Type: application/json\r\n\r\n".encode()
+        + json.dumps(params).encode()
+        + b"\r\n"
+    ]
     if data is not None:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{file_name}"\r\n'
-                     f'Content-Type: application/octet-stream\r\n\r\n'.encode() + data + b"\r\n")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{file_name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
     parts.append(f"--{boundary}--\r\n".encode())
     return Response(b"".join(parts), media_type=f"multipart/form-data; boundary={boundary}")
 
@@ -131,7 +139,7 @@ def router(srv: ServerState) -> APIRouter:
 
     def lease_for(request: Request, image_id: str) -> Optional[Lease]:
         name = principal(request).name
-        return srv.leases.find(lambda l: l.meta.get("monai_image") == image_id and l.owner == name)
+        return srv.leases.find(lambda lease: lease.meta.get("monai_image") == image_id and lease.owner == name)
 
     async def upload_bytes(f: Optional[UploadFile]) -> bytes:
         if f is None:
@@ -147,18 +155,30 @@ def router(srv: ServerState) -> APIRouter:
 
         labels = {LABEL: 1}
         return {
-            "name": "dilseg", "description": "dilseg: interactive 3D segmentation that learns from drawn slices",
-            "version": __version__, "labels": [LABEL],
+            "name": "dilseg",
+            "description": "dilseg: interactive 3D segmentation that learns from drawn slices",
+            "version": __version__,
+            "labels": [LABEL],
             "models": {
-                MODEL: {"type": "scribbles", "labels": labels, "dimension": 3,
-                        "description": f"paint {FG_NAME} over the object on the slices you draw, {BG_NAME} on "
-                                       "slices without it; the engine propagates, learns and fuses"},
-                PREDICT_MODEL: {"type": "segmentation", "labels": labels, "dimension": 3,
-                                "description": "the learned segmenter alone, no interaction"},
+                MODEL: {
+                    "type": "scribbles",
+                    "labels": labels,
+                    "dimension": 3,
+                    "description": f"paint {FG_NAME} over the object on the slices you draw, {BG_NAME} on "
+                    "slices without it; the engine propagates, learns and fuses",
+                },
+                PREDICT_MODEL: {
+                    "type": "segmentation",
+                    "labels": labels,
+                    "dimension": 3,
+                    "description": "the learned segmenter alone, no interaction",
+                },
             },
-            "trainers": {}, "strategies": {"first": {"description": "the next image of the stream without a label"}},
-            "scoring": {}, "train_stats": {}, "datastore": {"total": store.listing("")["total"],
-                                                            "completed": store.listing("")["completed"]},
+            "trainers": {},
+            "strategies": {"first": {"description": "the next image of the stream without a label"}},
+            "scoring": {},
+            "train_stats": {},
+            "datastore": {"total": store.listing("")["total"], "completed": store.listing("")["completed"]},
         }
 
     # ------------------------------------------------------------------------ auth
@@ -189,8 +209,9 @@ def router(srv: ServerState) -> APIRouter:
         return {"total": listing["total"], "completed": listing["completed"]}
 
     @r.put("/datastore/", summary="upload an image (multipart params + file)")
-    async def add_image(image: Optional[str] = Query(None, max_length=128), params: str = Form("{}"),
-                        file: UploadFile = File(...)) -> dict:
+    async def add_image(
+        image: Optional[str] = Query(None, max_length=128), params: str = Form("{}"), file: UploadFile = File(...)
+    ) -> dict:
         _params(params)
         image_id = Datastore.check_id(image) if image else "img_" + secrets.token_hex(6)
         data = await upload_bytes(file)
@@ -203,13 +224,20 @@ def router(srv: ServerState) -> APIRouter:
         e = store.entry(image)
         data = (store.folder / e["file"]).read_bytes()
         name = f"{image}{C.FILE_FORMATS[e['format']] if e['file'].endswith('.gz') or e['format'] == 'nrrd' else '.nii'}"
-        return Response(data, media_type="application/octet-stream",
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return Response(
+            data,
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
 
     @r.put("/datastore/label", summary="save the final label: commit the case with it")
-    async def save_label(request: Request, image: str = Query(..., max_length=128),
-                         tag: str = Query("final", max_length=32), params: str = Form("{}"),
-                         label: UploadFile = File(...)) -> dict:
+    async def save_label(
+        request: Request,
+        image: str = Query(..., max_length=128),
+        tag: str = Query("final", max_length=32),
+        params: str = Form("{}"),
+        label: UploadFile = File(...),
+    ) -> dict:
         p = _params(params)
         store.entry(image)
         data = await upload_bytes(label)
@@ -230,8 +258,9 @@ def router(srv: ServerState) -> APIRouter:
                 await run_in_threadpool(lambda: lease.session.commit(final_mask=final))
             srv.leases.drop(lease.id, "committed")
             await srv.save()
-        await run_in_threadpool(store.save_label, image, tag, data, label.filename,
-                                {"label_info": p.get("label_info", [])})
+        await run_in_threadpool(
+            store.save_label, image, tag, data, label.filename, {"label_info": p.get("label_info", [])}
+        )
         return {"image": image, "label": image, "tag": tag, "counters": dict(eng.counters)}
 
     @r.get("/datastore/label", summary="download a saved label")
@@ -241,18 +270,21 @@ def router(srv: ServerState) -> APIRouter:
         if lab is None:
             raise NotFoundError(f"image {label!r} has no label {tag!r}")
         data = (store.folder / lab["file"]).read_bytes()
-        return Response(data, media_type="application/octet-stream",
-                        headers={"Content-Disposition": f'attachment; filename="{label}{Path(lab["file"]).suffix}"'})
+        return Response(
+            data,
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{label}{Path(lab["file"]).suffix}"'},
+        )
 
     # ------------------------------------------------------------------------ sessions
     @r.put("/session/", summary="keep an uploaded image under a session id")
-    async def create_session(uncompress: bool = Query(False), expiry: int = Query(3600, ge=1),
-                             files: list[UploadFile] = File(...)) -> dict:
+    async def create_session(
+        uncompress: bool = Query(False), expiry: int = Query(3600, ge=1), files: list[UploadFile] = File(...)
+    ) -> dict:
         sid = "ms_" + secrets.token_hex(8)
         data = await upload_bytes(files[0] if files else None)
         entry = await run_in_threadpool(store.add_image, sid, data, files[0].filename, True)
-        return {"session_id": sid, "session_info": {"name": entry["name"], "image": entry["file"],
-                                                    "expiry": expiry}}
+        return {"session_id": sid, "session_info": {"name": entry["name"], "image": entry["file"], "expiry": expiry}}
 
     @r.get("/session/{session_id}", summary="a MONAI Label session")
     async def get_session(session_id: str) -> dict:
@@ -280,10 +312,16 @@ def router(srv: ServerState) -> APIRouter:
 
     # ------------------------------------------------------------------------ infer
     @r.post("/infer/{model}", summary="scribbles (dilseg) or the back end alone (dilseg_predict)")
-    async def infer(request: Request, model: str, image: str = Query("", max_length=128),
-                    session_id: str = Query("", max_length=128), output: Optional[str] = Query(None, max_length=16),
-                    params: str = Form("{}"), file: Optional[UploadFile] = File(None),
-                    label: Optional[UploadFile] = File(None)) -> Response:
+    async def infer(
+        request: Request,
+        model: str,
+        image: str = Query("", max_length=128),
+        session_id: str = Query("", max_length=128),
+        output: Optional[str] = Query(None, max_length=16),
+        params: str = Form("{}"),
+        file: Optional[UploadFile] = File(None),
+        label: Optional[UploadFile] = File(None),
+    ) -> Response:
         if model not in (MODEL, PREDICT_MODEL):
             raise NotFoundError(f"no model {model!r}; this server has {MODEL!r} and {PREDICT_MODEL!r}")
         p = _params(params)
@@ -329,8 +367,9 @@ def router(srv: ServerState) -> APIRouter:
             if lease is None:
                 srv.leases.reserve()
                 s = await run_in_threadpool(eng.open, np.asarray(vol.array, dtype=np.float32), list(vol.spacing), axis)
-                lease = srv.leases.add(Lease(s, principal(request).name, like=vol,
-                                             meta={"monai_image": image_id, "drawn": {}}))
+                lease = srv.leases.add(
+                    Lease(s, principal(request).name, like=vol, meta={"monai_image": image_id, "drawn": {}})
+                )
             k = int(p.get("proposals", 3)) if isinstance(p.get("proposals", 3), int) else 3
 
             def work():
@@ -370,15 +409,23 @@ def router(srv: ServerState) -> APIRouter:
                 lease.touch()
                 res, nxt, timings = await run_in_threadpool(work)
             mask = res.astype(dtype)
-            out_params.update(drawn=sorted(drawn), proposals=[int(z) for z in nxt], timings=timings,
-                              session=lease.id, fusion_weight=lease.session.fusion_weight)
+            out_params.update(
+                drawn=sorted(drawn),
+                proposals=[int(z) for z in nxt],
+                timings=timings,
+                session=lease.id,
+                fusion_weight=lease.session.fusion_weight,
+            )
         if output == "json":
             return JSONResponse(out_params)
         data = await run_in_threadpool(C.write_volume_bytes, mask, vol, fmt)
         name = f"{image_id}_{model}{C.FILE_FORMATS[fmt]}"
         if output == "image":
-            return Response(data, media_type="application/octet-stream",
-                            headers={"Content-Disposition": f'attachment; filename="{name}"'})
+            return Response(
+                data,
+                media_type="application/octet-stream",
+                headers={"Content-Disposition": f'attachment; filename="{name}"'},
+            )
         return _multipart(out_params, name, data)
 
     return r

@@ -13,14 +13,28 @@ from . import codecs as C
 from .core import ServerState
 from .leases import Lease
 
-BINARY_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {
-    "schema": {"type": "string", "format": "binary"}}}}}
-OPTIONAL_BINARY_BODY = {"requestBody": {"required": False, "content": {"application/octet-stream": {
-    "schema": {"type": "string", "format": "binary"}}}}}
-FRAME_RESPONSE = {200: {"description": "a dilseg frame (JSON meta + raw array, see engine.server.codecs)",
-                        "content": {C.FRAME_TYPE: {"schema": {"type": "string", "format": "binary"}},
-                                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-                  304: {"description": "not modified (If-None-Match)"}}
+BINARY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+OPTIONAL_BINARY_BODY = {
+    "requestBody": {
+        "required": False,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+FRAME_RESPONSE = {
+    200: {
+        "description": "a dilseg frame (JSON meta + raw array, see engine.server.codecs)",
+        "content": {
+            C.FRAME_TYPE: {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    304: {"description": "not modified (If-None-Match)"},
+}
 
 
 class DType(str, enum.Enum):
@@ -71,9 +85,21 @@ def session_info(lease: Lease, srv: ServerState) -> dict:
     like = lease.like
     geometry = None
     if like is not None:
-        geometry = {"spacing": list(like.spacing), "origin": list(like.origin),
-                    "direction": np.asarray(like.direction).tolist()}
-    return {"session_id": lease.id, "shape": list(s.shape), "axis": s.axis, "spacing": list(s.spacing),
-            "extent": list(s.extent) if s.extent is not None else None, "annotated": annotated_dict(s),
-            "rounds": s.rounds, "fusion_weight": s.fusion_weight, "geometry": geometry, "owner": lease.owner,
-            "lease": {"idle_timeout_s": srv.limits.idle_timeout_s, "lease_timeout_s": srv.limits.lease_timeout_s}}
+        geometry = {
+            "spacing": list(like.spacing),
+            "origin": list(like.origin),
+            "direction": np.asarray(like.direction).tolist(),
+        }
+    return {
+        "session_id": lease.id,
+        "shape": list(s.shape),
+        "axis": s.axis,
+        "spacing": list(s.spacing),
+        "extent": list(s.extent) if s.extent is not None else None,
+        "annotated": annotated_dict(s),
+        "rounds": s.rounds,
+        "fusion_weight": s.fusion_weight,
+        "geometry": geometry,
+        "owner": lease.owner,
+        "lease": {"idle_timeout_s": srv.limits.idle_timeout_s, "lease_timeout_s": srv.limits.lease_timeout_s},
+    }

@@ -81,7 +81,9 @@ class StateDir:
             return slot
 
     def _prune(self, keep_name: str) -> None:
-        names = sorted((p.name for p in self.slots.iterdir() if p.is_dir()), key=lambda n: (self.slots / n).stat().st_mtime)
+        names = sorted(
+            (p.name for p in self.slots.iterdir() if p.is_dir()), key=lambda n: (self.slots / n).stat().st_mtime
+        )
         old = [n for n in names if n != keep_name][: max(0, len(names) - KEEP)]
         for n in old:
             shutil.rmtree(self.slots / n, ignore_errors=True)

@@ -18,9 +18,11 @@ PREFIX = "/web"
 
 #: what the page may load and call: its own origin only (NiiVue's shaders and fonts
 #: are in the bundle; images it makes itself are data: / blob: URLs)
-CSP = ("default-src 'self'; script-src 'self'; connect-src 'self'; img-src 'self' data: blob:; "
-       "style-src 'self' 'unsafe-inline'; worker-src 'self' blob:; font-src 'self' data:; object-src 'none'; "
-       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; connect-src 'self'; img-src 'self' data: blob:; "
+    "style-src 'self' 'unsafe-inline'; worker-src 'self' blob:; font-src 'self' data:; object-src 'none'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 class WebBuildMissing(RuntimeError):
@@ -41,10 +43,12 @@ def check_dir(folder: Union[str, os.PathLike, None]) -> Path:
     path = Path(folder) if folder else default_dir()
     missing = [f for f in ("index.html", "app.js") if not (path / f).is_file()]
     if missing:
-        raise WebBuildMissing(f"the web page is not built: {', '.join(missing)} missing in {path}. "
-                              "Run `make web` in the dilseg checkout (npm ci from clients/web/package-lock.json, "
-                              "then the esbuild bundle into clients/web/dist), or point --web / DILSEG_WEB_DIR "
-                              "at a built folder")
+        raise WebBuildMissing(
+            f"the web page is not built: {', '.join(missing)} missing in {path}. "
+            "Run `make web` in the dilseg checkout (npm ci from clients/web/package-lock.json, "
+            "then the esbuild bundle into clients/web/dist), or point --web / DILSEG_WEB_DIR "
+            "at a built folder"
+        )
     return path
 
 
@@ -58,8 +62,12 @@ class _Headers:
         async def with_headers(msg):
             if msg["type"] == "http.response.start":
                 headers = list(msg.get("headers", []))
-                headers += [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
-                            (b"referrer-policy", b"no-referrer"), (b"cache-control", b"no-cache")]
+                headers += [
+                    (b"content-security-policy", CSP.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"cache-control", b"no-cache"),
+                ]
                 msg = dict(msg, headers=headers)
             await send(msg)
 

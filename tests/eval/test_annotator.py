@@ -86,8 +86,7 @@ def test_missing_small_islands() -> None:
     never = SimulatedAnnotator(vol, miss_islands=0.0)
     np.testing.assert_array_equal(never.draw(1), vol[1])
     # with p = 0.5, over many seeds both outcomes occur for an island
-    kept = {int(SimulatedAnnotator(vol, miss_islands=0.5, seed=s).draw(1)[25, 25])
-            for s in range(20)}
+    kept = {int(SimulatedAnnotator(vol, miss_islands=0.5, seed=s).draw(1)[25, 25]) for s in range(20)}
     assert kept == {0, 1}
 
 
@@ -118,8 +117,14 @@ def test_errors(label: np.ndarray) -> None:
         SimulatedAnnotator(label * 2)
     with pytest.raises(ShapeError):
         SimulatedAnnotator(label[0])
-    for kwargs in ({"axis": 3}, {"jitter": -1}, {"jitter": 0.5}, {"miss_islands": 1.5},
-                   {"seed": -2}, {"island_size": 0}):
+    for kwargs in (
+        {"axis": 3},
+        {"jitter": -1},
+        {"jitter": 0.5},
+        {"miss_islands": 1.5},
+        {"seed": -2},
+        {"island_size": 0},
+    ):
         with pytest.raises(InputError):
             SimulatedAnnotator(label, **kwargs)
     empty = SimulatedAnnotator(np.zeros((4, 5, 6), np.uint8))

@@ -11,7 +11,7 @@ from engine.eval import metrics as M
 
 def _cube(shape=(6, 8, 8), lo=(1, 2, 2), hi=(5, 6, 6)) -> np.ndarray:
     m = np.zeros(shape, dtype=np.uint8)
-    m[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 1
+    m[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = 1
     return m
 
 
@@ -82,8 +82,7 @@ def test_numba_equals_numpy_on_random_masks(axis: int) -> None:
     rng = np.random.default_rng(axis)
     for density in (0.1, 0.5, 0.9):
         m = rng.random((9, 13, 11)) < density
-        np.testing.assert_array_equal(M.boundary_counts(m, axis, "numba"),
-                                      M.boundary_counts(m, axis, "numpy"))
+        np.testing.assert_array_equal(M.boundary_counts(m, axis, "numba"), M.boundary_counts(m, axis, "numpy"))
     with pytest.raises(InputError):
         M.boundary_counts(m, axis, "cuda")
 

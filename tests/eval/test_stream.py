@@ -4,10 +4,7 @@ interruption gives identical numbers, the output files, the `dilseg run` CLI."""
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -34,10 +31,33 @@ def _tiny(**kw) -> StreamConfig:
     return cfg
 
 
-ROUND_FIELDS = {"round", "slices", "proxy", "model", "fused", "n_drawn", "effort_slices", "effort_labor", "seconds",
-                "timings_ms"}
-CASE_FIELDS = {"index", "name", "extent", "before", "proxy", "model", "fused", "n_drawn", "object_slices",
-               "effort_slices", "effort_labor", "seconds", "rounds"}
+ROUND_FIELDS = {
+    "round",
+    "slices",
+    "proxy",
+    "model",
+    "fused",
+    "n_drawn",
+    "effort_slices",
+    "effort_labor",
+    "seconds",
+    "timings_ms",
+}
+CASE_FIELDS = {
+    "index",
+    "name",
+    "extent",
+    "before",
+    "proxy",
+    "model",
+    "fused",
+    "n_drawn",
+    "object_slices",
+    "effort_slices",
+    "effort_labor",
+    "seconds",
+    "rounds",
+}
 
 
 def _strip(obj):
@@ -117,8 +137,17 @@ def test_protocol_logs_every_field(tiny_run):
 
 def test_outputs_written(tiny_run):
     cfg, out, logs, _ = tiny_run
-    for name in ("results.json", "cases.csv", "rounds.csv", "heldout.csv", "report.md", "dice_per_case.png",
-                 "dice_vs_effort.png", "heldout.png", "config.json"):
+    for name in (
+        "results.json",
+        "cases.csv",
+        "rounds.csv",
+        "heldout.csv",
+        "report.md",
+        "dice_per_case.png",
+        "dice_vs_effort.png",
+        "heldout.png",
+        "config.json",
+    ):
         assert (out / name).stat().st_size > 0, name
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -230,8 +259,24 @@ def test_cli_runs_end_to_end(tmp_path, capsys):
         parser = argparse.ArgumentParser(prog="dilseg")
         add_run_parser(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "run"
-    args = parser.parse_args(["run", "--preset", "tiny", "--out", str(out), "--device", "cpu", "--methods",
-                              "ours,proxy_even", "--cases", "2", "--no-progress", "--set", "eval_every=1"])
+    args = parser.parse_args(
+        [
+            "run",
+            "--preset",
+            "tiny",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--methods",
+            "ours,proxy_even",
+            "--cases",
+            "2",
+            "--no-progress",
+            "--set",
+            "eval_every=1",
+        ]
+    )
     assert args.func(args) == 0
     text = capsys.readouterr().out
     assert "## Headline" in text and "| ours |" in text and "proxy_even" in text

@@ -61,14 +61,11 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
     (root / SUBDIR / LA2018_CASE_IDS[2]).mkdir()
     (root / SUBDIR / LA2018_CASE_IDS[2] / "mri_norm2.h5").write_bytes(b"not h5 at all")
     handler = type("Handler", (_Handler,), {"requests": []})
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/2018LA_Seg_Training%20Set", root, \
-            handler.requests
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/2018LA_Seg_Training%20Set", root, handler.requests
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -109,7 +106,8 @@ def test_ids_and_urls() -> None:
     assert len(LA2018_CASE_IDS) == 100 and list(LA2018_CASE_IDS) == sorted(LA2018_CASE_IDS)
     assert case_url(LA2018_CASE_IDS[0]) == (
         "https://raw.githubusercontent.com/yulequan/UA-MT/master/data/"
-        "2018LA_Seg_Training%20Set/06SR5RBREL16DQ6M8LWS/mri_norm2.h5")
+        "2018LA_Seg_Training%20Set/06SR5RBREL16DQ6M8LWS/mri_norm2.h5"
+    )
     assert DEFAULT_BASE_URL.endswith("%20Set")
 
 
@@ -125,8 +123,7 @@ def test_ids_match_shared_manifest(la_dir: Path) -> None:
 def test_download_and_convert(tmp_path: Path, server) -> None:
     base, _, requests = server
     out = tmp_path / "out"
-    paths = download_la2018(out, base_url=base, cases=[1, LA2018_CASE_IDS[0]], timeout=5,
-                            progress=False)
+    paths = download_la2018(out, base_url=base, cases=[1, LA2018_CASE_IDS[0]], timeout=5, progress=False)
     assert [p.name for p in paths] == ["la_000.npz", "la_001.npz"]
     for idx, path in enumerate(paths):
         with np.load(path) as z:

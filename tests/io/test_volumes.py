@@ -59,8 +59,7 @@ def test_round_trip_3d(tmp_path: Path, suffix: str, dtype) -> None:
 @pytest.mark.parametrize("suffix", SUFFIXES)
 def test_round_trip_2d_and_bool(tmp_path: Path, suffix: str) -> None:
     arr2 = np.arange(35, dtype=np.int16).reshape(5, 7) - 10
-    write_volume(tmp_path / f"a{suffix}", arr2, spacing=(0.7, 0.9), origin=(1.0, -2.0),
-                 direction=FLIP2)
+    write_volume(tmp_path / f"a{suffix}", arr2, spacing=(0.7, 0.9), origin=(1.0, -2.0), direction=FLIP2)
     vol = read_volume(tmp_path / f"a{suffix}")
     np.testing.assert_array_equal(vol.array, arr2)
     assert vol.array.dtype == np.int16
@@ -157,14 +156,18 @@ def test_meta_axis_order_is_reversed_itk_order(tmp_path: Path) -> None:
     assert tuple(img.GetSpacing()) == (1.0, 2.0, 3.0)
 
 
-@pytest.mark.parametrize("space,signs", [("right-anterior-superior", (-1.0, -1.0, 1.0)),
-                                         ("left-anterior-superior", (1.0, -1.0, 1.0)),
-                                         ("left-posterior-superior", (1.0, 1.0, 1.0))])
+@pytest.mark.parametrize(
+    "space,signs",
+    [
+        ("right-anterior-superior", (-1.0, -1.0, 1.0)),
+        ("left-anterior-superior", (1.0, -1.0, 1.0)),
+        ("left-posterior-superior", (1.0, 1.0, 1.0)),
+    ],
+)
 def test_nrrd_spaces_are_converted_to_lps(tmp_path: Path, space: str, signs) -> None:
     nrrd = pytest.importorskip("nrrd")
     arr = np.zeros((3, 4, 5), np.int16)
-    header = {"space": space, "space origin": np.array([1.0, 2.0, 3.0]),
-              "space directions": np.diag([0.5, 0.5, 2.0])}
+    header = {"space": space, "space origin": np.array([1.0, 2.0, 3.0]), "space directions": np.diag([0.5, 0.5, 2.0])}
     nrrd.write(str(tmp_path / "s.nrrd"), arr, header)
     vol = read_volume(tmp_path / "s.nrrd")
     assert vol.origin == tuple(np.multiply(signs, (1.0, 2.0, 3.0)))

@@ -171,7 +171,9 @@ def test_failed_save_keeps_previous_file(tiny_config, blob_case, tmp_path, monke
                 raise OSError(28, "No space left on device")
 
         def fdopen(fd, mode="r", *args, **kwargs):
-            return Failing(real_fdopen(fd, "wb", buffering=0)) if "w" in mode else real_fdopen(fd, mode, *args, **kwargs)
+            return (
+                Failing(real_fdopen(fd, "wb", buffering=0)) if "w" in mode else real_fdopen(fd, mode, *args, **kwargs)
+            )
 
         monkeypatch.setattr(os, "fdopen", fdopen)
     else:

@@ -16,8 +16,10 @@ from engine.learn import sampler as sampler_mod
 
 def _state(tr: Trainer):
     params = [p.detach().clone() for p in tr.model.parameters()]
-    opt = {id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
-           for p, s in tr.optimizer.state.items()}
+    opt = {
+        id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
+        for p, s in tr.optimizer.state.items()
+    }
     return params, opt
 
 
@@ -25,8 +27,10 @@ def _same_state(a, b) -> bool:
     (pa, oa), (pb, ob) = a, b
     if not all(torch.equal(x, y) for x, y in zip(pa, pb)) or oa.keys() != ob.keys():
         return False
-    return all(all(torch.equal(oa[k][n], ob[k][n]) if torch.is_tensor(oa[k][n]) else oa[k][n] == ob[k][n]
-                   for n in oa[k]) for k in oa)
+    return all(
+        all(torch.equal(oa[k][n], ob[k][n]) if torch.is_tensor(oa[k][n]) else oa[k][n] == ob[k][n] for n in oa[k])
+        for k in oa
+    )
 
 
 def test_a_nan_batch_skips_the_step_and_changes_nothing(tiny_config):
@@ -58,8 +62,7 @@ def test_inf_gradients_are_skipped_too(tiny_config):
 
 
 def _config():
-    learn = LearnConfig(base_width=4, depth=2, precision="fp32", channels_last=False, patch=(8, 16, 16),
-                        batch_size=2)
+    learn = LearnConfig(base_width=4, depth=2, precision="fp32", channels_last=False, patch=(8, 16, 16), batch_size=2)
     return engine.Config(device="cpu", learn=learn, steps=3, replay_capacity=16, replay_patches_per_case=4)
 
 

@@ -61,16 +61,24 @@ def test_thick_slices_get_no_pooling_and_1x3x3_kernels_across_them(phantom):
 def test_a_finely_resolved_object_is_resampled_coarser():
     case = phantom_case(5, shape=(40, 64, 56))
     fine = engine.io.Case(case.name, case.image, case.label, (0.5, 0.5, 0.5), 0)  # same voxels, 0.5 mm
-    big = engine.io.Case(case.name, np.repeat(np.repeat(np.repeat(case.image, 4, 0), 4, 1), 4, 2),
-                         np.repeat(np.repeat(np.repeat(case.label, 4, 0), 4, 1), 4, 2), (0.3125,) * 3, 0)
+    big = engine.io.Case(
+        case.name,
+        np.repeat(np.repeat(np.repeat(case.image, 4, 0), 4, 1), 4, 2),
+        np.repeat(np.repeat(np.repeat(case.label, 4, 0), 4, 1), 4, 2),
+        (0.3125,) * 3,
+        0,
+    )
     assert make_plan(_fingerprint(fine), LearnConfig(), CPU).learn.target_spacing == (0.5, 0.5, 0.5)
     plan = make_plan(_fingerprint(big), LearnConfig(), CPU)
     lc = plan.learn
     k = lc.target_spacing[0] / 0.3125
-    assert k >= 2 and k == 2 ** round(np.log2(k)) and lc.target_spacing[0] == lc.target_spacing[1] == lc.target_spacing[2]
+    assert (
+        k >= 2 and k == 2 ** round(np.log2(k)) and lc.target_spacing[0] == lc.target_spacing[1] == lc.target_spacing[2]
+    )
     assert any("coarser" in r for r in plan.reasons)
     assert grid_size((160, 256, 224), (0.3125,) * 3, lc.target_spacing) == tuple(
-        int(round(n / k)) for n in (160, 256, 224))
+        int(round(n / k)) for n in (160, 256, 224)
+    )
 
 
 def test_ct_like_intensities_get_a_fixed_foreground_window(phantom):
@@ -84,8 +92,14 @@ def test_ct_like_intensities_get_a_fixed_foreground_window(phantom):
 
 
 def test_every_field_set_in_learnconfig_wins(phantom):
-    given = LearnConfig(patch=(8, 16, 16), batch_size=3, normalize="zscore", target_spacing=(2.0, 2.0, 2.0),
-                        strides=((1, 2, 2),) * 3, kernels=((1, 3, 3),) * 4)
+    given = LearnConfig(
+        patch=(8, 16, 16),
+        batch_size=3,
+        normalize="zscore",
+        target_spacing=(2.0, 2.0, 2.0),
+        strides=((1, 2, 2),) * 3,
+        kernels=((1, 3, 3),) * 4,
+    )
     lc = make_plan(_fingerprint(phantom), given, CPU).learn
     assert (lc.patch, lc.batch_size, lc.normalize, lc.target_spacing) == ((8, 16, 16), 3, "zscore", (2.0, 2.0, 2.0))
     assert lc.strides == ((1, 2, 2),) * 3 and lc.kernels == ((1, 3, 3),) * 4
@@ -100,8 +114,7 @@ def test_resample_round_trip_shapes():
 
 
 def _tiny(**kw):
-    learn = LearnConfig(base_width=4, depth=2, precision="fp32", channels_last=False, patch_voxels=4 * 16 * 16,
-                        **kw)
+    learn = LearnConfig(base_width=4, depth=2, precision="fp32", channels_last=False, patch_voxels=4 * 16 * 16, **kw)
     return engine.Config(device="cpu", learn=learn, steps=2, replay_capacity=16, replay_patches_per_case=4)
 
 
@@ -132,8 +145,9 @@ def test_engine_plans_at_the_first_learning_saves_the_plan_and_refuses_changes(t
     back = engine.Engine.load(tmp_path / "e")
     assert back.plan.to_dict() == eng.plan.to_dict()
     assert back.fingerprint.to_dict() == eng.fingerprint.to_dict()
-    np.testing.assert_array_equal(back.predict(thick.image, spacing=thick.spacing),
-                                  eng.predict(thick.image, spacing=thick.spacing))
+    np.testing.assert_array_equal(
+        back.predict(thick.image, spacing=thick.spacing), eng.predict(thick.image, spacing=thick.spacing)
+    )
     with pytest.raises(E.InputError, match="cannot change on a running engine"):
         eng.reconfigure(learn=LearnConfig(patch=(4, 8, 8)))
 
@@ -149,8 +163,13 @@ def test_an_unplanned_engine_saves_and_loads(tmp_path):
 
 def test_a_finer_case_is_learned_on_the_planned_grid():
     case = phantom_case(8, shape=(24, 32, 28))
-    fine = engine.io.Case(case.name, np.repeat(np.repeat(np.repeat(case.image, 4, 0), 4, 1), 4, 2),
-                          np.repeat(np.repeat(np.repeat(case.label, 4, 0), 4, 1), 4, 2), (0.2,) * 3, 0)
+    fine = engine.io.Case(
+        case.name,
+        np.repeat(np.repeat(np.repeat(case.image, 4, 0), 4, 1), 4, 2),
+        np.repeat(np.repeat(np.repeat(case.label, 4, 0), 4, 1), 4, 2),
+        (0.2,) * 3,
+        0,
+    )
     eng = engine.Engine(_tiny(target_spacing=(0.8, 0.8, 0.8)))  # 4x coarser than the case
     s = _session_round(eng, fine)
     assert eng.grid(s.image.shape, (0.2,) * 3) == (24, 32, 28)

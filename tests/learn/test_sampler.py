@@ -8,6 +8,7 @@ import torch
 from engine.errors import InputError, ShapeError
 from engine.learn import PatchSampler, extract_patches, random_flip
 
+
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
@@ -17,8 +18,14 @@ def test_residual_draw_probabilities():
     residual = torch.zeros(shape)
     residual[:10] = 1.0  # half the volume carries all the residual
     s = PatchSampler(
-        torch.randn(shape), torch.zeros(shape), torch.ones(shape), (1, 1, 1),
-        residual=residual, fg_fraction=0.0, floor=0.2, generator=_gen(),
+        torch.randn(shape),
+        torch.zeros(shape),
+        torch.ones(shape),
+        (1, 1, 1),
+        residual=residual,
+        fg_fraction=0.0,
+        floor=0.2,
+        generator=_gen(),
     )
     starts = s.sample_starts(20000)
     frac = float((starts[:, 0] < 10).float().mean())
@@ -32,8 +39,14 @@ def test_residual_proportional_within_region():
     residual[0, 0, 0] = 3.0
     residual[9, 9, 9] = 1.0
     s = PatchSampler(
-        torch.randn(shape), torch.zeros(shape), torch.ones(shape), (1, 1, 1),
-        residual=residual, fg_fraction=0.0, floor=0.01, generator=_gen(1),
+        torch.randn(shape),
+        torch.zeros(shape),
+        torch.ones(shape),
+        (1, 1, 1),
+        residual=residual,
+        fg_fraction=0.0,
+        floor=0.01,
+        generator=_gen(1),
     )
     starts = s.sample_starts(20000)
     a = float((starts == 0).all(dim=1).float().mean())
@@ -46,9 +59,7 @@ def test_foreground_balance():
     shape = (20, 20, 20)
     target = torch.zeros(shape)
     target[4:6, 4:6, 4:6] = 1.0
-    s = PatchSampler(
-        torch.randn(shape), target, torch.ones(shape), (1, 1, 1), fg_fraction=0.3, generator=_gen(2)
-    )
+    s = PatchSampler(torch.randn(shape), target, torch.ones(shape), (1, 1, 1), fg_fraction=0.3, generator=_gen(2))
     assert s.has_foreground
     starts = s.sample_starts(20000)
     on_fg = target[starts[:, 0], starts[:, 1], starts[:, 2]]
@@ -98,8 +109,14 @@ def test_sampling_is_reproducible_with_seed():
 def test_sample_does_not_read_back(no_host_reads):
     shape = (10, 12, 14)
     residual = torch.rand(shape)
-    s = PatchSampler(torch.randn(shape), (torch.rand(shape) > 0.7).float(), torch.ones(shape), (4, 4, 4),
-                     residual=residual, generator=_gen())
+    s = PatchSampler(
+        torch.randn(shape),
+        (torch.rand(shape) > 0.7).float(),
+        torch.ones(shape),
+        (4, 4, 4),
+        residual=residual,
+        generator=_gen(),
+    )
     with no_host_reads():
         img, tgt, wgt = s.sample(4)
         random_flip([img, tgt, wgt], _gen())

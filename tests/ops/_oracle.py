@@ -132,8 +132,13 @@ def has_kernel(op: str, backend: str) -> bool:
 
 def kernel_dtype(mod, dtype):
     """The compiled module's named element type for a torch dtype."""
-    names = {torch.float32: "Float32", torch.float64: "Float64", torch.float16: "Float16",
-             torch.bfloat16: "BFloat16", torch.uint8: "UInt8"}
+    names = {
+        torch.float32: "Float32",
+        torch.float64: "Float64",
+        torch.float16: "Float16",
+        torch.bfloat16: "BFloat16",
+        torch.uint8: "UInt8",
+    }
     return getattr(mod.DType, names[dtype])
 
 

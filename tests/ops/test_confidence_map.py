@@ -41,8 +41,10 @@ def test_reference_matches_brute_force():
     for D, H, W in SHAPES:
         for axes in _axes(D, H, W, D):
             got = confidence_map_reference(*axes, [D, H, W])
-            exp = torch.maximum(torch.maximum(_brute(axes[0], D).view(D, 1, 1), _brute(axes[1], H).view(1, H, 1)),
-                                _brute(axes[2], W).view(1, 1, W))
+            exp = torch.maximum(
+                torch.maximum(_brute(axes[0], D).view(D, 1, 1), _brute(axes[1], H).view(1, H, 1)),
+                _brute(axes[2], W).view(1, 1, W),
+            )
             assert torch.equal(got, exp.expand(D, H, W))
 
 
@@ -97,8 +99,11 @@ def test_triton_interpreter_matches_reference():
 
 def test_opcheck():
     a = torch.tensor([True, False, False, True, False])
-    torch.library.opcheck(torch.ops.dilseg.confidence_map.default, (a, None, torch.tensor([False, True]), [5, 3, 2]),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.dilseg.confidence_map.default,
+        (a, None, torch.tensor([False, True]), [5, 3, 2]),
+        test_utils=("test_schema", "test_faketensor"),
+    )
 
 
 @pytest.mark.parametrize(

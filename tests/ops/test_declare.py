@@ -16,8 +16,16 @@ from engine.ops._declare import registry
 
 from ._oracle import requires_cpu_ext, smooth_field
 
-OPS = ["warp2d", "warp2d_backward", "propagate_chain", "confidence_map",
-       "slice_residuals", "select_slices", "demons_step", "regularize_field"]
+OPS = [
+    "warp2d",
+    "warp2d_backward",
+    "propagate_chain",
+    "confidence_map",
+    "slice_residuals",
+    "select_slices",
+    "demons_step",
+    "regularize_field",
+]
 
 
 def test_every_op_is_declared_once_with_its_backends():
@@ -38,7 +46,7 @@ def test_every_op_is_declared_once_with_its_backends():
 def test_backend_table_reports_what_serves():
     table = O.backend_table()
     assert set(table) == set(OPS)
-    for name, row in table.items():
+    for row in table.values():
         assert row["backends"][0] == "reference"
         assert row["cpu"] in ("cpu", "reference") and row["cuda"] in ("cuda", "triton", "reference")
 

@@ -12,8 +12,14 @@ from engine.errors import DTypeError, InputError, NonFiniteError, ShapeError
 from engine.ops import demons_step, demons_step_reference, warp2d_reference
 
 from ._oracle import (
-    TOLERANCES, assert_close, has_kernel, load_backend, poisoned, rand,
-    requires_cpu_ext, smooth_field, triton_interpret,
+    assert_close,
+    has_kernel,
+    load_backend,
+    poisoned,
+    rand,
+    requires_cpu_ext,
+    smooth_field,
+    triton_interpret,
 )
 
 DS = sys.modules["engine.ops.demons_step"]
@@ -73,8 +79,9 @@ def test_cpu_kernel_writes_every_output_element():
     N, H, W = 3, 10, 7
     f, m, u, g = (t.contiguous() for t in _inputs(N, H, W, seed=9))
     out = poisoned((N, 2, H, W), torch.float32)
-    load_backend("cpu").demons_step(f.data_ptr(), m.data_ptr(), u.data_ptr(), g.data_ptr(), out.data_ptr(), N, H, W,
-                                  1.0, 2)
+    load_backend("cpu").demons_step(
+        f.data_ptr(), m.data_ptr(), u.data_ptr(), g.data_ptr(), out.data_ptr(), N, H, W, 1.0, 2
+    )
     assert_close(out, demons_step_reference(f, m, u, g, 1.0))
 
 
@@ -91,8 +98,9 @@ def test_triton_interpreter_matches_reference():
 def test_public_entry_and_opcheck():
     args = _inputs(2, 6, 5, seed=3)
     assert_close(demons_step(*args, 1.0), demons_step_reference(*args, 1.0))
-    torch.library.opcheck(torch.ops.dilseg.demons_step.default, (*args, 1.0),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.dilseg.demons_step.default, (*args, 1.0), test_utils=("test_schema", "test_faketensor")
+    )
 
 
 def _bad(which, value):
@@ -136,9 +144,16 @@ def test_out_buffer_is_written_and_checked():
     out = poisoned(u.shape, torch.float32)
     assert demons_step(f, m, u, g, 1.0, out=out) is out
     assert_close(out, demons_step_reference(f, m, u, g, 1.0))
-    for bad, err in ((u, InputError), (g, InputError), (torch.empty(3, 2, 8, 6), ShapeError),
-                     (torch.empty(3, 2, 8, 7, dtype=torch.float64), DTypeError)):
+    for bad, err in (
+        (u, InputError),
+        (g, InputError),
+        (torch.empty(3, 2, 8, 6), ShapeError),
+        (torch.empty(3, 2, 8, 7, dtype=torch.float64), DTypeError),
+    ):
         with pytest.raises(err):
             demons_step(f, m, u, g, 1.0, out=bad)
-    torch.library.opcheck(torch.ops.dilseg.demons_step_out.default, (f, m, u, g, 1.0, torch.empty_like(u)),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.dilseg.demons_step_out.default,
+        (f, m, u, g, 1.0, torch.empty_like(u)),
+        test_utils=("test_schema", "test_faketensor"),
+    )

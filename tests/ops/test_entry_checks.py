@@ -74,8 +74,9 @@ def test_default_entry_reads_no_value(name, monkeypatch):
 
 
 @requires_cpu_ext
-@pytest.mark.parametrize("name", [n for n in _calls() if n not in ("confidence_map", "confidence_vector",
-                                                                     "select_slices")])
+@pytest.mark.parametrize(
+    "name", [n for n in _calls() if n not in ("confidence_map", "confidence_vector", "select_slices")]
+)
 def test_value_scans_run_when_asked(name, monkeypatch):
     count = _Count(torch.isfinite)
     monkeypatch.setattr(torch, "isfinite", count)
@@ -99,6 +100,7 @@ def test_opt_in_scans_raise_their_typed_errors():
 
 # --- GPU (skipped centrally without a CUDA device) -----------------------------------
 
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_gpu_entries_make_no_host_sync(backend, monkeypatch):
@@ -108,14 +110,17 @@ def test_gpu_entries_make_no_host_sync(backend, monkeypatch):
     if _backends.load(backend) is None:
         pytest.skip(_backends.status(backend).detail)
     calls = _calls("cuda")
-    served = {n: c for n, c in calls.items()
-              if has_kernel(n.split()[0].replace("confidence_vector", "confidence_map"), backend)}
+    served = {
+        n: c
+        for n, c in calls.items()
+        if has_kernel(n.split()[0].replace("confidence_vector", "confidence_map"), backend)
+    }
     for c in served.values():
         c()  # warm-up: jit, module load
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for name, c in served.items():
+        for c in served.values():
             c()
     finally:
         torch.cuda.set_sync_debug_mode("default")

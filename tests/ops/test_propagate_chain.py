@@ -15,8 +15,15 @@ from engine.errors import DTypeError, InputError, MaskError, NonFiniteError, Sha
 from engine.ops import propagate_chain, propagate_chain_reference
 
 from ._oracle import (
-    FixedThreads, assert_close, cpu_ext_loaded, has_kernel, load_backend,
-    poisoned, requires_cpu_ext, smooth_field, triton_interpret,
+    FixedThreads,
+    assert_close,
+    cpu_ext_loaded,
+    has_kernel,
+    load_backend,
+    poisoned,
+    requires_cpu_ext,
+    smooth_field,
+    triton_interpret,
 )
 
 PC = sys.modules["engine.ops.propagate_chain"]
@@ -82,6 +89,7 @@ def _margin_ok(masks, ann, res, min_mass, margin=2e-3):
 
 
 # --- properties of the reference ----------------------------------------------------
+
 
 def test_zero_fields_copy_the_mask():
     masks, ann, fwd, bwd = _case(9, 11, 13, [3])
@@ -223,11 +231,30 @@ def test_cpu_kernel_writes_every_output_element():
     for idx in ([2, 3], [], [7]):
         ann = torch.zeros(8, dtype=torch.bool)
         ann[idx] = True
-        outs = [poisoned((8, 7, 6), torch.float32), poisoned((8, 7, 6), torch.float32), poisoned((8,), torch.int32),
-                poisoned((8,), torch.int32), poisoned((8, 7, 6), torch.float32), poisoned((8,), torch.float32)]
-        mod.propagate_chain(masks.data_ptr(), list(masks.stride()), mod.DType.Float32, ann.data_ptr(), 1,
-                            fwd.data_ptr(), list(fwd.stride()), bwd.data_ptr(), list(bwd.stride()),
-                            *[o.data_ptr() for o in outs], [8, 7, 6], 0.02, mod.Fuse.Nearest, 2)
+        outs = [
+            poisoned((8, 7, 6), torch.float32),
+            poisoned((8, 7, 6), torch.float32),
+            poisoned((8,), torch.int32),
+            poisoned((8,), torch.int32),
+            poisoned((8, 7, 6), torch.float32),
+            poisoned((8,), torch.float32),
+        ]
+        mod.propagate_chain(
+            masks.data_ptr(),
+            list(masks.stride()),
+            mod.DType.Float32,
+            ann.data_ptr(),
+            1,
+            fwd.data_ptr(),
+            list(fwd.stride()),
+            bwd.data_ptr(),
+            list(bwd.stride()),
+            *[o.data_ptr() for o in outs],
+            [8, 7, 6],
+            0.02,
+            mod.Fuse.Nearest,
+            2,
+        )
         _check_same(outs, propagate_chain_reference(masks, ann, fwd, bwd, 0.02, "nearest"), str(idx))
 
 
@@ -257,13 +284,20 @@ def test_nonfinite_fields_stay_memory_safe():
 
 # --- custom op, validation ------------------------------------------------------------
 
+
 def test_opcheck_and_compile():
     masks, ann, fwd, bwd = _case(6, 5, 7, [1, 4])
     for fuse in ("none", "linear"):
-        torch.library.opcheck(torch.ops.dilseg.propagate_chain.default, (masks, ann, fwd, bwd, 0.02, fuse),
-                              test_utils=("test_schema", "test_faketensor"))
-    fn = torch.compile(lambda m, a, f, b: propagate_chain(m, a, f, b, fuse="linear", check_inputs=False).q * 2,
-                       backend="eager", fullgraph=True)
+        torch.library.opcheck(
+            torch.ops.dilseg.propagate_chain.default,
+            (masks, ann, fwd, bwd, 0.02, fuse),
+            test_utils=("test_schema", "test_faketensor"),
+        )
+    fn = torch.compile(
+        lambda m, a, f, b: propagate_chain(m, a, f, b, fuse="linear", check_inputs=False).q * 2,
+        backend="eager",
+        fullgraph=True,
+    )
     assert_close(fn(masks, ann, fwd, bwd), propagate_chain_reference(masks, ann, fwd, bwd, 0.02, "linear")[4] * 2)
 
 
@@ -276,8 +310,10 @@ def test_opcheck_and_compile():
         (lambda m, a, f, b: (m, a[1:], f, b, {}), ShapeError),
         (lambda m, a, f, b: (m.int(), a, f, b, {}), DTypeError),
         (lambda m, a, f, b: (m, a, f.double(), b, {}), DTypeError),
-        (lambda m, a, f, b: (m, a, f.index_fill(0, torch.tensor([1]), float("nan")), b, {"check_inputs": True}),
-         NonFiniteError),
+        (
+            lambda m, a, f, b: (m, a, f.index_fill(0, torch.tensor([1]), float("nan")), b, {"check_inputs": True}),
+            NonFiniteError,
+        ),
         (lambda m, a, f, b: (m * 3, a, f, b, {"check_inputs": True}), MaskError),
         (lambda m, a, f, b: (m, [0, 9], f, b, {}), SliceIndexError),
         (lambda m, a, f, b: (m, [1.5], f, b, {}), InputError),
@@ -294,6 +330,7 @@ def test_bad_input_raises_typed_error(make, err):
 
 
 # --- GPU -------------------------------------------------------------------------------
+
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])

@@ -30,7 +30,7 @@ IDS = [f"{'x'.join(map(str, sh))}-s{st[0]}-w{st[1]}-g{st[2]}" for sh, st in CASE
 
 def _inputs(N, C, H, W, seed=0, noncontig=False):
     u = (rand((N, C, H, W), seed=seed, noncontig=noncontig) - 0.5) * 6.0
-    step = (rand((N, C, H, W), seed=seed + 1, noncontig=noncontig) - 0.5)
+    step = rand((N, C, H, W), seed=seed + 1, noncontig=noncontig) - 0.5
     return u, step
 
 
@@ -79,12 +79,24 @@ def test_cpu_kernel_writes_every_output_element():
     u, step = (t.contiguous() for t in _inputs(N, Cc, H, W, seed=9))
     for sigma, coupling, groups in SETTINGS[:4]:
         out = poisoned((N, Cc, H, W), torch.float32)
-        load_backend("cpu").regularize_field(u.data_ptr(), step.data_ptr(), out.data_ptr(), N, Cc, H, W,
-                                           list(RF._taps_for(sigma, H, W)), coupling, groups, 2)
+        load_backend("cpu").regularize_field(
+            u.data_ptr(),
+            step.data_ptr(),
+            out.data_ptr(),
+            N,
+            Cc,
+            H,
+            W,
+            list(RF._taps_for(sigma, H, W)),
+            coupling,
+            groups,
+            2,
+        )
         assert_close(out, regularize_field_reference(u, step, sigma, coupling, groups))
     with pytest.raises(ValueError):  # an even tap count is refused by the binding
-        load_backend("cpu").regularize_field(u.data_ptr(), step.data_ptr(), out.data_ptr(), N, Cc, H, W,
-                                           [0.5, 0.5], 0.0, 1, 1)
+        load_backend("cpu").regularize_field(
+            u.data_ptr(), step.data_ptr(), out.data_ptr(), N, Cc, H, W, [0.5, 0.5], 0.0, 1, 1
+        )
 
 
 def test_triton_interpreter_matches_reference():
@@ -103,8 +115,9 @@ def test_triton_interpreter_matches_reference():
 def test_public_entry_and_opcheck():
     args = _inputs(4, 2, 7, 6, seed=3)
     assert_close(regularize_field(*args, 1.0, 0.1, 2), regularize_field_reference(*args, 1.0, 0.1, 2))
-    torch.library.opcheck(torch.ops.dilseg.regularize_field.default, (*args, 1.0, 0.1, 2),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.dilseg.regularize_field.default, (*args, 1.0, 0.1, 2), test_utils=("test_schema", "test_faketensor")
+    )
 
 
 @pytest.mark.parametrize(
@@ -126,8 +139,9 @@ def test_bad_input_raises_typed_error(kw, err):
     args = dict(u=u, step=step, sigma=1.0, coupling=0.1, groups=1)
     args.update(kw)
     with pytest.raises(err):  # value scans are opt-in: NaN/Inf with check_finite=True
-        regularize_field(args["u"], args["step"], args["sigma"], args["coupling"], args["groups"],
-                         check_finite=err is NonFiniteError)
+        regularize_field(
+            args["u"], args["step"], args["sigma"], args["coupling"], args["groups"], check_finite=err is NonFiniteError
+        )
 
 
 @pytest.mark.gpu
@@ -151,10 +165,16 @@ def test_out_buffer_is_written_and_checked():
     assert got is out
     assert_close(out, regularize_field_reference(u, step, 1.0, 0.1, 2))
     u = u.contiguous()
-    for bad, err in ((u, InputError), (torch.empty(4, 2, 9, 7), ShapeError),
-                     (torch.empty(4, 2, 9, 8, dtype=torch.float64), DTypeError),
-                     (torch.empty(4, 2, 8, 9).transpose(2, 3), InputError)):
+    for bad, err in (
+        (u, InputError),
+        (torch.empty(4, 2, 9, 7), ShapeError),
+        (torch.empty(4, 2, 9, 8, dtype=torch.float64), DTypeError),
+        (torch.empty(4, 2, 8, 9).transpose(2, 3), InputError),
+    ):
         with pytest.raises(err):
             regularize_field(u, step, 1.0, 0.1, 2, out=bad)
-    torch.library.opcheck(torch.ops.dilseg.regularize_field_out.default, (u, step, 1.0, 0.1, 2, torch.empty_like(u)),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.dilseg.regularize_field_out.default,
+        (u, step, 1.0, 0.1, 2, torch.empty_like(u)),
+        test_utils=("test_schema", "test_faketensor"),
+    )

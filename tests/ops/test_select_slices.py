@@ -127,7 +127,7 @@ def test_properties():
     assert picks[0] == max(elig, key=lambda z: (scores[z].item(), -z))
     assert not any(annotated[z] for z in picks)
     for i, a in enumerate(picks):
-        assert all(abs(a - b) > gap for b in picks[i + 1:]) and all(abs(a - b) > gap for b in (5, 30, 31))
+        assert all(abs(a - b) > gap for b in picks[i + 1 :]) and all(abs(a - b) > gap for b in (5, 30, 31))
     # padding only at the end, never a repeat
     assert got[: len(picks)] == picks and len(set(picks)) == len(picks)
 
@@ -209,6 +209,7 @@ def test_compile_traces_through_fake():
 
 
 # --- GPU (skipped centrally without a CUDA device) -----------------------------------
+
 
 def _gpu_backend(backend):
     if backend == "reference":

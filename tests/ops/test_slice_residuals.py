@@ -189,12 +189,14 @@ def test_opcheck():
 
 def test_compile_traces_through_fake():
     q, p, w = _inputs((3, 5, 6), torch.float32, torch.float32, "full_f32")
-    fn = torch.compile(lambda a, b, c: slice_residuals(a, b, c, check_finite=False)[0] * 2, backend="eager",
-                       fullgraph=True)
+    fn = torch.compile(
+        lambda a, b, c: slice_residuals(a, b, c, check_finite=False)[0] * 2, backend="eager", fullgraph=True
+    )
     assert_close(fn(q, p, w), slice_residuals_reference(q, p, w)[0] * 2, torch.float32)
 
 
 # --- GPU (skipped centrally without a CUDA device) -----------------------------------
+
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
@@ -202,7 +204,9 @@ def test_compile_traces_through_fake():
 @pytest.mark.parametrize("wkind", WEIGHTS)
 def test_gpu_matches_reference(backend, qd, wkind):
     if backend == "triton" and wkind in ("slice_bf16", "full_f32", "full_bf16"):
-        pytest.skip("keeps Triton compiles few; the weight dtype is only a load cast (covered by the interpreter and CUDA)")
+        pytest.skip(
+            "keeps Triton compiles few; the weight dtype is only a load cast (covered by the interpreter and CUDA)"
+        )
     mod = _backends.load(backend)
     if mod is None or not has_kernel("slice_residuals", backend):
         pytest.skip(_backends.status(backend).detail)

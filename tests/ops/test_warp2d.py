@@ -74,8 +74,18 @@ def test_cpu_kernel_writes_every_output_element():
         for padding in PADS:
             out = poisoned(shape, torch.float32)
             interp, pad = enums(mod, mode, padding)
-            mod.warp2d_forward(src.data_ptr(), list(src.stride()), mod.DType.Float32, u.data_ptr(),
-                               list(u.stride()), out.data_ptr(), W2._geom(src, u), interp, pad, 2)
+            mod.warp2d_forward(
+                src.data_ptr(),
+                list(src.stride()),
+                mod.DType.Float32,
+                u.data_ptr(),
+                list(u.stride()),
+                out.data_ptr(),
+                W2._geom(src, u),
+                interp,
+                pad,
+                2,
+            )
             assert torch.isfinite(out).all()
             assert_close(out, warp2d_reference(src, u, mode, padding))
 
@@ -129,8 +139,9 @@ def test_opcheck(mode):
     u = (_field(shape, 2.0) + 0.31).requires_grad_()
     torch.library.opcheck(torch.ops.dilseg.warp2d.default, (src, u, mode, "zeros"))
     g = rand(shape, seed=5)
-    torch.library.opcheck(torch.ops.dilseg.warp2d_backward.default,
-                          (g, src.detach(), u.detach(), mode, "border", True, True))
+    torch.library.opcheck(
+        torch.ops.dilseg.warp2d_backward.default, (g, src.detach(), u.detach(), mode, "border", True, True)
+    )
 
 
 def test_zero_field_is_identity():
@@ -217,6 +228,7 @@ def test_smooth_field_large_batch_matches_reference():
     u = smooth_field(12, 40, 33, amplitude=3.0, seed=4)
     assert_close(warp2d(src, u), warp2d_reference(src, u))
 
+
 @requires_cpu_ext
 @pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
 def test_cpu_vector_paths_match_reference(isa):
@@ -240,8 +252,18 @@ def test_cpu_vector_paths_match_reference(isa):
                 for padding in PADS:
                     out = poisoned(shape, torch.float32)
                     interp, pad = enums(mod, "bilinear", padding)
-                    mod.warp2d_forward(src.data_ptr(), list(src.stride()), mod.DType.Float32, u.data_ptr(),
-                                       list(u.stride()), out.data_ptr(), W2._geom(src, u), interp, pad, 2)
+                    mod.warp2d_forward(
+                        src.data_ptr(),
+                        list(src.stride()),
+                        mod.DType.Float32,
+                        u.data_ptr(),
+                        list(u.stride()),
+                        out.data_ptr(),
+                        W2._geom(src, u),
+                        interp,
+                        pad,
+                        2,
+                    )
                     assert torch.isfinite(out).all()
                     assert_close(out, warp2d_reference(src, u, "bilinear", padding), msg=f"{isa} {shape} {padding}")
     finally:

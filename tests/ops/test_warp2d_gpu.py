@@ -82,10 +82,11 @@ def interp(monkeypatch):
 
 # --- Triton, interpreter on CPU tensors ----------------------------------------------
 
+
 @pytest.mark.parametrize("dtype,mode", FWD_KINDS)
 @pytest.mark.parametrize("padding", PADS)
 def test_triton_forward_interpreter(interp, dtype, mode, padding):
-    for (shape, h, w) in CASES:
+    for shape, h, w in CASES:
         for layout in LAYOUTS:
             src, u = _inputs(shape, h, w, dtype, layout)
             out = poisoned((shape[0], shape[1], h, w), dtype)
@@ -113,7 +114,7 @@ def test_triton_forward_through_impl_table(interp):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("padding", PADS)
 def test_triton_backward_interpreter(interp, dtype, mode, padding):
-    for (shape, h, w) in CASES:
+    for shape, h, w in CASES:
         for layout in LAYOUTS:
             src, u = _inputs(shape, h, w, dtype, layout)
             g = _layout(rand((shape[0], shape[1], h, w), dtype, low=-1, high=1, seed=7), layout)
@@ -203,6 +204,7 @@ def test_interpreter_switch_after_import(monkeypatch):
 
 # --- CUDA tensors: the CUDA kernels and compiled Triton -----------------------------------
 
+
 def _gpu_backend(monkeypatch, backend):
     monkeypatch.setenv("ENGINE_GPU_BACKEND", backend)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
@@ -222,7 +224,7 @@ GPU_CASES = CASES + [((3, 2, 16, 24), 16, 24)]  # W % 4 == 0: the vectorised CUD
 def test_gpu_forward_matches_reference(monkeypatch, backend, dtype, mode):
     _gpu_backend(monkeypatch, backend)
     for padding in PADS:
-        for (shape, h, w) in GPU_CASES:
+        for shape, h, w in GPU_CASES:
             for layout in LAYOUTS:
                 src, u = _inputs(shape, h, w, dtype, layout, device="cuda")
                 got = W2.IMPLS[backend](src, u, mode, padding)
@@ -238,7 +240,7 @@ def test_gpu_forward_matches_reference(monkeypatch, backend, dtype, mode):
 def test_gpu_backward_matches_reference(monkeypatch, backend, dtype, mode):
     _gpu_backend(monkeypatch, backend)
     for padding in PADS:
-        for (shape, h, w) in GPU_CASES:
+        for shape, h, w in GPU_CASES:
             for layout in LAYOUTS:
                 src, u = _inputs(shape, h, w, dtype, layout, device="cuda")
                 g = _layout(rand((shape[0], shape[1], h, w), dtype, low=-1, high=1, seed=7).cuda(), layout)
@@ -258,23 +260,44 @@ def test_cuda_kernel_writes_every_element(monkeypatch):
     completely, on the vectorised (W % 4 == 0, contiguous u) and the scalar path."""
     mod = _gpu_backend(monkeypatch, "cuda")
     stream = torch.cuda.current_stream().cuda_stream
-    for (shape, h, w) in [((2, 3, 13, 11), 13, 11), ((2, 3, 12, 16), 12, 16)]:
+    for shape, h, w in [((2, 3, 13, 11), 13, 11), ((2, 3, 12, 16), 12, 16)]:
         for dtype in FLOATS:
             src, u = _inputs(shape, h, w, dtype, device="cuda")
             for mode in MODES:
                 for padding in PADS:
                     interp, pad = enums(mod, mode, padding)
                     out = poisoned((shape[0], shape[1], h, w), dtype, "cuda")
-                    mod.warp2d_forward(src.data_ptr(), list(src.stride()), kernel_dtype(mod, dtype),
-                                       u.data_ptr(), list(u.stride()), out.data_ptr(), W2._geom(src, u), interp,
-                                       pad, stream)
+                    mod.warp2d_forward(
+                        src.data_ptr(),
+                        list(src.stride()),
+                        kernel_dtype(mod, dtype),
+                        u.data_ptr(),
+                        list(u.stride()),
+                        out.data_ptr(),
+                        W2._geom(src, u),
+                        interp,
+                        pad,
+                        stream,
+                    )
                     assert_close(out, warp2d_reference(src, u, mode, padding), dtype)
                     g = rand(out.shape, dtype, low=-1, high=1, seed=2).cuda()
                     gs = torch.zeros(shape, dtype=_acc(dtype), device="cuda")
                     gu = poisoned(u.shape, _acc(dtype), "cuda")
-                    mod.warp2d_backward(g.data_ptr(), list(g.stride()), src.data_ptr(), list(src.stride()),
-                                        kernel_dtype(mod, dtype), u.data_ptr(), list(u.stride()),
-                                        gs.data_ptr(), gu.data_ptr(), W2._geom(src, u), interp, pad, stream)
+                    mod.warp2d_backward(
+                        g.data_ptr(),
+                        list(g.stride()),
+                        src.data_ptr(),
+                        list(src.stride()),
+                        kernel_dtype(mod, dtype),
+                        u.data_ptr(),
+                        list(u.stride()),
+                        gs.data_ptr(),
+                        gu.data_ptr(),
+                        W2._geom(src, u),
+                        interp,
+                        pad,
+                        stream,
+                    )
                     exp_s, exp_u = _expected_grads(g, src, u, mode, padding)
                     assert_close(gs.to(dtype).float(), exp_s.float(), dtype, GRAD_TOLERANCES)
                     assert_close(gu, exp_u, dtype, GRAD_TOLERANCES)
@@ -311,5 +334,6 @@ def test_gpu_opcheck(monkeypatch, backend, mode):
     u = (((rand((2, 2, 6, 8), seed=1) * 2 - 1) * 2.0) + 0.31).cuda().requires_grad_()
     torch.library.opcheck(torch.ops.dilseg.warp2d.default, (src, u, mode, "zeros"))
     g = rand(shape, seed=5).cuda()
-    torch.library.opcheck(torch.ops.dilseg.warp2d_backward.default,
-                          (g, src.detach(), u.detach(), mode, "border", True, True))
+    torch.library.opcheck(
+        torch.ops.dilseg.warp2d_backward.default, (g, src.detach(), u.detach(), mode, "border", True, True)
+    )

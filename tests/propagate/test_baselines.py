@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 
 from engine.errors import MaskError, ShapeError, SliceIndexError
-from engine.propagate.baselines import (BASELINES, morphological_contour_interpolation, nearest_slice_copy,
-                                   signed_distance_2d, signed_distance_interpolation)
+from engine.propagate.baselines import (
+    BASELINES,
+    morphological_contour_interpolation,
+    nearest_slice_copy,
+    signed_distance_2d,
+    signed_distance_interpolation,
+)
 
 from ._util import dice, disc
 

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-
-from engine.errors import InputError
 import torch
 
+from engine.errors import InputError
 from engine.ops import warp2d
 
 from ._util import smooth_field, smooth_texture

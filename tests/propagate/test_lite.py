@@ -75,8 +75,23 @@ def test_dilseg_propagate_never_imports_torch(tmp_path):
     block.mkdir()
     (block / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None  # importing torch fails\n")
     env = dict(os.environ, PYTHONPATH=f"{block}{os.pathsep}{ROOT}")
-    out = subprocess.run([sys.executable, "-m", "engine.cli", "propagate", str(tmp_path / "img.nii.gz"),
-                          str(tmp_path / "lab.nii.gz"), "-o", str(tmp_path / "q.nii.gz"), "--axis", "0"],
-                         env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "propagate",
+            str(tmp_path / "img.nii.gz"),
+            str(tmp_path / "lab.nii.gz"),
+            "-o",
+            str(tmp_path / "q.nii.gz"),
+            "--axis",
+            "0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "NumPy + C++ kernels" in out.stdout and (tmp_path / "q.nii.gz").exists()

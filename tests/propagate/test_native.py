@@ -6,8 +6,14 @@ import torch
 
 from engine.errors import InputError, ShapeError
 from engine.ops import warp2d
-from engine.propagate.native import (NativeParams, demons_register, gaussian_smooth, image_gradient,
-                                     invert_field, register_stack)
+from engine.propagate.native import (
+    NativeParams,
+    demons_register,
+    gaussian_smooth,
+    image_gradient,
+    invert_field,
+    register_stack,
+)
 
 from ._util import smooth_field, smooth_texture
 

@@ -21,8 +21,9 @@ import engine.learn  # noqa: E402
 
 
 def tiny_config(**kw):
-    learn = engine.learn.LearnConfig(patch=(8, 16, 16), base_width=4, depth=2, batch_size=2, precision="fp32",
-                                     channels_last=False)
+    learn = engine.learn.LearnConfig(
+        patch=(8, 16, 16), base_width=4, depth=2, batch_size=2, precision="fp32", channels_last=False
+    )
     kw.setdefault("steps", 2)
     return engine.Config(device="cpu", learn=learn, replay_capacity=16, replay_patches_per_case=4, **kw)
 
@@ -50,8 +51,9 @@ def live_server(app, port=None):
     import uvicorn
 
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
-                                           timeout_graceful_shutdown=5))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", timeout_graceful_shutdown=5)
+    )
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
     deadline = time.monotonic() + 30

@@ -47,7 +47,9 @@ def test_serve_refuses_bad_limits(capsys):
 
 
 def test_cli_parser_imports_no_server_stack():
-    code = ("import sys, engine.cli; engine.cli.build_parser(); "
-            "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'httpx') if m in sys.modules))")
+    code = (
+        "import sys, engine.cli; engine.cli.build_parser(); "
+        "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'httpx') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=str(ROOT))
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr

@@ -98,23 +98,27 @@ def test_errors_have_the_engine_class_names(call, name, request):
         assert type(info.value).__name__ == name
         # the same hierarchy: an InputError subclass is caught as InputError on both sides
         assert issubclass(getattr(CE, name), CE.DilsegError)
-        assert [c.__name__ for c in getattr(CE, name).__mro__ if c.__module__.endswith("errors")] == \
-               [c.__name__ for c in getattr(EE, name).__mro__ if c.__module__.endswith("errors")]
+        assert [c.__name__ for c in getattr(CE, name).__mro__ if c.__module__.endswith("errors")] == [
+            c.__name__ for c in getattr(EE, name).__mro__ if c.__module__.endswith("errors")
+        ]
         s_local.close()
         remote.close()
     eng.close()
 
 
 def test_client_imports_without_torch():
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "import dilseg_client, numpy, httpx\n"
-            "from dilseg_client import RemoteEngine, errors\n"
-            "e = RemoteEngine('http://127.0.0.1:9')\n"
-            "try:\n    e.ping()\nexcept errors.NetworkError:\n    pass\n"
-            "assert 'engine' not in sys.modules and sys.modules['torch'] is None\n"
-            "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=str(ROOT / "clients" / "python"))
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import dilseg_client, numpy, httpx\n"
+        "from dilseg_client import RemoteEngine, errors\n"
+        "e = RemoteEngine('http://127.0.0.1:9')\n"
+        "try:\n    e.ping()\nexcept errors.NetworkError:\n    pass\n"
+        "assert 'engine' not in sys.modules and sys.modules['torch'] is None\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=str(ROOT / "clients" / "python")
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
@@ -188,8 +192,10 @@ def test_a_body_over_the_limit_gets_413_before_it_is_sent():
     with live_server(create_app(eng, limits=Limits(max_body_bytes=1 << 20))) as url:
         u = urlparse(url)
         with socket.create_connection((u.hostname, u.port), timeout=10) as sock:
-            sock.sendall(b"POST /v1/sessions?shape=512,512,512 HTTP/1.1\r\nHost: x\r\n"
-                         b"Content-Type: application/octet-stream\r\nContent-Length: 536870912\r\n\r\n")
+            sock.sendall(
+                b"POST /v1/sessions?shape=512,512,512 HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/octet-stream\r\nContent-Length: 536870912\r\n\r\n"
+            )
             t0 = time.monotonic()
             data = b""
             while b"TooLargeError" not in data and time.monotonic() - t0 < 5:

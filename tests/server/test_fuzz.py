@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 EXAMPLES = 10  # per operation (36 operations): a few hundred requests, ~30 s
 
 _engine = engine.Engine(tiny_config())
-_app = create_app(_engine, limits=Limits(max_voxels=4096, max_body_bytes=1 << 20, max_sessions=256,
-                                         max_steps_per_call=3))
+_app = create_app(
+    _engine, limits=Limits(max_voxels=4096, max_body_bytes=1 << 20, max_sessions=256, max_steps_per_call=3)
+)
 schema = schemathesis.openapi.from_asgi("/openapi.json", _app)
 CALLS: list[tuple[str, int]] = []
 _live: dict[str, str] = {}
@@ -48,8 +49,10 @@ def _report():
         from collections import Counter
 
         codes = dict(sorted(Counter(code for _, code in CALLS).items()))
-        print(f"\nschemathesis: {len(CALLS)} requests over {len({op for op, _ in CALLS})} operations, "
-              f"highest status {worst}, statuses {codes}")
+        print(
+            f"\nschemathesis: {len(CALLS)} requests over {len({op for op, _ in CALLS})} operations, "
+            f"highest status {worst}, statuses {codes}"
+        )
 
 
 @schema.parametrize()
@@ -60,5 +63,6 @@ def test_no_server_errors(case):
         case.path_parameters["sid"] = live_session()
     response = case.call()
     CALLS.append((case.operation.label, response.status_code))
-    assert response.status_code < 500, f"{case.method} {case.formatted_path} -> {response.status_code}: " \
-                                       f"{response.text[:300]}"
+    assert response.status_code < 500, (
+        f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}"
+    )

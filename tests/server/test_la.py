@@ -36,8 +36,9 @@ def test_monailabel_on_a_real_la_case(la_case, tmp_path):
     keys = KeyStore.load(tmp_path / "keys.json")
     key = keys.add("ann", "annotator")
     with live_server(create_app(tmp_path / "state", keys=keys, config=cfg)) as url:
-        client, result, out, img_path = replay_slicer(url, key, tmp_path, image, label, la_case.spacing, drawn,
-                                                      empty, cfg.steps, image_id="la_000")
+        client, result, out, img_path = replay_slicer(
+            url, key, tmp_path, image, label, la_case.spacing, drawn, empty, cfg.steps, image_id="la_000"
+        )
         src = read_volume(img_path)
         assert result.shape == image.shape
         assert np.allclose(result.spacing, src.spacing) and np.allclose(result.origin, src.origin)

@@ -20,8 +20,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the cli
 
 DIRECTION = np.array([[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]])  # RAS-like, as Slicer writes
 # what Slicer's ExportSegmentsToLabelmapNode numbers them: segment index + 1
-LABEL_INFO = [{"name": "foreground", "id": 1}, {"name": "background_scribbles", "id": 2},
-              {"name": "foreground_scribbles", "id": 3}]
+LABEL_INFO = [
+    {"name": "foreground", "id": 1},
+    {"name": "background_scribbles", "id": 2},
+    {"name": "foreground_scribbles", "id": 3},
+]
 
 
 def dice(a, b):
@@ -49,8 +52,18 @@ def scribbles(label: np.ndarray, drawn, empty, axis=2) -> np.ndarray:
     return out
 
 
-def replay_slicer(url: str, key: str, tmp: Path, image: np.ndarray, label: np.ndarray, spacing, drawn, empty,
-                  steps: int, image_id: str = "case_0"):
+def replay_slicer(
+    url: str,
+    key: str,
+    tmp: Path,
+    image: np.ndarray,
+    label: np.ndarray,
+    spacing,
+    drawn,
+    empty,
+    steps: int,
+    image_id: str = "case_0",
+):
     """The Slicer plugin's calls for one case; returns (result volume, infer params)."""
     from monailabel.client import MONAILabelClient
 
@@ -68,10 +81,17 @@ def replay_slicer(url: str, key: str, tmp: Path, image: np.ndarray, label: np.nd
     assert client.upload_image(str(img_path), image_id)["image"] == image_id
     assert image_id in client.datastore()["objects"]
     scr_path = tmp / "scribbles.nrrd"
-    write_volume(scr_path, scribbles(label, drawn, empty), spacing=spacing, origin=(12.5, -3.0, 40.0),
-                 direction=DIRECTION)
-    params = {"label_info": LABEL_INFO, "selected_label_name": "foreground", "roi": [], "steps": steps,
-              "result_extension": ".nrrd", "result_dtype": "uint8"}
+    write_volume(
+        scr_path, scribbles(label, drawn, empty), spacing=spacing, origin=(12.5, -3.0, 40.0), direction=DIRECTION
+    )
+    params = {
+        "label_info": LABEL_INFO,
+        "selected_label_name": "foreground",
+        "roi": [],
+        "steps": steps,
+        "result_extension": ".nrrd",
+        "result_dtype": "uint8",
+    }
     result_file, out_params = client.infer("dilseg", image_id, params, label_in=str(scr_path))
     assert result_file and result_file.endswith(".nrrd")
     result = read_volume(result_file)
@@ -142,8 +162,13 @@ def test_monailabel_client_drives_the_loop(tmp_path, keyed):
         # MONAI Label sessions: an image kept under an id, inferred on
         sess = client.create_session(str(second))["session_id"]
         assert client.get_session(sess)["session_id"] == sess
-        res, _ = client.infer("dilseg", "", {"label_info": LABEL_INFO, "steps": 1}, label_in=str(tmp_path / "scribbles.nrrd"),
-                              session_id=sess)
+        res, _ = client.infer(
+            "dilseg",
+            "",
+            {"label_info": LABEL_INFO, "steps": 1},
+            label_in=str(tmp_path / "scribbles.nrrd"),
+            session_id=sess,
+        )
         assert read_volume(res).shape == image.shape
         client.remove_session(sess)
         from monailabel.client.client import MONAILabelClientException

@@ -46,8 +46,23 @@ def test_slots_switch_atomically_and_are_pruned(tmp_path):
 
 def _serve(state, port):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", str(port), "--state", str(state),
-                             "--log-level", "error"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--state",
+            str(state),
+            "--log-level",
+            "error",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_kill_9_after_commits_loses_nothing(tmp_path):

@@ -3,7 +3,6 @@ with geometry, limits, leases, auth."""
 
 from __future__ import annotations
 
-import gzip
 import time
 
 import numpy as np
@@ -18,22 +17,40 @@ from .conftest import tiny_case, tiny_config
 
 
 def _open(c, image, axis=0, headers=None):
-    r = c.post("/v1/sessions", params={"shape": ",".join(map(str, image.shape)), "dtype": "float32", "axis": axis},
-               content=image.tobytes(), headers=headers or {})
+    r = c.post(
+        "/v1/sessions",
+        params={"shape": ",".join(map(str, image.shape)), "dtype": "float32", "axis": axis},
+        content=image.tobytes(),
+        headers=headers or {},
+    )
     assert r.status_code == 201, r.text
     return r.json()["session_id"]
 
 
 def _slices(c, sid, label, zs, headers=None):
-    return c.post(f"/v1/sessions/{sid}/slices", params={"indices": ",".join(map(str, zs))},
-                  content=C.encode_masks([label[z] for z in zs]), headers=headers or {})
+    return c.post(
+        f"/v1/sessions/{sid}/slices",
+        params={"indices": ",".join(map(str, zs))},
+        content=C.encode_masks([label[z] for z in zs]),
+        headers=headers or {},
+    )
 
 
 @pytest.fixture
 def client():
     eng = engine.Engine(tiny_config())
-    with TestClient(create_app(eng, limits=Limits(max_sessions=4, max_voxels=20_000, max_body_bytes=200_000,
-                                                  max_slices_per_request=8, max_steps_per_call=20))) as c:
+    with TestClient(
+        create_app(
+            eng,
+            limits=Limits(
+                max_sessions=4,
+                max_voxels=20_000,
+                max_body_bytes=200_000,
+                max_slices_per_request=8,
+                max_steps_per_call=20,
+            ),
+        )
+    ) as c:
         yield c
     eng.close()
 
@@ -93,11 +110,14 @@ def test_gzip_frames_when_accepted(client):
     assert meta["dtype"] == "float32" and len(payload) == image.size * 4
 
 
-@pytest.mark.parametrize("zs,body,status,err", [
-    ([99], None, 422, "SliceIndexError"),
-    ([2, 3], "short", 422, "ShapeError"),
-    ([2], "nonbinary", 422, "MaskError"),
-])
+@pytest.mark.parametrize(
+    "zs,body,status,err",
+    [
+        ([99], None, 422, "SliceIndexError"),
+        ([2, 3], "short", 422, "ShapeError"),
+        ([2], "nonbinary", 422, "MaskError"),
+    ],
+)
 def test_bad_slices_are_typed_and_leave_the_session(client, zs, body, status, err):
     image, label = tiny_case(2)
     sid = _open(client, image)
@@ -118,8 +138,11 @@ def test_all_or_none_annotate(client):
     image, label = tiny_case(3)
     sid = _open(client, image)
     masks = [label[5], label[6] * 2]  # the second is not binary
-    r = client.post(f"/v1/sessions/{sid}/slices", params={"indices": "5,6", "encoding": "u8"},
-                    content=b"".join(m.astype(np.uint8).tobytes() for m in masks))
+    r = client.post(
+        f"/v1/sessions/{sid}/slices",
+        params={"indices": "5,6", "encoding": "u8"},
+        content=b"".join(m.astype(np.uint8).tobytes() for m in masks),
+    )
     assert r.status_code == 422
     assert client.get(f"/v1/sessions/{sid}").json()["annotated"] == {}
 
@@ -147,8 +170,11 @@ def test_open_with_json_metadata(client):
 
 
 def test_bad_images_are_typed(client):
-    r = client.post("/v1/sessions", params={"shape": "4,5,6", "dtype": "float32"},
-                    content=np.full((4, 5, 6), np.nan, np.float32).tobytes())
+    r = client.post(
+        "/v1/sessions",
+        params={"shape": "4,5,6", "dtype": "float32"},
+        content=np.full((4, 5, 6), np.nan, np.float32).tobytes(),
+    )
     assert r.status_code == 422 and r.json()["error"] == "NonFiniteError"
     r = client.post("/v1/sessions", params={"shape": "4,5", "dtype": "float32"}, content=b"")
     assert r.status_code == 422 and r.json()["error"] == "ShapeError"
@@ -162,8 +188,7 @@ def test_limits_413_before_reading(client):
         raise AssertionError("the body was read")
         yield b""  # pragma: no cover
 
-    r = client.post("/v1/sessions", params={"shape": "10,10,10"}, content=never(),
-                    headers={"Content-Length": "300000"})
+    r = client.post("/v1/sessions", params={"shape": "10,10,10"}, content=never(), headers={"Content-Length": "300000"})
     assert r.status_code == 413 and r.json()["error"] == "TooLargeError"
     # voxels over max_voxels: 413 from the query alone
     r = client.post("/v1/sessions", params={"shape": "100,100,100"}, content=b"")
@@ -184,8 +209,12 @@ def test_capacity_503_with_retry_after(client):
     r = client.post("/v1/sessions", params={"shape": ",".join(map(str, image.shape))}, content=image.tobytes())
     assert r.status_code == 503 and r.json()["error"] == "CapacityError" and int(r.headers["retry-after"]) >= 1
     client.delete(f"/v1/sessions/{sids[0]}")
-    assert client.post("/v1/sessions", params={"shape": ",".join(map(str, image.shape))},
-                       content=image.tobytes()).status_code == 201
+    assert (
+        client.post(
+            "/v1/sessions", params={"shape": ",".join(map(str, image.shape))}, content=image.tobytes()
+        ).status_code
+        == 201
+    )
 
 
 def test_lease_expires_without_heartbeats_and_lives_with_them():
@@ -233,7 +262,9 @@ def test_commit_with_bad_final_mask_keeps_the_session(client):
     r = client.post(f"/v1/sessions/{sid}/commit", params={"format": "u8"}, content=(label * 2).tobytes())
     assert r.status_code == 422 and r.json()["error"] == "MaskError"
     assert client.get(f"/v1/sessions/{sid}").status_code == 200
-    assert client.post(f"/v1/sessions/{sid}/commit", params={"format": "u8"}, content=label.tobytes()).status_code == 200
+    assert (
+        client.post(f"/v1/sessions/{sid}/commit", params={"format": "u8"}, content=label.tobytes()).status_code == 200
+    )
 
 
 def test_auth_401_403_and_admin(tmp_path):

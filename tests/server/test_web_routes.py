@@ -82,8 +82,12 @@ def test_session_image_is_the_engines_array(keyed):
     c, h = keyed
     image, _ = tiny_case(0)
     for axis in (0, 2):
-        r = c.post("/v1/sessions", params={"shape": ",".join(map(str, image.shape)), "axis": axis},
-                   content=image.tobytes(), headers=h)
+        r = c.post(
+            "/v1/sessions",
+            params={"shape": ",".join(map(str, image.shape)), "axis": axis},
+            content=image.tobytes(),
+            headers=h,
+        )
         sid = r.json()["session_id"]
         meta, payload = C.unframe(c.get(f"/v1/sessions/{sid}/image", headers=h).content)
         got = np.frombuffer(payload, np.float32).reshape(meta["shape"])
@@ -95,8 +99,9 @@ def test_session_image_is_the_engines_array(keyed):
 def test_proxy_crops_follow_the_annotations(keyed):
     c, h = keyed
     image, label = tiny_case(1)
-    sid = c.post("/v1/sessions", params={"shape": ",".join(map(str, image.shape))}, content=image.tobytes(),
-                 headers=h).json()["session_id"]
+    sid = c.post(
+        "/v1/sessions", params={"shape": ",".join(map(str, image.shape))}, content=image.tobytes(), headers=h
+    ).json()["session_id"]
     assert c.get(f"/v1/sessions/{sid}/proxy", headers=h).status_code == 409  # nothing drawn yet
     zs = np.flatnonzero(label.any((1, 2)))
     z = int(zs[len(zs) // 2])
@@ -121,8 +126,13 @@ def test_proxy_crops_follow_the_annotations(keyed):
 def _upload(c, h, image_id, image, tmp_path, fmt="nifti"):
     f = tmp_path / (f"{image_id}.nii.gz" if fmt == "nifti" else f"{image_id}.nrrd")
     write_volume(f, image, spacing=(1.0, 1.5, 2.0), origin=(3.0, -4.0, 5.0))
-    r = c.put("/datastore/", params={"image": image_id}, files={"file": (f.name, f.read_bytes())},
-              data={"params": "{}"}, headers=h)
+    r = c.put(
+        "/datastore/",
+        params={"image": image_id},
+        files={"file": (f.name, f.read_bytes())},
+        data={"params": "{}"},
+        headers=h,
+    )
     assert r.status_code == 200, r.text
     return f
 
@@ -145,8 +155,12 @@ def test_stream_sessions_commit_their_label_and_the_stream_moves_on(keyed, tmp_p
     np.testing.assert_array_equal(np.frombuffer(payload, np.float32).reshape(image.shape), image)
     zs = np.flatnonzero(label.any((1, 2)))
     picks = [int(zs[1]), int(zs[-2])]
-    c.post(f"/v1/sessions/{sid}/slices", params={"indices": ",".join(map(str, picks))},
-           content=C.encode_masks([label[z] for z in picks]), headers=h)
+    c.post(
+        f"/v1/sessions/{sid}/slices",
+        params={"indices": ",".join(map(str, picks))},
+        content=C.encode_masks([label[z] for z in picks]),
+        headers=h,
+    )
     meta, payload = C.unframe(c.post(f"/v1/sessions/{sid}/round", params={"steps": 1}, headers=h).content)
     result = np.frombuffer(payload, np.uint8).reshape(image.shape)
     out = c.post(f"/v1/sessions/{sid}/commit", headers=h).json()

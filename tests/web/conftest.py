@@ -26,8 +26,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "runs" / "web-tests"
 CHROMIUM = os.environ.get("DILSEG_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--use-gl=angle", "--use-angle=swiftshader"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-gl=angle",
+    "--use-angle=swiftshader",
+]
 VIEWPORT = {"width": 1100, "height": 720}  # the canvas's size sets SwiftShader's cost per mouse event
 WEB_DIR = ROOT / "clients" / "web" / "dist"
 
@@ -96,8 +105,24 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state = tmp / "state"
-        cmd = [sys.executable, "-m", "engine.cli", "serve", "--web", "--port", str(self.port), "--state",
-               str(self.state), "--keys", str(tmp / "keys.json"), "--device", "cpu", "--steps", str(steps), *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "serve",
+            "--web",
+            "--port",
+            str(self.port),
+            "--state",
+            str(self.state),
+            "--keys",
+            str(tmp / "keys.json"),
+            "--device",
+            "cpu",
+            "--steps",
+            str(steps),
+            *extra,
+        ]
         self.log = open(tmp / "server.log", "w")
         self.proc = subprocess.Popen(cmd, cwd=str(ROOT), stdout=self.log, stderr=subprocess.STDOUT)
         self._wait()
@@ -108,8 +133,9 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"dilseg serve exited with {self.proc.returncode}: "
-                                   f"{(self.tmp / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"dilseg serve exited with {self.proc.returncode}: {(self.tmp / 'server.log').read_text()[-2000:]}"
+                )
             try:
                 if httpx.get(self.url + "/v1/health", timeout=1.0).status_code == 200:
                     return
@@ -138,8 +164,14 @@ class Server:
     def upload(self, image_id: str, path: Path) -> None:
         import httpx
 
-        r = httpx.put(self.url + "/datastore/", params={"image": image_id}, headers=self.headers, timeout=60,
-                      files={"file": (path.name, path.read_bytes())}, data={"params": "{}"})
+        r = httpx.put(
+            self.url + "/datastore/",
+            params={"image": image_id},
+            headers=self.headers,
+            timeout=60,
+            files={"file": (path.name, path.read_bytes())},
+            data={"params": "{}"},
+        )
         r.raise_for_status()
 
     def stop(self) -> None:
@@ -158,8 +190,11 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
-                              headless=True, args=CHROMIUM_ARGS)  # a fresh temporary profile each launch
+        b = p.chromium.launch(
+            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
+            headless=True,
+            args=CHROMIUM_ARGS,
+        )  # a fresh temporary profile each launch
         yield b
         b.close()
 
@@ -190,16 +225,26 @@ class Tab:
 
     def open(self) -> None:
         self.page.goto(self.server.url + "/")
-        wait_js(self.page, "window.dilsegPage && window.dilsegPage.auth !== null || "
-                           "(window.dilsegPage && window.dilsegPage.errors.length > 0)", 30, "the page started")
+        wait_js(
+            self.page,
+            "window.dilsegPage && window.dilsegPage.auth !== null || "
+            "(window.dilsegPage && window.dilsegPage.errors.length > 0)",
+            30,
+            "the page started",
+        )
 
     def connect(self, key: str | None = None) -> None:
         page = self.page
         n = page.evaluate("window.dilsegPage.errors.length")
         page.fill("#key", self.server.key if key is None else key)
         page.click("#connect")
-        wait_js(page, f"!window.dilsegPage.connecting && (window.dilsegPage.info !== null || "
-                      f"window.dilsegPage.errors.length > {n})", 30, "connected")
+        wait_js(
+            page,
+            f"!window.dilsegPage.connecting && (window.dilsegPage.info !== null || "
+            f"window.dilsegPage.errors.length > {n})",
+            30,
+            "connected",
+        )
 
     def close(self) -> None:
         self.context.close()

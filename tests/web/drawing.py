@@ -71,13 +71,18 @@ class Painter:
             """([z, px]) => { const p = window.dilsegPage; const cs = p.cs;
                 const [u, v] = cs.map.planeAxes(cs.axis);
                 return px.map(([i, j]) => { const a = [0, 0, 0]; a[cs.axis] = z; a[u] = i; a[v] = j;
-                                            return p.voxelToCanvas(a) }) }""", [z, [list(map(int, q)) for q in pixels]])
+                                            return p.voxelToCanvas(a) }) }""",
+            [z, [list(map(int, q)) for q in pixels]],
+        )
         return [(box["x"] + x, box["y"] + y) for x, y in xy]
 
     def tool(self, name: str, size: int = 1) -> None:
         self.page.keyboard.press({"brush": "b", "eraser": "e", "fill": "f"}[name])
-        self.page.evaluate("s => { const e = document.getElementById('pen-size'); e.value = String(s); "
-                           "e.dispatchEvent(new Event('input')) }", size)
+        self.page.evaluate(
+            "s => { const e = document.getElementById('pen-size'); e.value = String(s); "
+            "e.dispatchEvent(new Event('input')) }",
+            size,
+        )
 
     def stroke(self, z: int, pixels) -> None:
         pts = self._points(z, pixels)
@@ -122,5 +127,10 @@ class Painter:
             self.tool("eraser", 1)
             self.click(z, extra)
         got = self.page_mask(z, mask.shape)
-        return {"components": int(n), "contour_moves": contour_points, "brush_clicks": int(len(missing)),
-                "eraser_clicks": int(len(extra)), "equal": bool(np.array_equal(got, mask))}
+        return {
+            "components": int(n),
+            "contour_moves": contour_points,
+            "brush_clicks": int(len(missing)),
+            "eraser_clicks": int(len(extra)),
+            "equal": bool(np.array_equal(got, mask)),
+        }

@@ -16,7 +16,9 @@ def slice_positions(page, z: int) -> tuple[np.ndarray, tuple[int, int]]:
                   const xy = []; const a = [0, 0, 0]; a[cs.axis] = z;
                   for (let i = 0; i < cs.shape[u]; i++) { a[u] = i;
                     for (let j = 0; j < cs.shape[v]; j++) { a[v] = j; xy.push(p.voxelToCanvas(a)) } }
-                  return { xy, plane: [cs.shape[u], cs.shape[v]] } }""", z)
+                  return { xy, plane: [cs.shape[u], cs.shape[v]] } }""",
+        z,
+    )
     return np.asarray(out["xy"], dtype=np.float64), tuple(out["plane"])
 
 

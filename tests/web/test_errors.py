@@ -28,8 +28,11 @@ def n_errors(page) -> int:
 
 def drop_file(page, name: str, data: bytes) -> None:
     """A file dropped on the viewer (drag and drop, as from a file manager)."""
-    dt = page.evaluate_handle("([name, bytes]) => { const dt = new DataTransfer(); "
-                              "dt.items.add(new File([new Uint8Array(bytes)], name)); return dt }", [name, list(data)])
+    dt = page.evaluate_handle(
+        "([name, bytes]) => { const dt = new DataTransfer(); "
+        "dt.items.add(new File([new Uint8Array(bytes)], name)); return dt }",
+        [name, list(data)],
+    )
     page.dispatch_event("#viewer", "dragover", {"dataTransfer": dt})
     page.dispatch_event("#viewer", "drop", {"dataTransfer": dt})
 
@@ -58,7 +61,9 @@ def test_wrong_key_bad_files_and_a_server_gone(tab_factory, tmp_path):
 
         # a file that is not a volume by its name: refused before anything is sent
         n = n_errors(page)
-        page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"a shopping list"}])
+        page.set_input_files(
+            "#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"a shopping list"}]
+        )
         wait_js(page, f"window.dilsegPage.errors.length > {n}", 10)
         err = last_error(page)
         assert "notes.txt" in err["text"] and "not a volume" in err["text"], err

@@ -98,8 +98,10 @@ def test_three_slices_on_the_page_equal_three_annotate_calls(tab_factory, tmp_pa
     d_page, d_api = dice(on_page, label), dice(via_api, label)
     same = int((on_page == via_api).sum())
     moves = sum(d["contour_moves"] + d["brush_clicks"] + d["eraser_clicks"] for d in drawn.values())
-    print(f"\nLA la_000, slices {slices}: Dice on the page {d_page:.4f}, through Session {d_api:.4f}; "
-          f"{same}/{on_page.size} voxels equal; drawing {moves} mouse strokes/clicks in {t_draw:.1f} s; "
-          f"test {time.perf_counter() - t0:.1f} s")
+    print(
+        f"\nLA la_000, slices {slices}: Dice on the page {d_page:.4f}, through Session {d_api:.4f}; "
+        f"{same}/{on_page.size} voxels equal; drawing {moves} mouse strokes/clicks in {t_draw:.1f} s; "
+        f"test {time.perf_counter() - t0:.1f} s"
+    )
     assert round(d_page, 3) == round(d_api, 3)
     assert d_page > 0.7

@@ -36,10 +36,15 @@ def go(page, z: int) -> None:
 def send_and_wait(page, timeout: float = 120) -> dict:
     n = page.evaluate("window.dilsegPage.events.length")
     page.keyboard.press("Enter")
-    wait_js(page, f"window.dilsegPage.events.filter(e => e.what === 'result').length > 0 && "
-                  f"window.dilsegPage.events.length > {n} && "
-                  f"window.dilsegPage.events[window.dilsegPage.events.length - 1].what === 'result' && "
-                  f"!window.dilsegPage.busy", timeout, "the round's result on the page")
+    wait_js(
+        page,
+        f"window.dilsegPage.events.filter(e => e.what === 'result').length > 0 && "
+        f"window.dilsegPage.events.length > {n} && "
+        f"window.dilsegPage.events[window.dilsegPage.events.length - 1].what === 'result' && "
+        f"!window.dilsegPage.busy",
+        timeout,
+        "the round's result on the page",
+    )
     return page.evaluate(f"window.dilsegPage.events.slice({n})")
 
 
@@ -99,7 +104,9 @@ def test_annotate_a_phantom_case(tab_factory, tmp_path):
         kinds = [e["what"] for e in events]
         assert kinds.index("proxy") < kinds.index("result"), kinds
         meta, result = srv.frame(f"/v1/sessions/{sid}/result")
-        page_result = np.asarray(page.evaluate("Array.from(window.dilsegPage.cs.result)"), np.uint8).reshape(label.shape)
+        page_result = np.asarray(page.evaluate("Array.from(window.dilsegPage.cs.result)"), np.uint8).reshape(
+            label.shape
+        )
         assert np.array_equal(page_result, result)
         _, proxy = srv.frame(f"/v1/sessions/{sid}/proxy")
         page_proxy = np.asarray(page.evaluate("Array.from(window.dilsegPage.cs.proxy)"), np.uint8).reshape(label.shape)

@@ -18,8 +18,18 @@ import numpy as np
 
 from ._slices import Changes
 
-__all__ = ["Progress", "EngineStatus", "RoundOutcome", "local_engine", "remote_engine", "engine_status",
-           "open_case", "propose", "send_round", "commit"]
+__all__ = [
+    "Progress",
+    "EngineStatus",
+    "RoundOutcome",
+    "local_engine",
+    "remote_engine",
+    "engine_status",
+    "open_case",
+    "propose",
+    "send_round",
+    "commit",
+]
 
 #: counters the widget shows, in this order (others after them, when not zero)
 COUNTERS = ("cases", "rounds", "steps", "skipped_steps", "weights_version")
@@ -127,8 +137,14 @@ def _annotate(session: Any, changes: Changes) -> None:
             session.annotate(int(z), m)
 
 
-def send_round(session: Any, changes: Changes, extent: Optional[tuple[int, int]], steps: Optional[int], k: int,
-               annotated_after: int) -> Steps:
+def send_round(
+    session: Any,
+    changes: Changes,
+    extent: Optional[tuple[int, int]],
+    steps: Optional[int],
+    k: int,
+    annotated_after: int,
+) -> Steps:
     """One round: the changed slices in, the extent, propagate, learn ``steps``, the
     fused result and the next ``k`` proposals out.
 

@@ -152,8 +152,10 @@ class DilsegWidget(QWidget):
         self.image_combo = QComboBox()
         form.addRow("image", self.image_combo)
         self.open_btn = QPushButton("Open case")
-        self.open_btn.setToolTip("Open the selected Image layer; the annotation axis is the one the view slices now, "
-                                 "the spacing is the layer's scale")
+        self.open_btn.setToolTip(
+            "Open the selected Image layer; the annotation axis is the one the view slices now, "
+            "the spacing is the layer's scale"
+        )
         self.open_btn.clicked.connect(self.open_case)
         col.addWidget(self.open_btn)
         self.case_label = note()
@@ -187,8 +189,9 @@ class DilsegWidget(QWidget):
         self.empty_btn.clicked.connect(self.mark_empty)
         col.addWidget(self.empty_btn)
         self.send_btn = QPushButton("Send slices")
-        self.send_btn.setToolTip("Send the slices drawn or changed since the last send; propagate, learn, show the "
-                                 "result")
+        self.send_btn.setToolTip(
+            "Send the slices drawn or changed since the last send; propagate, learn, show the result"
+        )
         self.send_btn.clicked.connect(self.send_slices)
         col.addWidget(self.send_btn)
         self.drawn_label = note()
@@ -286,9 +289,12 @@ class DilsegWidget(QWidget):
                 self.progress.setFormat("done")
             self._update_buttons()
 
-        worker = create_worker(gen_func, *args, _start_thread=False,
-                               _connect={"yielded": self._on_progress, "returned": returned, "errored": errored,
-                                         "finished": finished})
+        worker = create_worker(
+            gen_func,
+            *args,
+            _start_thread=False,
+            _connect={"yielded": self._on_progress, "returned": returned, "errored": errored, "finished": finished},
+        )
         self.worker = worker
         self.stages = []
         self.progress.setValue(0)
@@ -394,8 +400,10 @@ class DilsegWidget(QWidget):
             self._show_proposals()
             self._make_drawing_layer(layer)
             self.result_layer = None
-            self.case_label.setText(f"{layer.name}: {' × '.join(map(str, image.shape))}, drawn along axis {axis} "
-                                    f"({image.shape[axis]} slices), spacing {' × '.join(f'{s:g}' for s in spacing)}")
+            self.case_label.setText(
+                f"{layer.name}: {' × '.join(map(str, image.shape))}, drawn along axis {axis} "
+                f"({image.shape[axis]} slices), spacing {' × '.join(f'{s:g}' for s in spacing)}"
+            )
             self._show_extent()
             self._show_drawn()
             self._show_status(status)
@@ -411,8 +419,9 @@ class DilsegWidget(QWidget):
         else:
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
-            layer = self.viewer.add_labels(np.zeros(shape, dtype=np.uint8), name=name, scale=image_layer.scale,
-                                           translate=image_layer.translate)
+            layer = self.viewer.add_labels(
+                np.zeros(shape, dtype=np.uint8), name=name, scale=image_layer.scale, translate=image_layer.translate
+            )
         layer.selected_label = 1
         layer.brush_size = max(3, min(shape) // 10)
         self.viewer.layers.selection.active = layer
@@ -483,6 +492,7 @@ class DilsegWidget(QWidget):
         drawn = self.book.drawn(self.drawing_layer.data)
         sent = self.book.sent
         empty = sorted(self.book.empty)
+
         def show(zs: list[int]) -> str:
             return ", ".join(map(str, zs)) or "–"
 
@@ -501,8 +511,10 @@ class DilsegWidget(QWidget):
         except ValueError:
             pass
         if view_axis is not None and view_axis != self.axis:
-            self._say(f"note: the view slices axis {view_axis}; this case is drawn along axis {self.axis} "
-                      "(only its slices are sent)")
+            self._say(
+                f"note: the view slices axis {view_axis}; this case is drawn along axis {self.axis} "
+                "(only its slices are sent)"
+            )
         labels = np.asarray(self.drawing_layer.data)
         changes = self.book.changes(labels)  # copies of the changed slices, taken on the Qt thread
         after = len(set(self.book.sent) - set(changes.erase) | set(changes.annotate))
@@ -539,8 +551,9 @@ class DilsegWidget(QWidget):
         name = f"{self.image_layer.name} dilseg"
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
-        layer = Labels(result, name=name, scale=self.image_layer.scale, translate=self.image_layer.translate,
-                       opacity=0.8)
+        layer = Labels(
+            result, name=name, scale=self.image_layer.scale, translate=self.image_layer.translate, opacity=0.8
+        )
         layer.contour = 1  # outlines: the image stays visible under the result
         try:
             from napari.utils.colormaps import DirectLabelColormap

@@ -27,8 +27,10 @@ if not os.environ.get("XDG_RUNTIME_DIR"):  # Qt wants one (root on CI has none)
 
 def pytest_configure(config):
     if shutil.which("Xvfb") is None and not os.environ.get("DISPLAY"):
-        raise pytest.UsageError("Xvfb is not installed and there is no DISPLAY: `make test-napari` installs "
-                                "Debian's xvfb (see the Makefile's NAPARI_SYSTEM_PACKAGES)")
+        raise pytest.UsageError(
+            "Xvfb is not installed and there is no DISPLAY: `make test-napari` installs "
+            "Debian's xvfb (see the Makefile's NAPARI_SYSTEM_PACKAGES)"
+        )
 
 
 def tiny_config(steps: int = 3, **kw):
@@ -36,10 +38,8 @@ def tiny_config(steps: int = 3, **kw):
     import engine
     from engine.learn import LearnConfig
 
-    learn = LearnConfig(base_width=4, depth=2, precision="fp32", channels_last=False, patch=(8, 16, 16),
-                        batch_size=2)
-    return engine.Config(device="cpu", learn=learn, steps=steps, replay_capacity=16, replay_patches_per_case=4,
-                         **kw)
+    learn = LearnConfig(base_width=4, depth=2, precision="fp32", channels_last=False, patch=(8, 16, 16), batch_size=2)
+    return engine.Config(device="cpu", learn=learn, steps=steps, replay_capacity=16, replay_patches_per_case=4, **kw)
 
 
 def dice(a, b) -> float:

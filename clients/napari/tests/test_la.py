@@ -89,9 +89,11 @@ def test_three_la_slices_match_the_api(dock, qtbot, la_case, artifacts):
     t_api = time.perf_counter() - t0
     d_widget, d_api = dice(got, la_case.label), dice(want, la_case.label)
     differ = int((got.astype(bool) != want.astype(bool)).sum())
-    print(f"LA la_000 slices {sorted(drawn)} of {first}-{last}: Dice widget {d_widget:.4f}, API {d_api:.4f}, "
-          f"{differ} voxels differ; round {t_widget:.1f} s in the widget, {t_api:.1f} s through the API "
-          f"(engine, open and round); widget stages {w.last_round.timings}")
+    print(
+        f"LA la_000 slices {sorted(drawn)} of {first}-{last}: Dice widget {d_widget:.4f}, API {d_api:.4f}, "
+        f"{differ} voxels differ; round {t_widget:.1f} s in the widget, {t_api:.1f} s through the API "
+        f"(engine, open and round); widget stages {w.last_round.timings}"
+    )
     assert round(d_widget, 3) == round(d_api, 3)
     assert d_widget > 0.75  # three slices: the proxy alone reaches ~0.84 on LA (README)
     w.go_to((sorted(drawn)[0] + sorted(drawn)[1]) // 2)  # a slice nobody drew

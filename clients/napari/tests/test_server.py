@@ -38,15 +38,37 @@ def server(tmp_path: Path):
     py = MAIN_PY if MAIN_PY.exists() else Path(sys.executable)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     keys = tmp_path / "keys.json"
-    key = subprocess.run([str(py), "-m", "engine.cli", "keys", "add", "napari", "--file", str(keys)],
-                         check=True, capture_output=True, text=True, env=env, cwd=ROOT).stdout.strip()
+    key = subprocess.run(
+        [str(py), "-m", "engine.cli", "keys", "add", "napari", "--file", str(keys)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    ).stdout.strip()
     eng = Engine(tiny_config(steps=3))  # the server's engine: saved here, loaded by the server
     StateDir(tmp_path / "state").save(eng)
     eng.close()
     port = _free_port()
-    proc = subprocess.Popen([str(py), "-m", "engine.cli", "serve", "--port", str(port), "--state",
-                             str(tmp_path / "state"), "--keys", str(keys)], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            str(py),
+            "-m",
+            "engine.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--state",
+            str(tmp_path / "state"),
+            "--keys",
+            str(keys),
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -125,8 +147,7 @@ def test_widget_through_a_real_server(dock, qtbot, server):
     s.learn(steps)
     d_local = dice(s.result(), case.label)
     eng.close()
-    print(f"server round: Dice {d_remote:.4f} through dilseg serve, {d_local:.4f} in process; "
-          f"{w.status.describe()}")
+    print(f"server round: Dice {d_remote:.4f} through dilseg serve, {d_local:.4f} in process; {w.status.describe()}")
     assert round(d_remote, 3) == round(d_local, 3)
     assert w.status.counters["rounds"] == 1
 

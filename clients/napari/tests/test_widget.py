@@ -111,8 +111,10 @@ def test_two_phantom_slices_in_process(dock, qtbot, artifacts):
     assert result.data.shape == case.image.shape
     d_widget = dice(result.data, case.label)
     d_api = _api_dice(case, axis, (first, last), drawn, steps)
-    print(f"phantom, slices {sorted(drawn)} of {first}-{last}: Dice widget {d_widget:.4f}, API {d_api:.4f}; "
-          f"round {w.last_round.wall_s:.2f} s; {w.status.describe()}")
+    print(
+        f"phantom, slices {sorted(drawn)} of {first}-{last}: Dice widget {d_widget:.4f}, API {d_api:.4f}; "
+        f"round {w.last_round.wall_s:.2f} s; {w.status.describe()}"
+    )
     assert round(d_widget, 3) == round(d_api, 3)
     assert d_widget > PHANTOM_DICE
     assert w.book.sent == sorted(drawn)

@@ -18,7 +18,7 @@ def unframe(data: bytes) -> tuple[dict, bytes]:
     if data[:4] != FRAME_MAGIC or len(data) < 8:
         raise E.DataError("the server's answer is not a dilseg frame")
     (n,) = struct.unpack("<I", data[4:8])
-    return json.loads(data[8:8 + n]), data[8 + n:]
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
 
 
 def frame_array(meta: dict, payload: bytes) -> np.ndarray:

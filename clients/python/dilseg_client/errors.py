@@ -94,8 +94,16 @@ def from_response(status: int, body: dict | None, text: str = "") -> DilsegError
     msg = (body or {}).get("message") or text or f"HTTP {status}"
     cls = _BY_NAME.get(name)
     if cls is None:
-        cls = {401: AuthError, 403: ForbiddenError, 404: NotFoundError, 409: StateError, 410: SessionClosedError,
-               413: TooLargeError, 422: InputError, 503: CapacityError}.get(status, ServerError)
+        cls = {
+            401: AuthError,
+            403: ForbiddenError,
+            404: NotFoundError,
+            409: StateError,
+            410: SessionClosedError,
+            413: TooLargeError,
+            422: InputError,
+            503: CapacityError,
+        }.get(status, ServerError)
     exc = cls(msg)
     exc.status = status
     return exc

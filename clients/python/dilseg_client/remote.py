@@ -30,16 +30,26 @@ class RemoteEngine:
             third of the server's lease timeout).
     """
 
-    def __init__(self, url: str, api_key: Optional[str] = None, timeouts: Optional[dict] = None,
-                 heartbeat_s: Optional[float] = None, transport: Any = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        api_key: Optional[str] = None,
+        timeouts: Optional[dict] = None,
+        heartbeat_s: Optional[float] = None,
+        transport: Any = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeouts = dict(DEFAULT_TIMEOUTS, **(timeouts or {}))
         t = self.timeouts
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         kw = {"transport": transport} if transport is not None else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, http2=False,
-                                  timeout=httpx.Timeout(connect=t["connect"], read=t["read"], write=t["write"],
-                                                        pool=t["pool"]), **kw)
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            http2=False,
+            timeout=httpx.Timeout(connect=t["connect"], read=t["read"], write=t["write"], pool=t["pool"]),
+            **kw,
+        )
         self._heartbeat_s = heartbeat_s
         self._sessions: "weakref.WeakSet[RemoteSession]" = weakref.WeakSet()
         self._hb: Optional[threading.Thread] = None
@@ -113,8 +123,13 @@ class RemoteEngine:
         params = {"shape": ",".join(map(str, a.shape)), "dtype": dt, "axis": axis}
         if spacing is not None:
             params["spacing"] = ",".join(repr(float(s)) for s in spacing)
-        info = self._json("POST", "/v1/sessions", params=params, content=a.tobytes(),
-                          headers={"Content-Type": "application/octet-stream"})
+        info = self._json(
+            "POST",
+            "/v1/sessions",
+            params=params,
+            content=a.tobytes(),
+            headers={"Content-Type": "application/octet-stream"},
+        )
         return self._session(info)
 
     def open_file(self, path: str, axis: int = 2) -> "RemoteSession":
@@ -123,8 +138,13 @@ class RemoteEngine:
         fmt = "nrrd" if str(path).lower().endswith(".nrrd") else "nifti"
         with open(path, "rb") as f:
             data = f.read()
-        info = self._json("POST", "/v1/sessions/file", params={"format": fmt, "axis": axis}, content=data,
-                          headers={"Content-Type": "application/octet-stream"})
+        info = self._json(
+            "POST",
+            "/v1/sessions/file",
+            params={"format": fmt, "axis": axis},
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
         return self._session(info)
 
     def _session(self, info: dict) -> "RemoteSession":
@@ -135,9 +155,13 @@ class RemoteEngine:
 
     def predict(self, image: Any, axis: int = 0) -> np.ndarray:
         a, dt = self._image_body(image)
-        r = self._request("POST", "/v1/predict", params={"shape": ",".join(map(str, a.shape)), "dtype": dt,
-                                                         "axis": axis}, content=a.tobytes(),
-                          headers={"Content-Type": "application/octet-stream"})
+        r = self._request(
+            "POST",
+            "/v1/predict",
+            params={"shape": ",".join(map(str, a.shape)), "dtype": dt, "axis": axis},
+            content=a.tobytes(),
+            headers={"Content-Type": "application/octet-stream"},
+        )
         meta, payload = unframe(r.content)
         return frame_array(meta, payload).copy()
 
@@ -273,8 +297,7 @@ class RemoteSession:
     def annotate_many(self, indices: Sequence[int], masks: Sequence[Any], axis: Optional[int] = None) -> None:
         """Several slices in one request (all or none are applied)."""
         params, body = self._slices_body(indices, masks, axis)
-        self._call("POST", "/slices", params=params, content=body,
-                   headers={"Content-Type": "application/octet-stream"})
+        self._call("POST", "/slices", params=params, content=body, headers={"Content-Type": "application/octet-stream"})
 
     def erase(self, index: int, axis: Optional[int] = None) -> None:
         params = {"axis": axis} if axis is not None else {}
@@ -283,8 +306,9 @@ class RemoteSession:
     def undo(self) -> None:
         self._call("POST", "/undo")
 
-    def propose(self, k: int, extent: Optional[tuple[int, int]] = None, rule: Optional[str] = None,
-                return_timings: bool = False) -> Any:
+    def propose(
+        self, k: int, extent: Optional[tuple[int, int]] = None, rule: Optional[str] = None, return_timings: bool = False
+    ) -> Any:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise E.InputError(f"k must be an int >= 1, got {k!r}")
         if extent is not None:
@@ -322,14 +346,19 @@ class RemoteSession:
             try:
                 while True:
                     wait = max(0.0, min(20.0, deadline - time.monotonic()))
-                    st = self._call("GET", f"/jobs/{job['job_id']}", params={"wait": wait},
-                                    timeout=httpx.Timeout(read + wait, connect=self.engine.timeouts["connect"])).json()
+                    st = self._call(
+                        "GET",
+                        f"/jobs/{job['job_id']}",
+                        params={"wait": wait},
+                        timeout=httpx.Timeout(read + wait, connect=self.engine.timeouts["connect"]),
+                    ).json()
                     if st["state"] == "done":
                         fut.set_result(self._record("learn", st.get("timings")))
                         return
                     if st["state"] == "failed":
-                        fut.set_exception(E.from_response(409, {"error": st.get("error"),
-                                                                "message": st.get("message")}))
+                        fut.set_exception(
+                            E.from_response(409, {"error": st.get("error"), "message": st.get("message")})
+                        )
                         return
                     if time.monotonic() >= deadline:
                         raise E.NetworkError(f"learning job {job['job_id']} still running after {limit} s")
@@ -378,9 +407,16 @@ class RemoteSession:
         """The fused mask as a NIfTI / NRRD file (with the uploaded file's geometry)."""
         return self._call("GET", "/result", params={"format": format}).content
 
-    def round(self, indices: Sequence[int] = (), masks: Sequence[Any] = (), axis: Optional[int] = None,
-              steps: Optional[int] = None, k: int = 0, rule: Optional[str] = None,
-              extent: Optional[tuple[int, int]] = None) -> tuple[np.ndarray, list[int]]:
+    def round(
+        self,
+        indices: Sequence[int] = (),
+        masks: Sequence[Any] = (),
+        axis: Optional[int] = None,
+        steps: Optional[int] = None,
+        k: int = 0,
+        rule: Optional[str] = None,
+        extent: Optional[tuple[int, int]] = None,
+    ) -> tuple[np.ndarray, list[int]]:
         """One round in one request: annotate ``masks`` at ``indices``, propagate,
         learn ``steps``, fuse; returns ``(result, next k proposals)``."""
         params: dict[str, Any] = {"k": int(k)}
@@ -397,8 +433,9 @@ class RemoteSession:
         etag, _ = self._cache.get("result", (None, None))
         if etag is not None:
             params["since"] = etag
-        r = self._call("POST", "/round", params=params, content=body,
-                       headers={"Content-Type": "application/octet-stream"})
+        r = self._call(
+            "POST", "/round", params=params, content=body, headers={"Content-Type": "application/octet-stream"}
+        )
         meta, payload = unframe(r.content)
         self.rounds += 1
         self._record("round", meta.get("timings"))
@@ -410,8 +447,13 @@ class RemoteSession:
         body = b""
         if final_mask is not None:
             body = pack([as_mask(final_mask, self.shape, "final_mask")])
-        self._call("POST", "/commit", params={"format": "bits"}, content=body,
-                   headers={"Content-Type": "application/octet-stream"})
+        self._call(
+            "POST",
+            "/commit",
+            params={"format": "bits"},
+            content=body,
+            headers={"Content-Type": "application/octet-stream"},
+        )
         self._closed = True
 
     def close(self) -> None:
