@@ -60,9 +60,11 @@ class LearnConfig:
     Loss:
         bce_weight, dice_weight, dice_smooth: see ``weighted_bce_dice``.
     Execution:
-        precision: ``"bf16"`` (default; CPU and GPU), ``"fp16"`` (GPU only, with
-            ``GradScaler``) or ``"fp32"``.
-        channels_last: use ``torch.channels_last_3d`` for the model and inputs.
+        precision: ``"auto"`` (default: bf16 where the device computes bf16 natively,
+            else fp32; :mod:`engine.learn.device`), ``"bf16"`` (CPU and GPU), ``"fp16"``
+            (GPU only, with ``GradScaler``) or ``"fp32"``.
+        channels_last: use ``torch.channels_last_3d`` for the model and inputs
+            (default; faster in fp32 and bf16 alike on the CPUs measured).
         compile: wrap the model in ``torch.compile`` for training steps.
         cuda_graph: capture the whole training step in a CUDA graph (GPU, bf16/fp32
             only; ignored with a warning on CPU).
@@ -97,7 +99,7 @@ class LearnConfig:
     bce_weight: float = 1.0
     dice_weight: float = 1.0
     dice_smooth: float = 1.0
-    precision: str = "bf16"
+    precision: str = "auto"
     channels_last: bool = True
     compile: bool = False
     cuda_graph: bool = False
@@ -113,7 +115,7 @@ class LearnConfig:
             ("norm", NORMS),
             ("normalize", NORMALIZE_MODES + ("auto",)),
             ("optimizer", OPTIMIZERS),
-            ("precision", PRECISIONS),
+            ("precision", PRECISIONS + ("auto",)),
             ("sw_blend", BLENDS),
         ):
             if getattr(self, name) not in allowed:

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from .config import LearnConfig
+from .device import resolve_execution
 
 __all__ = ["Fingerprint", "Plan", "make_plan", "grid_size", "PATCH_VOXELS", "INPLANE_PATCH"]
 
@@ -172,7 +173,7 @@ class Plan:
         head = (
             f"segmenter plan: target spacing {_fmt(lc.target_spacing)} mm, patch {_fmt(lc.patch)} voxels, "
             f"batch {lc.batch_size}, strides {_fmt_levels(lc.strides)}, kernels {_fmt_levels(lc.kernels)}, "
-            f"normalisation {lc.normalize}"
+            f"normalisation {lc.normalize}, precision {lc.precision}"
         )
         return "\n".join([head] + [f"  - {r}" for r in self.reasons])
 
@@ -366,5 +367,7 @@ def make_plan(fp: Fingerprint, learn: LearnConfig, device: torch.device) -> Plan
         sw_batch=sw_batch,
         patch_voxels=budget,
     )
+    resolved, why = resolve_execution(resolved, device)
+    reasons.append(why)
     resolved.validate()
     return Plan(resolved, reasons, summ)

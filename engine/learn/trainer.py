@@ -24,9 +24,10 @@ and ``predict``, and inside ``ReplayBuffer.add_case``: callers pass raw intensit
 everywhere.
 
 Precision: ``"bf16"`` autocast (CPU and GPU), ``"fp16"`` autocast with
-``torch.amp.GradScaler`` (GPU only) or ``"fp32"``. Losses are always computed in
-float32. On the 2-core AVX512-BF16 development CPU, bf16 + ``channels_last_3d`` is
-the fastest setting (see ``benchmarks/bench_train.py``), hence the defaults.
+``torch.amp.GradScaler`` (GPU only) or ``"fp32"``; ``"auto"`` (the default) picks bf16
++ ``channels_last_3d`` where the device computes bf16 natively and fp32 elsewhere
+(:mod:`engine.learn.device`: on a CPU without AVX512-BF16, emulated bf16 is ~2x slower
+than fp32). Losses are always computed in float32.
 
 Replay mixing: with ratio ``r`` and batch ``B``, global step ``t`` takes
 ``floor((t+1) B r) - floor(t B r)`` replay patches and the rest from the current
@@ -47,6 +48,7 @@ from ..errors import InputError, ShapeError
 from ._checks import as_volume, check_float, check_int, check_range, check_same_shape
 from ._state import check_trainer_state, restore, snapshot
 from .config import OPTIMIZERS, PRECISIONS, LearnConfig
+from .device import resolve_execution
 from .losses import weighted_bce_dice
 from .models import apply_intensity, build_model, intensity_stats, normalize_intensity, sliding_window_inference
 from .replay import POLICIES, ReplayBuffer
@@ -72,6 +74,7 @@ class Trainer:
         config.validate()
         config = config.concrete()  # fields no plan filled take their fixed defaults
         self.device = torch.device(device)
+        config = resolve_execution(config, self.device)[0]  # precision "auto" for this device
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise InputError("device is cuda but torch.cuda.is_available() is False")
         on_gpu = self.device.type == "cuda"
