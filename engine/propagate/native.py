@@ -169,6 +169,33 @@ def _resize_fields(u: Tensor, size: tuple[int, int]) -> Tensor:
     return rows.index_select(-2, iy0) * wy0[:, None] + rows.index_select(-2, iy1) * wy1[:, None]
 
 
+def _upsample_axis(x: Tensor, f: int, dim: int) -> Tensor:
+    """Linear upsampling of ``x`` by the integer ``f`` along ``dim`` (align_corners=False):
+    the same operands, weights and arithmetic as one pass of :func:`_resize_fields`, so the
+    same bits, but read through ``f`` shifted views of a replicate-padded copy instead of
+    a gather (``index_select`` along the last dimension is ~10x slower on the big fields of
+    a 0.625 mm scan)."""
+    m = x.shape[dim]
+    i0, i1, w0, w1 = _linear_weights(m, m * f, x.device)
+    xp = torch.cat([x.narrow(dim, 0, 1), x, x.narrow(dim, m - 1, 1)], dim)  # xp[k + 1] = x[clamp(k)]
+    shape = list(x.shape)
+    shape[dim] = m * f
+    parts = []
+    view = [1] * x.dim()
+    view[dim] = m
+    ar = torch.arange(m, device=x.device)
+    for r in range(f):
+        a_idx, b_idx, wa, wb = i0[r::f], i1[r::f], w0[r::f], w1[r::f]
+        o = int(a_idx[m // 2]) - m // 2  # -1 or 0 away from the ends
+        b_views = (ar + o + 1).clamp(0, m - 1)
+        if not (torch.equal(a_idx, (ar + o).clamp(0, m - 1)) and bool(((b_views == b_idx) | (wb == 0)).all())):
+            res = x.index_select(dim, a_idx) * wa.view(view) + x.index_select(dim, b_idx) * wb.view(view)
+        else:  # where the second operand differs its weight is 0: the same sum
+            res = xp.narrow(dim, o + 1, m) * wa.view(view) + xp.narrow(dim, o + 2, m) * wb.view(view)
+        parts.append(res)
+    return torch.stack(parts, dim + 1).reshape(shape)  # out[.., f i + r, ..] = parts[r][.., i, ..]
+
+
 def _upsample_field(u: Tensor, size: tuple[int, int]) -> Tensor:
     # coarse pixel i covers fine pixels 2i, 2i+1: fine = 2 * coarse + 0.5, which is
     # align_corners=False resampling; displacements double
@@ -306,7 +333,7 @@ def _fields_up(u: Tensor, f: tuple[int, int], size: tuple[int, int]) -> Tensor:
     ``f i .. f i + f - 1`` (align_corners=False), displacements times ``f``."""
     if f == (1, 1):
         return u
-    up = _resize_fields(u, (u.shape[-2] * f[0], u.shape[-1] * f[1]))
+    up = _upsample_axis(_upsample_axis(u, f[1], u.dim() - 1), f[0], u.dim() - 2)  # columns, then rows
     up[:, 0] *= f[0]
     up[:, 1] *= f[1]
     return up[..., : size[0], : size[1]].contiguous()

@@ -149,3 +149,18 @@ def test_image_gradient_writes_every_entry(shape):
     for _ in range(3):  # fresh allocations may reuse poisoned memory
         torch.full((shape[0], 2, *shape[2:]), float("nan"))
         torch.testing.assert_close(image_gradient(x), ref)
+
+
+@pytest.mark.parametrize("factors", [(1, 1), (2, 2), (3, 2), (2, 5), (4, 3)])
+@pytest.mark.parametrize("hw", [(1, 1), (1, 7), (5, 1), (2, 3), (9, 13), (37, 44)])
+def test_integer_upsampling_by_views_is_the_gather_bit_for_bit(factors, hw):
+    """_fields_up reads shifted views instead of index_select: the same bits as
+    _resize_fields (which the torch-free path reproduces), on random odd shapes."""
+    from engine.propagate.native import _resize_fields, _upsample_axis
+
+    g = torch.Generator().manual_seed(hash((factors, hw)) % 2**31)
+    u = torch.randn(3, 2, *hw, generator=g) * 4
+    f0, f1 = factors
+    want = _resize_fields(u, (hw[0] * f0, hw[1] * f1))
+    got = _upsample_axis(_upsample_axis(u, f1, 3), f0, 2)
+    assert got.shape == want.shape and torch.equal(got, want)
