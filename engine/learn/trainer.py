@@ -25,7 +25,7 @@ everywhere.
 
 Precision: ``"bf16"`` autocast (CPU and GPU), ``"fp16"`` autocast with
 ``torch.amp.GradScaler`` (GPU only) or ``"fp32"``; ``"auto"`` (the default) picks bf16
-+ ``channels_last_3d`` where the device computes bf16 natively and fp32 elsewhere
+where the device computes bf16 natively and fp32 elsewhere
 (:mod:`engine.learn.device`: on a CPU without AVX512-BF16, emulated bf16 is ~2x slower
 than fp32). Losses are always computed in float32.
 
