@@ -113,3 +113,15 @@ def test_cells_rule_fills_the_largest_gaps_with_half_cells_at_the_ends():
     assert got == [20]
     got = propose("cells", 3, 41, annotated=[10, 30], extent=(0, 40))
     assert got == [3, 20, 37]  # the end gaps count double: 3 scores min(7, 2*3+1)
+
+
+def test_cells_rule_on_a_few_thick_slices_draws_the_ends_like_even_then_gap():
+    # 8 object slices, 3 then 2 picks: at most 4 slices per pick, so the ends count
+    first = propose("cells", 3, 11, extent=(2, 9))
+    assert first == propose("even", 3, 11, extent=(2, 9)) and {2, 9} <= set(first)
+    second = propose("cells", 2, 11, annotated=first, extent=(2, 9))
+    assert second == propose("gap", 2, 11, annotated=first, extent=(2, 9))
+    assert not set(second) & set(first)
+    # one slice more than 4 per pick: cell centres again, ends not proposed
+    got = propose("cells", 2, 11, extent=(0, 8))
+    assert 0 not in got and 8 not in got
