@@ -1,7 +1,8 @@
 """Triton device functions shared by the sampling kernels (warp2d, demons_step,
-propagate_chain), written once: the padding rule of a sample position
-with its NaN-safe clamps, the linear-interpolation taps along one axis, the bilinear
-gather, and the float32 -> bfloat16 rounding the interpreter lacks.
+regularize_field, propagate_chain), written once: the flat pixel index of a program,
+the padding rule of a sample position with its NaN-safe clamps, the
+linear-interpolation taps along one axis, the bilinear gather, and the float32 ->
+bfloat16 rounding the interpreter lacks.
 
 The conventions are those of the C++ kernels (csrc/warp2d/warp2d_cpu.cpp defines
 them): positions in pixels, ``align_corners`` geometry, NaN mapped to the lower clamp
@@ -16,7 +17,27 @@ import triton.language as tl
 
 from ._jit import helper
 
-__all__ = ["clamp_nan", "pad_position", "border_gate", "linear_taps", "nearest_tap", "bilinear", "round_bf16"]
+__all__ = [
+    "flat_pixels",
+    "clamp_nan",
+    "pad_position",
+    "border_gate",
+    "linear_taps",
+    "nearest_tap",
+    "bilinear",
+    "round_bf16",
+]
+
+
+@helper
+def flat_pixels(total, HW, W, BLOCK: tl.constexpr):
+    """This program's ``BLOCK`` flat indices ``offs`` over ``[planes, H, W]`` (int64), the
+    mask ``offs < total`` and the plane, row and column of each."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    plane = offs // HW
+    rem = offs - plane * HW
+    y = rem // W
+    return offs, offs < total, plane, y, rem - y * W
 
 
 @helper

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._helpers import bilinear, linear_taps, pad_position
+from ._helpers import bilinear, flat_pixels, linear_taps, pad_position
 from ._jit import LazyJit as _LazyJit
 
 __all__ = ["demons_step_forward"]
@@ -28,13 +28,7 @@ _BLOCK = 128
 
 
 def _demons_step_kernel(fixed_ptr, moving_ptr, u_ptr, gf_ptr, out_ptr, H, W, HW, total, inv_k, BLOCK: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    mask = offs < total
-    n = offs // HW
-    rem = offs - n * HW
-    y = rem // W
-    x = rem - y * W
+    _, mask, n, y, x = flat_pixels(total, HW, W, BLOCK)
     ym = tl.maximum(y - 1, 0)
     yp = tl.minimum(y + 1, H - 1)
     xm = tl.maximum(x - 1, 0)

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._helpers import flat_pixels
 from ._jit import LazyJit as _LazyJit
 
 __all__ = ["regularize_field_forward", "MAX_TAPS"]
@@ -44,13 +45,7 @@ def _regularize_field_kernel(
     COUPLE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    mask = offs < total
-    plane = offs // HW
-    rem = offs - plane * HW
-    y = rem // W
-    x = rem - y * W
+    offs, mask, plane, y, x = flat_pixels(total, HW, W, BLOCK)
     n = plane // C
     ch = plane - n * C
     j = n % per

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 from triton import knobs
 
-from ._helpers import bilinear, border_gate, linear_taps, nearest_tap, pad_position, round_bf16
+from ._helpers import bilinear, border_gate, flat_pixels, linear_taps, nearest_tap, pad_position, round_bf16
 from ._jit import LazyJit as _LazyJit
 
 __all__ = ["warp2d_forward", "warp2d_backward"]
@@ -69,13 +69,7 @@ def _warp2d_fwd_kernel(
     ROUND_BF16: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)  # flat (n, y, x), int64
-    mask = offs < total
-    n = offs // HW
-    rem = offs - n * HW
-    y = rem // W
-    x = rem - y * W
+    _, mask, n, y, x = flat_pixels(total, HW, W, BLOCK)  # flat (n, y, x), int64
     ub = u_ptr + n * us0 + y * us2 + x * us3
     uy = tl.load(ub, mask=mask, other=0.0)
     ux = tl.load(ub + us1, mask=mask, other=0.0)
@@ -155,13 +149,7 @@ def _warp2d_bwd_kernel(
     HAS_GU: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)  # flat (n, y, x), int64
-    mask = offs < total
-    n = offs // HW
-    rem = offs - n * HW
-    y = rem // W
-    x = rem - y * W
+    _, mask, n, y, x = flat_pixels(total, HW, W, BLOCK)  # flat (n, y, x), int64
     ub = u_ptr + n * us0 + y * us2 + x * us3
     uy = tl.load(ub, mask=mask, other=0.0)
     ux = tl.load(ub + us1, mask=mask, other=0.0)

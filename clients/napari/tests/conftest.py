@@ -55,6 +55,23 @@ def wait_idle(qtbot, widget, timeout_s: float = 180.0) -> None:
         raise AssertionError(f"the widget's call failed: {widget.last_error!r}") from widget.last_error
 
 
+def mark_extent(qtbot, widget, label, axis: int, k: int) -> tuple[int, int]:
+    """Set the proposals per round to ``k`` and mark the object's first and last slice
+    along ``axis`` with the widget's buttons, as a person would; returns the extent."""
+    from qtpy.QtCore import Qt  # imported after this module has set up the Qt environment
+
+    other = tuple(a for a in range(3) if a != axis)
+    zs = np.nonzero(np.asarray(label).any(axis=other))[0]
+    first, last = int(zs[0]), int(zs[-1])
+    widget.k_spin.setValue(k)
+    widget.go_to(first)
+    qtbot.mouseClick(widget.first_btn, Qt.LeftButton)
+    widget.go_to(last)
+    qtbot.mouseClick(widget.last_btn, Qt.LeftButton)
+    wait_idle(qtbot, widget)
+    return first, last
+
+
 def paint(layer, axis: int, z: int, mask) -> None:
     """Leave slice ``z`` of the Labels ``layer`` as a person painting label 1 would."""
     index = [slice(None)] * 3

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
-from .conftest import dice, paint, wait_idle
+from .conftest import dice, mark_extent, paint, wait_idle
 
 STEPS = 10
 
@@ -62,14 +62,7 @@ def test_three_la_slices_match_the_api(dock, qtbot, la_case, artifacts):
     wait_idle(qtbot, w)
     assert w.axis == axis and tuple(w.session.spacing) == tuple(la_case.spacing)
 
-    zs = np.nonzero(la_case.label.any(axis=(0, 1)))[0]
-    first, last = int(zs[0]), int(zs[-1])
-    w.k_spin.setValue(3)
-    w.go_to(first)
-    qtbot.mouseClick(w.first_btn, Qt.LeftButton)
-    w.go_to(last)
-    qtbot.mouseClick(w.last_btn, Qt.LeftButton)
-    wait_idle(qtbot, w)
+    first, last = mark_extent(qtbot, w, la_case.label, axis, 3)
     drawn = []
     for _ in range(3):
         qtbot.mouseClick(w.next_btn, Qt.LeftButton)

@@ -12,11 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
-from .conftest import ROOT, dice, paint, tiny_config, wait_idle
+from .conftest import ROOT, dice, mark_extent, paint, tiny_config, wait_idle
 
 MAIN_PY = ROOT / ".venv" / "bin" / "python"
 
@@ -117,14 +116,7 @@ def test_widget_through_a_real_server(dock, qtbot, server):
     qtbot.mouseClick(w.open_btn, Qt.LeftButton)
     wait_idle(qtbot, w)
     assert w.axis == 0 and type(w.session).__name__ == "RemoteSession"
-    zs = np.nonzero(case.label.any(axis=(1, 2)))[0]
-    first, last = int(zs[0]), int(zs[-1])
-    w.k_spin.setValue(2)
-    w.go_to(first)
-    qtbot.mouseClick(w.first_btn, Qt.LeftButton)
-    w.go_to(last)
-    qtbot.mouseClick(w.last_btn, Qt.LeftButton)
-    wait_idle(qtbot, w)
+    first, last = mark_extent(qtbot, w, case.label, 0, 2)
     drawn = []
     for _ in range(2):
         qtbot.mouseClick(w.next_btn, Qt.LeftButton)

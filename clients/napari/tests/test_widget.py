@@ -9,7 +9,7 @@ import importlib.metadata as md
 import numpy as np
 from qtpy.QtCore import Qt
 
-from .conftest import dice, paint, tiny_config, wait_idle
+from .conftest import dice, mark_extent, paint, tiny_config, wait_idle
 
 # The phantom's proxy mask from two slices (the only part of the result while the
 # fusion gate has no evidence, lambda = 0) measured 0.84 Dice through the API; an
@@ -82,14 +82,7 @@ def test_two_phantom_slices_in_process(dock, qtbot, artifacts):
     drawing = w.drawing_layer
     assert drawing.data.shape == case.image.shape and viewer.layers.selection.active.name == drawing.name
 
-    zs = np.nonzero(case.label.any(axis=(0, 2)))[0]
-    first, last = int(zs[0]), int(zs[-1])
-    w.k_spin.setValue(2)
-    w.go_to(first)
-    qtbot.mouseClick(w.first_btn, Qt.LeftButton)
-    w.go_to(last)
-    qtbot.mouseClick(w.last_btn, Qt.LeftButton)
-    wait_idle(qtbot, w)
+    first, last = mark_extent(qtbot, w, case.label, axis, 2)
     assert w.extent == (first, last)
     assert len(w.proposals) == 2 and all(first < z < last for z in w.proposals)
 
