@@ -176,22 +176,27 @@ def _upsample_axis(x: Tensor, f: int, dim: int) -> Tensor:
     a gather (``index_select`` along the last dimension is ~10x slower on the big fields of
     a 0.625 mm scan)."""
     m = x.shape[dim]
-    i0, i1, w0, w1 = _linear_weights(m, m * f, x.device)
+    # which views to read is decided on the host (tiny index vectors: no device read back);
+    # the weights are computed where the data is, as _resize_fields computes them
+    i0, i1, _, w1_host = _linear_weights(m, m * f, "cpu")
+    _, _, w0, w1 = _linear_weights(m, m * f, x.device)
     xp = torch.cat([x.narrow(dim, 0, 1), x, x.narrow(dim, m - 1, 1)], dim)  # xp[k + 1] = x[clamp(k)]
     shape = list(x.shape)
     shape[dim] = m * f
     parts = []
     view = [1] * x.dim()
     view[dim] = m
-    ar = torch.arange(m, device=x.device)
+    ar = torch.arange(m)
     for r in range(f):
-        a_idx, b_idx, wa, wb = i0[r::f], i1[r::f], w0[r::f], w1[r::f]
+        a_idx, b_idx, wa, wb = i0[r::f], i1[r::f], w0[r::f].view(view), w1[r::f].view(view)
         o = int(a_idx[m // 2]) - m // 2  # -1 or 0 away from the ends
         b_views = (ar + o + 1).clamp(0, m - 1)
-        if not (torch.equal(a_idx, (ar + o).clamp(0, m - 1)) and bool(((b_views == b_idx) | (wb == 0)).all())):
-            res = x.index_select(dim, a_idx) * wa.view(view) + x.index_select(dim, b_idx) * wb.view(view)
-        else:  # where the second operand differs its weight is 0: the same sum
-            res = xp.narrow(dim, o + 1, m) * wa.view(view) + xp.narrow(dim, o + 2, m) * wb.view(view)
+        if torch.equal(a_idx, (ar + o).clamp(0, m - 1)) and bool(((b_views == b_idx) | (w1_host[r::f] == 0)).all()):
+            # where the second operand differs from the gather's, its weight is 0: the same sum
+            res = xp.narrow(dim, o + 1, m) * wa + xp.narrow(dim, o + 2, m) * wb
+        else:
+            a_idx, b_idx = a_idx.to(x.device), b_idx.to(x.device)
+            res = x.index_select(dim, a_idx) * wa + x.index_select(dim, b_idx) * wb
         parts.append(res)
     return torch.stack(parts, dim + 1).reshape(shape)  # out[.., f i + r, ..] = parts[r][.., i, ..]
 
