@@ -274,9 +274,12 @@ class Engine:
         size = self.grid(vol.shape, spacing)
         return self._predict_crop(vol, size, self.trainer.intensity(resample(vol, size)))
 
-    def _predict_crop(self, crop: torch.Tensor, size: Sequence[int], stats: torch.Tensor) -> torch.Tensor:
+    def _predict_crop(
+        self, crop: torch.Tensor, size: Sequence[int], stats: torch.Tensor, overlap: Optional[float] = None
+    ) -> torch.Tensor:
         """Probabilities of ``crop`` (native voxels): resampled to ``size`` on the planned
-        grid, normalised with its case's ``stats``, sliding window, resampled back.
+        grid, normalised with its case's ``stats``, sliding window (``overlap``; None:
+        ``sw_overlap``), resampled back.
         Non-finite outputs become 0 and are counted on the device (they never reach a
         residual, a proposal or a result)."""
         tr = self.trainer
@@ -287,7 +290,7 @@ class Engine:
                 self._serving,
                 model_in,
                 tr.patch,
-                overlap=cfg.sw_overlap,
+                overlap=cfg.sw_overlap if overlap is None else overlap,
                 blend=cfg.sw_blend,
                 batch_size=cfg.sw_batch,
                 autocast_dtype=tr.amp_dtype,

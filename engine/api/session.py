@@ -218,12 +218,11 @@ class Session:
 
     def _region(self) -> Box:
         boxes = drawn_boxes(self._store.masks, self._boxes)
+        predicted = None
         if boxes and self._pred is not None and self._pred_trained:  # and where the model sees the object
             lo, hi = self.extent if self.extent is not None else (0, self.D - 1)
-            b = bbox2d((self._pred[lo : hi + 1] >= 0.5).any(0))
-            if b is not None:
-                boxes.append(b)
-        return self._view.region(self.extent, boxes)
+            predicted = bbox2d((self._pred[lo : hi + 1] >= 0.5).any(0))
+        return self._view.region(self.extent, boxes, predicted)
 
     def _prediction(self) -> torch.Tensor:
         eng = self.engine

@@ -71,7 +71,11 @@ class LearnConfig:
     Inference:
         sw_overlap, sw_blend, sw_batch: sliding-window overlap fraction, blending
             (``"gaussian"``, ``"linear"``, ``"constant"``) and windows per pass
-            (*planned*, default 4).
+            (*planned*, default 4). ``sw_overlap`` is for whole volumes
+            (``Engine.predict``, held-out evaluation).
+        sw_overlap_round: the overlap of a session's prediction inside its region of
+            interest, the one a round waits for (default 0.25: 2.2-2.4x fewer windows
+            than 0.5 on the regions measured, Gaussian blending keeps the seams soft).
     seed: seeds the trainer's device generator (patch draws, flips).
     """
 
@@ -104,6 +108,7 @@ class LearnConfig:
     compile: bool = False
     cuda_graph: bool = False
     sw_overlap: float = 0.5
+    sw_overlap_round: float = 0.25
     sw_blend: str = "gaussian"
     sw_batch: Optional[int] = None
     seed: int = 0
@@ -152,6 +157,7 @@ class LearnConfig:
         check_float("LearnConfig.weight_decay", self.weight_decay, 0.0, 1.0)
         check_float("LearnConfig.momentum", self.momentum, 0.0, 1.0, hi_open=True)
         check_float("LearnConfig.sw_overlap", self.sw_overlap, 0.0, 1.0, hi_open=True)
+        check_float("LearnConfig.sw_overlap_round", self.sw_overlap_round, 0.0, 1.0, hi_open=True)
         for name in ("bce_weight", "dice_weight", "dice_smooth"):
             check_float(f"LearnConfig.{name}", getattr(self, name), 0.0, 1e6)
         if self.grad_clip is not None:

@@ -1,0 +1,79 @@
+"""The region of interest a session predicts and learns in (engine/api/roi.py)."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import engine
+import engine.learn
+from engine.api.roi import ROI_MARGIN_MM, ModelView
+
+
+def _view(shape=(60, 100, 90), spacing=(2.0, 1.0, 1.0), patch=(8, 16, 16)):
+    lc = engine.learn.LearnConfig(patch=patch, target_spacing=(2.0, 1.0, 1.0))
+    eng = SimpleNamespace(plan=SimpleNamespace(learn=lc))
+    return ModelView(eng, torch.rand(shape), spacing)
+
+
+def test_margins_are_millimetres_or_half_a_patch():
+    v = _view()
+    assert v.margins() == [8, 16, 16]  # 16 mm at 2 / 1 / 1 mm
+    big = _view(patch=(8, 48, 48))
+    assert big.margins() == [8, 24, 24]  # half of a 48-voxel patch at 1 mm beats 16 mm
+    assert ROI_MARGIN_MM == 16.0
+
+
+@pytest.mark.parametrize(
+    "predicted, rows, cols",
+    [
+        (None, (24, 67), (19, 63)),  # the drawn box grown by 16 voxels
+        ((90, 99, 80, 89), (24, 67), (19, 63)),  # far from the drawings: ignored
+        ((0, 99, 0, 89), (8, 83), (3, 79)),  # everywhere: clipped to one margin, then grown
+        ((36, 55, 30, 50), (20, 72), (14, 67)),  # a little wider than drawn: followed
+    ],
+)
+def test_the_prediction_widens_the_region_only_near_the_drawings(predicted, rows, cols):
+    v = _view()
+    z, y, x = v.region((20, 30), [(40, 50, 35, 45), (42, 48, 37, 46)], predicted)
+    assert (z.start, z.stop) == (12, 39)
+    assert (y.start, y.stop) == rows
+    assert (x.start, x.stop) == cols
+
+
+def test_no_drawings_no_extent_is_the_whole_volume():
+    v = _view()
+    assert v.region(None, []) == (slice(0, 60), slice(0, 100), slice(0, 90))
+
+
+def test_session_result_is_background_outside_its_region_and_covers_the_drawings():
+    learn = engine.learn.LearnConfig(
+        patch=(8, 16, 16), base_width=4, depth=2, batch_size=2, precision="fp32", channels_last=False
+    )
+    eng = engine.Engine(engine.Config(device="cpu", learn=learn, steps=2, replay_capacity=8, replay_patches_per_case=2))
+    g = np.random.default_rng(3)
+    shape = (24, 100, 100)
+    zz, yy, xx = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    label = (((zz - 12) / 6.0) ** 2 + ((yy - 30) / 8.0) ** 2 + ((xx - 34) / 8.0) ** 2 < 1).astype(np.uint8)
+    # the same bright blob far away: a model may fire there; the session must not follow it
+    decoy = ((zz - 12) / 6.0) ** 2 + ((yy - 86) / 6.0) ** 2 + ((xx - 86) / 6.0) ** 2 < 1
+    image = (2.0 * (label | decoy) + g.normal(0, 0.3, shape)).astype(np.float32)
+    zs = np.nonzero(label.any((1, 2)))[0]
+    for _ in range(2):  # the second case sees a trained model
+        s = eng.open(image, spacing=(1, 1, 1), axis=0)
+        s.set_extent(int(zs[0]), int(zs[-1]))
+        for z in (int(zs[1]), 12, int(zs[-2])):
+            s.annotate(z, label[z])
+        s.propagate()
+        s.learn(3)
+        f = s.result(soft=True)
+        (z0, z1), (y0, y1), (x0, x1) = s.region
+        keep = np.zeros(shape, bool)
+        keep[z0:z1, y0:y1, x0:x1] = True
+        assert np.all(f[~keep] == 0.0)
+        ys, xs = np.nonzero(label.any(0))
+        assert y0 <= ys.min() and ys.max() < y1 and x0 <= xs.min() and xs.max() < x1
+        assert not keep[12, 86, 86]  # the decoy lies outside the region
+        s.commit()
+    eng.close()
