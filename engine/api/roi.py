@@ -5,9 +5,11 @@ and the replay patches of a session run inside the **region of interest**, the
 object's extent along the annotation axis and the in-plane bounding box of the drawn
 masks and of the last prediction, each grown by a margin in mm (at least
 :data:`ROI_MARGIN_MM`, at least half the patch, so windows and patches see context).
-The last prediction only widens the region near what was drawn: its box is clipped to
-the drawn box grown by one margin, so a model that still fires on look-alike tissue
-far from the object (early in a stream) cannot pull the region out to the whole slice
+The last prediction widens the region only where the front end can show it: when the
+fusion gate's ``lam`` is at least 0.5 (where the proxy is 0 the fused
+``F = lam (1 - C) P`` reaches 0.5 only then), and only near what was drawn: its box is
+clipped to the drawn box grown by one margin, so a model that still fires on
+look-alike tissue (early in a stream) cannot pull the region out to the whole slice
 (a 240x240x155 brain-sized volume: 0.75 M voxels instead of 2.6 M in round 2).
 Outside it the session's prediction is background. The region is resampled to the
 segmenter's planned grid and normalised with the statistics of the *whole* case

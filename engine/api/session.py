@@ -219,10 +219,15 @@ class Session:
     def _region(self) -> Box:
         boxes = drawn_boxes(self._store.masks, self._boxes)
         predicted = None
-        if boxes and self._pred is not None and self._pred_trained:  # and where the model sees the object
+        # and where the model sees the object, when the front end can show it there: where
+        # the proxy is 0, F = lam (1 - C) P reaches 0.5 only with lam >= 0.5
+        if boxes and self._pred is not None and self._pred_trained and self._model_can_add():
             lo, hi = self.extent if self.extent is not None else (0, self.D - 1)
             predicted = bbox2d((self._pred[lo : hi + 1] >= 0.5).any(0))
         return self._view.region(self.extent, boxes, predicted)
+
+    def _model_can_add(self) -> bool:
+        return self.engine.fusion_weight(self._evidence_rows()) >= 0.5
 
     def _prediction(self) -> torch.Tensor:
         eng = self.engine
