@@ -177,8 +177,9 @@ class Engine:
             return
         with self._serve_lock:
             with torch.no_grad():
-                for dst, src in zip(self._serving.state_dict().values(), self.trainer.model.state_dict().values()):
-                    dst.copy_(src)
+                src = self.trainer.serving_state()  # the training weights, or their average (LearnConfig.ema)
+                for name, dst in self._serving.state_dict().items():
+                    dst.copy_(src[name])
             if bump:
                 self.counters["weights_version"] += 1
 

@@ -70,6 +70,13 @@ def check_trainer_state(trainer, state: dict[str, Any]) -> None:
         groups = state["optimizer"]["param_groups"]
         if [len(g["params"]) for g in groups] != [len(g["params"]) for g in trainer.optimizer.param_groups]:
             raise CheckpointError("checkpoint optimizer groups do not match the model's parameters")
+        ema = state.get("ema")
+        if ema is not None:
+            params = list(trainer.model.parameters())
+            if len(ema) != len(params) or any(
+                not isinstance(e, torch.Tensor) or e.shape != p.shape for e, p in zip(ema, params)
+            ):
+                raise CheckpointError("checkpoint weight average does not match the model's parameters")
         if not isinstance(state["generator"], torch.Tensor) or int(state["steps_done"]) < 0:
             raise CheckpointError("checkpoint trainer generator / step counter is invalid")
     except (KeyError, TypeError, AttributeError) as exc:

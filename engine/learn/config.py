@@ -76,6 +76,11 @@ class LearnConfig:
         sw_overlap_round: the overlap of a session's prediction inside its region of
             interest, the one a round waits for (default 0.25: 2.2-2.4x fewer windows
             than 0.5 on the regions measured, Gaussian blending keeps the seams soft).
+    Serving weights:
+        ema: the weights that predict (``Engine.predict``, sessions, held-out
+            evaluation) are an exponential moving average of the training weights with
+            this decay per step, warmed up as ``min(ema, (1 + n) / (10 + n))`` after
+            ``n`` updates; 0 (default): the training weights themselves.
     seed: seeds the trainer's device generator (patch draws, flips).
     """
 
@@ -109,6 +114,7 @@ class LearnConfig:
     cuda_graph: bool = False
     sw_overlap: float = 0.5
     sw_overlap_round: float = 0.25
+    ema: float = 0.0
     sw_blend: str = "gaussian"
     sw_batch: Optional[int] = None
     seed: int = 0
@@ -158,6 +164,7 @@ class LearnConfig:
         check_float("LearnConfig.momentum", self.momentum, 0.0, 1.0, hi_open=True)
         check_float("LearnConfig.sw_overlap", self.sw_overlap, 0.0, 1.0, hi_open=True)
         check_float("LearnConfig.sw_overlap_round", self.sw_overlap_round, 0.0, 1.0, hi_open=True)
+        check_float("LearnConfig.ema", self.ema, 0.0, 1.0, hi_open=True)
         for name in ("bce_weight", "dice_weight", "dice_smooth"):
             check_float(f"LearnConfig.{name}", getattr(self, name), 0.0, 1e6)
         if self.grad_clip is not None:

@@ -106,6 +106,11 @@ class Trainer:
         #: learning calls whose weights ended non-finite: restored to the call's start
         self.calls_restored = 0
         self._skipped_dev: torch.Tensor | None = None  # CUDA: counted on the device, read once per call
+        #: the serving average of the parameters (``config.ema > 0``), and its update count
+        self.ema: list[torch.Tensor] | None = (
+            [p.detach().clone() for p in self.model.parameters()] if config.ema > 0 else None
+        )
+        self.ema_updates = 0
         self._forward = torch.compile(self.model) if config.compile else self.model
         self._graph: Any = None
         self._static: dict[str, torch.Tensor] = {}
@@ -254,15 +259,44 @@ class Trainer:
         else:
             loss = self._eager_step(image, target, weight)
         self.steps_done += 1
+        self._ema_update()
         return loss
+
+    def _ema_update(self) -> None:
+        """Move the serving average towards the weights (a skipped step left them as
+        they were, so the average moves towards finite weights; no read back)."""
+        if self.ema is None:
+            return
+        n = self.ema_updates
+        decay = min(self.config.ema, (1.0 + n) / (10.0 + n))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.model.parameters()], 1.0 - decay)
+        self.ema_updates = n + 1
+
+    def serving_state(self) -> dict[str, torch.Tensor]:
+        """The weights that predict: the model's state with the parameters replaced by
+        their average when ``config.ema > 0`` (the same tensors, not copies)."""
+        state = self.model.state_dict()
+        if self.ema is None:
+            return state
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        for p, e in zip(self.model.parameters(), self.ema):
+            state[names[id(p)]] = e
+        return state
 
     # ------------------------------------------------------------- CUDA graphs
     def _snapshot(self):
-        return snapshot(self.model, self.optimizer)
+        ema = None if self.ema is None else [e.clone() for e in self.ema]
+        return snapshot(self.model, self.optimizer), ema, self.ema_updates
 
     def _restore(self, snap) -> None:
         """Undo steps in place (a captured CUDA graph keeps the same tensors)."""
-        restore(self.model, self.optimizer, snap)
+        inner, ema, updates = snap
+        restore(self.model, self.optimizer, inner)
+        if self.ema is not None and ema is not None:
+            with torch.no_grad():
+                torch._foreach_copy_(self.ema, ema)
+        self.ema_updates = updates
 
     def _capture(self) -> None:
         """Capture forward + backward + optimizer step as one CUDA graph."""
@@ -471,6 +505,8 @@ class Trainer:
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "generator": self.generator.get_state(),
             "steps_done": self.steps_done,
+            "ema": None if self.ema is None else [e.clone() for e in self.ema],
+            "ema_updates": self.ema_updates,
         }
 
     def check_state_dict(self, state: dict[str, Any]) -> None:
@@ -491,4 +527,11 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"].cpu())
         self.steps_done = int(state["steps_done"])
+        if self.ema is not None:
+            saved = state.get("ema")
+            with torch.no_grad():  # a checkpoint without an average starts one from its weights
+                src = saved if saved is not None else [p.detach() for p in self.model.parameters()]
+                for e, v in zip(self.ema, src):
+                    e.copy_(v)
+            self.ema_updates = int(state.get("ema_updates", 0)) if saved is not None else 0
         self._graph = None  # the optimizer state tensors changed: capture again

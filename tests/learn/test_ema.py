@@ -1,0 +1,101 @@
+"""Serving weights as an average of the training weights (``LearnConfig.ema``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import engine
+from engine.errors import InputError
+from engine.io import phantom_case
+from engine.learn import LearnConfig, Trainer, checkpoint
+
+
+def _batch(config, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (2, 1, *config.patch)
+    return torch.randn(shape, generator=g), (torch.rand(shape, generator=g) > 0.5).float(), torch.ones(shape)
+
+
+def test_the_average_follows_its_recurrence_and_is_what_serves(tiny_config):
+    cfg = dataclasses.replace(tiny_config, ema=0.9, precision="fp32")
+    tr = Trainer(cfg)
+    ref = [p.detach().clone().double() for p in tr.model.parameters()]
+    for i in range(14):
+        tr.step(_batch(cfg, i))
+        d = min(0.9, (1.0 + i) / (10.0 + i))
+        ref = [d * r + (1 - d) * p.detach().double() for r, p in zip(ref, tr.model.parameters())]
+    assert tr.ema_updates == 14
+    for e, r in zip(tr.ema, ref):
+        torch.testing.assert_close(e.double(), r, rtol=1e-5, atol=1e-6)
+    served = tr.serving_state()
+    names = dict(tr.model.named_parameters())
+    assert any(not torch.equal(served[n], p) for n, p in names.items())  # the average, not the weights
+    assert all(served[n] is e for (n, _), e in zip(tr.model.named_parameters(), tr.ema))
+
+
+def test_without_an_average_the_training_weights_serve(tiny_config):
+    tr = Trainer(tiny_config)
+    tr.step(_batch(tiny_config))
+    assert tr.ema is None
+    served = tr.serving_state()
+    assert all(torch.equal(served[n], p) for n, p in tr.model.named_parameters())
+
+
+def test_a_bad_decay_is_typed(tiny_config):
+    for bad in (-0.1, 1.0, float("nan"), "0.9"):
+        with pytest.raises(InputError, match="LearnConfig.ema"):
+            dataclasses.replace(tiny_config, ema=bad).validate()
+
+
+def test_the_average_resumes_bit_identical_and_old_checkpoints_start_one(tiny_config, blob_case, tmp_path):
+    cfg = dataclasses.replace(tiny_config, ema=0.95)
+    image, target, weight = blob_case
+    a = Trainer(cfg)
+    a.train_case(image, target, weight, 3)
+    path = checkpoint.save(tmp_path / "s.ckpt", a, None)
+    a.train_case(image, target, weight, 4)
+    b = Trainer(dataclasses.replace(cfg, seed=9))
+    checkpoint.load(path, b, None)
+    b.train_case(image, target, weight, 4)
+    assert b.ema_updates == a.ema_updates == 7
+    assert all(torch.equal(x, y) for x, y in zip(a.ema, b.ema))
+    plain = Trainer(tiny_config)  # saved without an average
+    plain.train_case(image, target, weight, 2)
+    old = checkpoint.save(tmp_path / "plain.ckpt", plain, None)
+    c = Trainer(cfg)
+    checkpoint.load(old, c, None)
+    assert c.ema_updates == 0 and all(torch.equal(e, p) for e, p in zip(c.ema, c.model.parameters()))
+
+
+def test_a_restored_call_restores_the_average(tiny_config, blob_case, monkeypatch):
+    cfg = dataclasses.replace(tiny_config, ema=0.9)
+    image, target, weight = blob_case
+    tr = Trainer(cfg)
+    tr.train_case(image, target, weight, 2)
+    before = [e.clone() for e in tr.ema], tr.ema_updates
+    monkeypatch.setattr(Trainer, "_end_of_call", lambda self: False)  # as if the weights ended non-finite
+    tr.train_case(image, target, weight, 3)
+    assert tr.calls_restored == 1 and tr.ema_updates == before[1]
+    assert all(torch.equal(e, b) for e, b in zip(tr.ema, before[0]))
+
+
+def test_engine_predicts_from_the_average_and_saves_it(tmp_path):
+    learn = LearnConfig(base_width=4, depth=2, precision="fp32", channels_last=False, patch=(8, 16, 16), ema=0.9)
+    eng = engine.Engine(engine.Config(device="cpu", learn=learn, steps=3, replay_capacity=8, replay_patches_per_case=2))
+    case = phantom_case(13, shape=(20, 32, 28))
+    s = eng.open(case.image, spacing=case.spacing)
+    for z in (5, 10, 15):
+        s.annotate(z, case.label[z])
+    s.learn(4)
+    served = eng._serving.state_dict()
+    for (n, _), e in zip(eng.trainer.model.named_parameters(), eng.trainer.ema):
+        assert torch.equal(served[n], e)
+    s.commit()
+    back = engine.Engine.load(eng.save(tmp_path / "e"))
+    assert all(torch.equal(x, y) for x, y in zip(back.trainer.ema, eng.trainer.ema))
+    p = eng.predict(case.image, spacing=case.spacing)
+    assert np.array_equal(p, back.predict(case.image, spacing=case.spacing))
