@@ -84,6 +84,7 @@ class Engine:
         self.trainer: Optional[Trainer] = None
         self.replay = None
         self._serving: Optional[torch.nn.Module] = None
+        self._adapted: Optional[torch.nn.Module] = None
         self._nonfinite_dev: Optional[torch.Tensor] = None  # predictions with NaN/Inf, counted on the device
         self.counters: dict[str, int] = {
             "cases": 0,
@@ -131,6 +132,10 @@ class Engine:
         self.trainer = trainer
         self.replay = trainer.make_replay(self.config.replay_capacity, self.config.replay_policy)
         self._serving = copy.deepcopy(trainer.model).eval()
+        # with a weight average the general model serves new cases and whole volumes, while a
+        # session that has learned its own case predicts from the training weights, which
+        # have just adapted to it (LearnConfig.ema; without an average both are one model)
+        self._adapted = copy.deepcopy(trainer.model).eval() if trainer.ema is not None else self._serving
         self.plan = plan
 
     def _ensure_plan(self) -> None:
@@ -180,6 +185,9 @@ class Engine:
                 src = self.trainer.serving_state()  # the training weights, or their average (LearnConfig.ema)
                 for name, dst in self._serving.state_dict().items():
                     dst.copy_(src[name])
+                if self._adapted is not self._serving:
+                    for dst, raw in zip(self._adapted.state_dict().values(), self.trainer.model.state_dict().values()):
+                        dst.copy_(raw)
             if bump:
                 self.counters["weights_version"] += 1
 
@@ -276,11 +284,17 @@ class Engine:
         return self._predict_crop(vol, size, self.trainer.intensity(resample(vol, size)))
 
     def _predict_crop(
-        self, crop: torch.Tensor, size: Sequence[int], stats: torch.Tensor, overlap: Optional[float] = None
+        self,
+        crop: torch.Tensor,
+        size: Sequence[int],
+        stats: torch.Tensor,
+        overlap: Optional[float] = None,
+        adapted: bool = False,
     ) -> torch.Tensor:
         """Probabilities of ``crop`` (native voxels): resampled to ``size`` on the planned
         grid, normalised with its case's ``stats``, sliding window (``overlap``; None:
-        ``sw_overlap``), resampled back.
+        ``sw_overlap``), resampled back; ``adapted``: from the last published training
+        weights instead of their average (the same model without ``LearnConfig.ema``).
         Non-finite outputs become 0 and are counted on the device (they never reach a
         residual, a proposal or a result)."""
         tr = self.trainer
@@ -288,7 +302,7 @@ class Engine:
         model_in = tr.normalize(resample(crop, size), stats)
         with self._serve_lock, torch.no_grad():
             p = sliding_window_inference(
-                self._serving,
+                self._adapted if adapted else self._serving,
                 model_in,
                 tr.patch,
                 overlap=cfg.sw_overlap if overlap is None else overlap,

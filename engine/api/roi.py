@@ -126,14 +126,15 @@ class ModelView:
         shape = tuple(s.stop - s.start for s in box)
         return self.engine.grid(shape, self.spacing)
 
-    def predict(self, box: Box) -> torch.Tensor:
+    def predict(self, box: Box, adapted: bool = False) -> torch.Tensor:
         """Probabilities ``(D, H, W)`` of the whole case: the segmenter inside ``box``
-        (sliding windows at ``sw_overlap_round``), background outside."""
+        (sliding windows at ``sw_overlap_round``; ``adapted``: the training weights, for
+        a session that has learned its case), background outside."""
         self.box = box
         out = torch.zeros(self.image.shape, dtype=torch.float32, device=self.image.device)
         crop = self.image[box]
         overlap = self.engine.trainer.config.sw_overlap_round
-        out[box] = self.engine._predict_crop(crop, self._grid(box), self.stats, overlap)
+        out[box] = self.engine._predict_crop(crop, self._grid(box), self.stats, overlap, adapted)
         return out
 
     def training(self, *volumes: torch.Tensor) -> list[torch.Tensor]:

@@ -240,7 +240,8 @@ class Session:
             self._pred_stamp = self._store.stamp
         if stale:
             if eng.planned:
-                self._pred = self._view.predict(self._region())
+                # once this session has learned, from the weights that learned its case
+                self._pred = self._view.predict(self._region(), adapted=self.rounds > 0)
             else:  # nothing learned yet: background
                 self._pred = torch.zeros(self.image.shape, dtype=torch.float32, device=self.image.device)
             self._pred_version = version

@@ -77,10 +77,13 @@ class LearnConfig:
             interest, the one a round waits for (default 0.25: 2.2-2.4x fewer windows
             than 0.5 on the regions measured, Gaussian blending keeps the seams soft).
     Serving weights:
-        ema: the weights that predict (``Engine.predict``, sessions, held-out
-            evaluation) are an exponential moving average of the training weights with
-            this decay per step, warmed up as ``min(ema, (1 + n) / (10 + n))`` after
-            ``n`` updates; 0 (default): the training weights themselves.
+        ema: the general model, which predicts new cases and whole volumes
+            (``Engine.predict``, held-out evaluation, a session before it has learned),
+            is an exponential moving average of the training weights with this decay
+            per step (default 0.99), warmed up as ``min(ema, (1 + n) / (10 + n))`` after
+            ``n`` updates; a session that has learned its own case predicts from the
+            training weights, which have just adapted to it. 0: one model, the
+            training weights.
     seed: seeds the trainer's device generator (patch draws, flips).
     """
 
@@ -114,7 +117,7 @@ class LearnConfig:
     cuda_graph: bool = False
     sw_overlap: float = 0.5
     sw_overlap_round: float = 0.25
-    ema: float = 0.0
+    ema: float = 0.99
     sw_blend: str = "gaussian"
     sw_batch: Optional[int] = None
     seed: int = 0

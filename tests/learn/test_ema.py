@@ -38,7 +38,7 @@ def test_the_average_follows_its_recurrence_and_is_what_serves(tiny_config):
 
 
 def test_without_an_average_the_training_weights_serve(tiny_config):
-    tr = Trainer(tiny_config)
+    tr = Trainer(dataclasses.replace(tiny_config, ema=0.0))
     tr.step(_batch(tiny_config))
     assert tr.ema is None
     served = tr.serving_state()
@@ -63,7 +63,7 @@ def test_the_average_resumes_bit_identical_and_old_checkpoints_start_one(tiny_co
     b.train_case(image, target, weight, 4)
     assert b.ema_updates == a.ema_updates == 7
     assert all(torch.equal(x, y) for x, y in zip(a.ema, b.ema))
-    plain = Trainer(tiny_config)  # saved without an average
+    plain = Trainer(dataclasses.replace(tiny_config, ema=0.0))  # saved without an average
     plain.train_case(image, target, weight, 2)
     old = checkpoint.save(tmp_path / "plain.ckpt", plain, None)
     c = Trainer(cfg)
@@ -99,3 +99,40 @@ def test_engine_predicts_from_the_average_and_saves_it(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(back.trainer.ema, eng.trainer.ema))
     p = eng.predict(case.image, spacing=case.spacing)
     assert np.array_equal(p, back.predict(case.image, spacing=case.spacing))
+
+
+def test_the_default_keeps_an_average():
+    assert LearnConfig().ema == 0.99
+
+
+def test_a_session_that_learned_predicts_from_the_adapted_weights(monkeypatch):
+    learn = LearnConfig(base_width=4, depth=2, precision="fp32", channels_last=False, patch=(8, 16, 16), ema=0.9)
+    eng = engine.Engine(engine.Config(device="cpu", learn=learn, steps=3, replay_capacity=8, replay_patches_per_case=2))
+    case = phantom_case(14, shape=(20, 32, 28))
+    s = eng.open(case.image, spacing=case.spacing)
+    for z in (5, 10, 15):
+        s.annotate(z, case.label[z])
+    s.learn(6)
+    adapted = eng._adapted.state_dict()
+    assert eng._adapted is not eng._serving
+    assert all(torch.equal(adapted[n], p) for n, p in eng.trainer.model.named_parameters())
+    calls = []
+    real = engine.Engine._predict_crop
+
+    def spy(self, *a, **kw):
+        calls.append(kw.get("adapted", a[4] if len(a) > 4 else False))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(engine.Engine, "_predict_crop", spy)
+    s.predict()
+    fresh = eng.open(case.image, spacing=case.spacing)  # a new case: the general model
+    fresh.annotate(10, case.label[10])
+    fresh.predict()
+    eng.predict(case.image, spacing=case.spacing)
+    monkeypatch.setattr(engine.Engine, "_predict_crop", real)
+    assert calls == [True, False, False]
+    plain = engine.Engine(engine.Config(device="cpu", learn=dataclasses.replace(learn, ema=0.0), steps=2))
+    t = plain.open(case.image, spacing=case.spacing)
+    t.annotate(10, case.label[10])
+    t.learn(1)
+    assert plain._adapted is plain._serving  # one model without an average
