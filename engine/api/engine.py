@@ -83,8 +83,8 @@ class Engine:
         self.plan: Optional[Plan] = None
         self.trainer: Optional[Trainer] = None
         self.replay = None
-        self._serving: Optional[torch.nn.Module] = None
-        self._adapted: Optional[torch.nn.Module] = None
+        self._serving: Optional[torch.nn.Module] = None  # the general model (LearnConfig.ema)
+        self._adapted: Optional[torch.nn.Module] = None  # the training weights (= _serving without ema)
         self._nonfinite_dev: Optional[torch.Tensor] = None  # predictions with NaN/Inf, counted on the device
         self.counters: dict[str, int] = {
             "cases": 0,
@@ -132,10 +132,7 @@ class Engine:
         self.trainer = trainer
         self.replay = trainer.make_replay(self.config.replay_capacity, self.config.replay_policy)
         self._serving = copy.deepcopy(trainer.model).eval()
-        # with a weight average the general model serves new cases and whole volumes, while a
-        # session that has learned its own case predicts from the training weights, which
-        # have just adapted to it (LearnConfig.ema; without an average both are one model)
-        self._adapted = copy.deepcopy(trainer.model).eval() if trainer.ema is not None else self._serving
+        self._adapted = copy.deepcopy(trainer.model).eval() if trainer.average is not None else self._serving
         self.plan = plan
 
     def _ensure_plan(self) -> None:

@@ -89,3 +89,22 @@ def check_patch(patch: Any, name: str = "patch") -> tuple[int, int, int]:
     if len(items) != 3:
         raise InputError(f"{name} must be three positive ints (D, H, W), got {patch!r}")
     return tuple(check_int(f"{name}[{i}]", p, 1) for i, p in enumerate(items))  # type: ignore[return-value]
+
+
+def check_batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(image, target, weight)`` of a training batch: tensors ``(B, 1, d, h, w)`` of one
+    shape, floating point, on ``device``."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 3:
+        raise InputError("batch must be a (image, target, weight) tuple")
+    image, target, weight = batch
+    for name, t in (("image", image), ("target", target), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise InputError(f"batch {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 5 or t.shape[1] != 1 or t.shape[0] < 1:
+            raise ShapeError(f"batch {name} must be (B, 1, D, H, W), got {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise InputError(f"batch {name} must be floating point, got {t.dtype}")
+        if t.device != device and not (t.device.type == device.type == "cuda" and device.index is None):
+            raise InputError(f"batch {name} is on {t.device}, the trainer on {device}")
+    check_same_shape(image, "image", target=target, weight=weight)
+    return image, target, weight

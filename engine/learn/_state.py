@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from .average import WeightAverage
 from .config import ARCH_FIELDS
 
 __all__ = ["snapshot", "restore", "check_trainer_state"]
@@ -70,13 +71,8 @@ def check_trainer_state(trainer, state: dict[str, Any]) -> None:
         groups = state["optimizer"]["param_groups"]
         if [len(g["params"]) for g in groups] != [len(g["params"]) for g in trainer.optimizer.param_groups]:
             raise CheckpointError("checkpoint optimizer groups do not match the model's parameters")
-        ema = state.get("ema")
-        if ema is not None:
-            params = list(trainer.model.parameters())
-            if len(ema) != len(params) or any(
-                not isinstance(e, torch.Tensor) or e.shape != p.shape for e, p in zip(ema, params)
-            ):
-                raise CheckpointError("checkpoint weight average does not match the model's parameters")
+        if state.get("average") is not None and not WeightAverage.check(state["average"], trainer.model):
+            raise CheckpointError("checkpoint weight average does not match the model's parameters")
         if not isinstance(state["generator"], torch.Tensor) or int(state["steps_done"]) < 0:
             raise CheckpointError("checkpoint trainer generator / step counter is invalid")
     except (KeyError, TypeError, AttributeError) as exc:

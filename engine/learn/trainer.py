@@ -15,19 +15,16 @@ its optimizer:
   returns the ``(steps,)`` float32 losses on the device.
 * ``predict(image) -> probabilities``: ``(D, H, W)`` float32 via sliding-window
   inference at the training patch size.
-* ``make_replay(capacity, policy)``: a :class:`ReplayBuffer` matching this trainer
-  (patch size, normalisation, device).
+* ``make_replay(capacity, policy)``: a matching :class:`ReplayBuffer`.
 * ``state_dict()`` / ``load_state_dict()``: used by :mod:`engine.learn.checkpoint`.
 
 The image normalisation (``LearnConfig.normalize``) happens inside ``train_case``
 and ``predict``, and inside ``ReplayBuffer.add_case``: callers pass raw intensities
 everywhere.
 
-Precision: ``"bf16"`` autocast (CPU and GPU), ``"fp16"`` autocast with
-``torch.amp.GradScaler`` (GPU only) or ``"fp32"``; ``"auto"`` (the default) picks bf16
-where the device computes bf16 natively and fp32 elsewhere
-(:mod:`engine.learn.device`: on a CPU without AVX512-BF16, emulated bf16 is ~2x slower
-than fp32). Losses are always computed in float32.
+Precision: ``"bf16"`` / ``"fp16"`` (GPU, with ``GradScaler``) autocast or ``"fp32"``;
+``"auto"`` (default): bf16 where computed natively (:mod:`engine.learn.device`). Losses
+are float32. ``config.ema > 0``: :attr:`Trainer.average` (:mod:`engine.learn.average`).
 
 Replay mixing: with ratio ``r`` and batch ``B``, global step ``t`` takes
 ``floor((t+1) B r) - floor(t B r)`` replay patches and the rest from the current
@@ -45,8 +42,9 @@ import torch
 
 from ..checks import check_finite
 from ..errors import InputError, ShapeError
-from ._checks import as_volume, check_float, check_int, check_range, check_same_shape
+from ._checks import as_volume, check_batch, check_float, check_int, check_range, check_same_shape
 from ._state import check_trainer_state, restore, snapshot
+from .average import WeightAverage
 from .config import OPTIMIZERS, PRECISIONS, LearnConfig
 from .device import resolve_execution
 from .losses import weighted_bce_dice
@@ -106,11 +104,8 @@ class Trainer:
         #: learning calls whose weights ended non-finite: restored to the call's start
         self.calls_restored = 0
         self._skipped_dev: torch.Tensor | None = None  # CUDA: counted on the device, read once per call
-        #: the serving average of the parameters (``config.ema > 0``), and its update count
-        self.ema: list[torch.Tensor] | None = (
-            [p.detach().clone() for p in self.model.parameters()] if config.ema > 0 else None
-        )
-        self.ema_updates = 0
+        #: the general model (``config.ema > 0``): the average of the weights
+        self.average = WeightAverage(self.model, config.ema) if config.ema > 0 else None
         self._forward = torch.compile(self.model) if config.compile else self.model
         self._graph: Any = None
         self._static: dict[str, torch.Tensor] = {}
@@ -226,24 +221,6 @@ class Trainer:
         self._update(loss, guard=True)
         return loss.detach()
 
-    def _check_batch(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if not isinstance(batch, (tuple, list)) or len(batch) != 3:
-            raise InputError("batch must be a (image, target, weight) tuple")
-        image, target, weight = batch
-        for name, t in (("image", image), ("target", target), ("weight", weight)):
-            if not isinstance(t, torch.Tensor):
-                raise InputError(f"batch {name} must be a torch.Tensor, got {type(t).__name__}")
-            if t.dim() != 5 or t.shape[1] != 1 or t.shape[0] < 1:
-                raise ShapeError(f"batch {name} must be (B, 1, D, H, W), got {tuple(t.shape)}")
-            if not t.is_floating_point():
-                raise InputError(f"batch {name} must be floating point, got {t.dtype}")
-            if t.device != self.device and not (
-                t.device.type == self.device.type == "cuda" and self.device.index is None
-            ):
-                raise InputError(f"batch {name} is on {t.device}, the trainer on {self.device}")
-        check_same_shape(image, "image", target=target, weight=weight)
-        return image, target, weight
-
     def step(self, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         """One optimisation step on ``(image, target, weight)``, each ``(B, 1, d, h, w)``.
 
@@ -252,51 +229,31 @@ class Trainer:
         With ``cuda_graph`` the first step of a shape captures the graph; batches of
         other shapes run eagerly.
         """
-        image, target, weight = self._check_batch(batch)
+        image, target, weight = check_batch(batch, self.device)
         self.model.train()
         if self.use_graph and tuple(image.shape) == (self.config.batch_size, 1, *self.patch):
             loss = self._graph_step(image, target, weight)
         else:
             loss = self._eager_step(image, target, weight)
         self.steps_done += 1
-        self._ema_update()
+        if self.average is not None:
+            self.average.update(self.model)
         return loss
 
-    def _ema_update(self) -> None:
-        """Move the serving average towards the weights (a skipped step left them as
-        they were, so the average moves towards finite weights; no read back)."""
-        if self.ema is None:
-            return
-        n = self.ema_updates
-        decay = min(self.config.ema, (1.0 + n) / (10.0 + n))
-        with torch.no_grad():
-            torch._foreach_lerp_(self.ema, [p.detach() for p in self.model.parameters()], 1.0 - decay)
-        self.ema_updates = n + 1
-
     def serving_state(self) -> dict[str, torch.Tensor]:
-        """The weights that predict: the model's state with the parameters replaced by
-        their average when ``config.ema > 0`` (the same tensors, not copies)."""
-        state = self.model.state_dict()
-        if self.ema is None:
-            return state
-        names = {id(p): n for n, p in self.model.named_parameters()}
-        for p, e in zip(self.model.parameters(), self.ema):
-            state[names[id(p)]] = e
-        return state
+        """The general model's weights: the average when ``config.ema > 0``, else the
+        training weights (the same tensors, not copies)."""
+        return self.model.state_dict() if self.average is None else self.average.state(self.model)
 
     # ------------------------------------------------------------- CUDA graphs
     def _snapshot(self):
-        ema = None if self.ema is None else [e.clone() for e in self.ema]
-        return snapshot(self.model, self.optimizer), ema, self.ema_updates
+        return snapshot(self.model, self.optimizer), None if self.average is None else self.average.snapshot()
 
     def _restore(self, snap) -> None:
         """Undo steps in place (a captured CUDA graph keeps the same tensors)."""
-        inner, ema, updates = snap
-        restore(self.model, self.optimizer, inner)
-        if self.ema is not None and ema is not None:
-            with torch.no_grad():
-                torch._foreach_copy_(self.ema, ema)
-        self.ema_updates = updates
+        restore(self.model, self.optimizer, snap[0])
+        if self.average is not None:
+            self.average.restore(snap[1])
 
     def _capture(self) -> None:
         """Capture forward + backward + optimizer step as one CUDA graph."""
@@ -505,8 +462,7 @@ class Trainer:
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "generator": self.generator.get_state(),
             "steps_done": self.steps_done,
-            "ema": None if self.ema is None else [e.clone() for e in self.ema],
-            "ema_updates": self.ema_updates,
+            "average": None if self.average is None else self.average.to_saved(),
         }
 
     def check_state_dict(self, state: dict[str, Any]) -> None:
@@ -527,11 +483,6 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"].cpu())
         self.steps_done = int(state["steps_done"])
-        if self.ema is not None:
-            saved = state.get("ema")
-            with torch.no_grad():  # a checkpoint without an average starts one from its weights
-                src = saved if saved is not None else [p.detach() for p in self.model.parameters()]
-                for e, v in zip(self.ema, src):
-                    e.copy_(v)
-            self.ema_updates = int(state.get("ema_updates", 0)) if saved is not None else 0
+        if self.average is not None:  # a checkpoint without an average starts one from its weights
+            self.average.load(state.get("average"), self.model)
         self._graph = None  # the optimizer state tensors changed: capture again

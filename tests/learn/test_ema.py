@@ -28,19 +28,19 @@ def test_the_average_follows_its_recurrence_and_is_what_serves(tiny_config):
         tr.step(_batch(cfg, i))
         d = min(0.9, (1.0 + i) / (10.0 + i))
         ref = [d * r + (1 - d) * p.detach().double() for r, p in zip(ref, tr.model.parameters())]
-    assert tr.ema_updates == 14
-    for e, r in zip(tr.ema, ref):
+    assert tr.average.updates == 14
+    for e, r in zip(tr.average.params, ref):
         torch.testing.assert_close(e.double(), r, rtol=1e-5, atol=1e-6)
     served = tr.serving_state()
     names = dict(tr.model.named_parameters())
     assert any(not torch.equal(served[n], p) for n, p in names.items())  # the average, not the weights
-    assert all(served[n] is e for (n, _), e in zip(tr.model.named_parameters(), tr.ema))
+    assert all(served[n] is e for (n, _), e in zip(tr.model.named_parameters(), tr.average.params))
 
 
 def test_without_an_average_the_training_weights_serve(tiny_config):
     tr = Trainer(dataclasses.replace(tiny_config, ema=0.0))
     tr.step(_batch(tiny_config))
-    assert tr.ema is None
+    assert tr.average is None
     served = tr.serving_state()
     assert all(torch.equal(served[n], p) for n, p in tr.model.named_parameters())
 
@@ -61,14 +61,14 @@ def test_the_average_resumes_bit_identical_and_old_checkpoints_start_one(tiny_co
     b = Trainer(dataclasses.replace(cfg, seed=9))
     checkpoint.load(path, b, None)
     b.train_case(image, target, weight, 4)
-    assert b.ema_updates == a.ema_updates == 7
-    assert all(torch.equal(x, y) for x, y in zip(a.ema, b.ema))
+    assert b.average.updates == a.average.updates == 7
+    assert all(torch.equal(x, y) for x, y in zip(a.average.params, b.average.params))
     plain = Trainer(dataclasses.replace(tiny_config, ema=0.0))  # saved without an average
     plain.train_case(image, target, weight, 2)
     old = checkpoint.save(tmp_path / "plain.ckpt", plain, None)
     c = Trainer(cfg)
     checkpoint.load(old, c, None)
-    assert c.ema_updates == 0 and all(torch.equal(e, p) for e, p in zip(c.ema, c.model.parameters()))
+    assert c.average.updates == 0 and all(torch.equal(e, p) for e, p in zip(c.average.params, c.model.parameters()))
 
 
 def test_a_restored_call_restores_the_average(tiny_config, blob_case, monkeypatch):
@@ -76,11 +76,11 @@ def test_a_restored_call_restores_the_average(tiny_config, blob_case, monkeypatc
     image, target, weight = blob_case
     tr = Trainer(cfg)
     tr.train_case(image, target, weight, 2)
-    before = [e.clone() for e in tr.ema], tr.ema_updates
+    before = [e.clone() for e in tr.average.params], tr.average.updates
     monkeypatch.setattr(Trainer, "_end_of_call", lambda self: False)  # as if the weights ended non-finite
     tr.train_case(image, target, weight, 3)
-    assert tr.calls_restored == 1 and tr.ema_updates == before[1]
-    assert all(torch.equal(e, b) for e, b in zip(tr.ema, before[0]))
+    assert tr.calls_restored == 1 and tr.average.updates == before[1]
+    assert all(torch.equal(e, b) for e, b in zip(tr.average.params, before[0]))
 
 
 def test_engine_predicts_from_the_average_and_saves_it(tmp_path):
@@ -92,11 +92,11 @@ def test_engine_predicts_from_the_average_and_saves_it(tmp_path):
         s.annotate(z, case.label[z])
     s.learn(4)
     served = eng._serving.state_dict()
-    for (n, _), e in zip(eng.trainer.model.named_parameters(), eng.trainer.ema):
+    for (n, _), e in zip(eng.trainer.model.named_parameters(), eng.trainer.average.params):
         assert torch.equal(served[n], e)
     s.commit()
     back = engine.Engine.load(eng.save(tmp_path / "e"))
-    assert all(torch.equal(x, y) for x, y in zip(back.trainer.ema, eng.trainer.ema))
+    assert all(torch.equal(x, y) for x, y in zip(back.trainer.average.params, eng.trainer.average.params))
     p = eng.predict(case.image, spacing=case.spacing)
     assert np.array_equal(p, back.predict(case.image, spacing=case.spacing))
 
