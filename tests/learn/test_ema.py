@@ -20,6 +20,18 @@ def _batch(config, seed=0):
     return torch.randn(shape, generator=g), (torch.rand(shape, generator=g) > 0.5).float(), torch.ones(shape)
 
 
+def _learned_session(seed, steps):
+    """An engine with the average on (tiny net) and an open session that learned ``steps``."""
+    learn = LearnConfig(base_width=4, depth=2, precision="fp32", channels_last=False, patch=(8, 16, 16), ema=0.9)
+    eng = engine.Engine(engine.Config(device="cpu", learn=learn, steps=3, replay_capacity=8, replay_patches_per_case=2))
+    case = phantom_case(seed, shape=(20, 32, 28))
+    s = eng.open(case.image, spacing=case.spacing)
+    for z in (5, 10, 15):
+        s.annotate(z, case.label[z])
+    s.learn(steps)
+    return eng, case, s, learn
+
+
 def test_the_average_follows_its_recurrence_and_is_what_serves(tiny_config):
     cfg = dataclasses.replace(tiny_config, ema=0.9, precision="fp32")
     tr = Trainer(cfg)
@@ -84,13 +96,7 @@ def test_a_restored_call_restores_the_average(tiny_config, blob_case, monkeypatc
 
 
 def test_engine_predicts_from_the_average_and_saves_it(tmp_path):
-    learn = LearnConfig(base_width=4, depth=2, precision="fp32", channels_last=False, patch=(8, 16, 16), ema=0.9)
-    eng = engine.Engine(engine.Config(device="cpu", learn=learn, steps=3, replay_capacity=8, replay_patches_per_case=2))
-    case = phantom_case(13, shape=(20, 32, 28))
-    s = eng.open(case.image, spacing=case.spacing)
-    for z in (5, 10, 15):
-        s.annotate(z, case.label[z])
-    s.learn(4)
+    eng, case, s, learn = _learned_session(13, 4)
     served = eng._serving.state_dict()
     for (n, _), e in zip(eng.trainer.model.named_parameters(), eng.trainer.average.params):
         assert torch.equal(served[n], e)
@@ -106,13 +112,7 @@ def test_the_default_keeps_an_average():
 
 
 def test_a_session_that_learned_predicts_from_the_adapted_weights(monkeypatch):
-    learn = LearnConfig(base_width=4, depth=2, precision="fp32", channels_last=False, patch=(8, 16, 16), ema=0.9)
-    eng = engine.Engine(engine.Config(device="cpu", learn=learn, steps=3, replay_capacity=8, replay_patches_per_case=2))
-    case = phantom_case(14, shape=(20, 32, 28))
-    s = eng.open(case.image, spacing=case.spacing)
-    for z in (5, 10, 15):
-        s.annotate(z, case.label[z])
-    s.learn(6)
+    eng, case, s, learn = _learned_session(14, 6)
     adapted = eng._adapted.state_dict()
     assert eng._adapted is not eng._serving
     assert all(torch.equal(adapted[n], p) for n, p in eng.trainer.model.named_parameters())
