@@ -77,6 +77,7 @@ class Session:
         self._observed = False  # this case's object is in the engine's fingerprint
         self._view = ModelView(engine, self.image, self._spacing)  # the region of interest on the planned grid
         self._boxes: dict[int, Optional[tuple[int, int, int, int]]] = {}  # id(mask) -> its in-plane bbox
+        self._lam: tuple[tuple, float] = ((), 0.0)  # (what it depends on, the fusion weight)
         self._pred_stamp = -1  # annotation stamp the prediction's region was built from
         self.rounds = 0
         self._timers: dict[str, Timer] = {}  # per call, the last one (read lazily: CUDA events)
@@ -190,7 +191,7 @@ class Session:
     def fusion_weight(self) -> float:
         """The model's weight ``lam`` in :meth:`result`'s fusion now (``Config.fusion_gate``)."""
         with self._lock:
-            return self.engine.fusion_weight(self._evidence_rows())
+            return self._fusion_weight()
 
     def erase(self, index: int, axis: Optional[int] = None) -> None:
         """Remove the annotation of slice ``index`` (on ``axis``)."""
@@ -227,7 +228,16 @@ class Session:
         return self._view.region(self.extent, boxes, predicted)
 
     def _model_can_add(self) -> bool:
-        return self.engine.fusion_weight(self._evidence_rows()) >= 0.5
+        return self._fusion_weight() >= 0.5
+
+    def _fusion_weight(self) -> float:
+        """``lam`` now, refitted only when the drawings or the committed evidence changed
+        (each evidence row costs a read back)."""
+        gate = self.engine._gate
+        key = (self._store.stamp, self.engine.counters["cases"], gate.mode, gate.window)
+        if self._lam[0] != key:
+            self._lam = (key, self.engine.fusion_weight(self._evidence_rows()))
+        return self._lam[1]
 
     def _prediction(self) -> torch.Tensor:
         eng = self.engine
@@ -418,7 +428,7 @@ class Session:
             if len(self._store):
                 res = self._proxy_result(timer)
                 with timer.stage("fuse"):
-                    lam = self.engine.fusion_weight(self._evidence_rows())
+                    lam = self._fusion_weight()
                     f = fuse(res.proxy, res.confidence, p, lam)
                     if self.extent is not None:
                         lo, hi = self.extent
