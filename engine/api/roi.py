@@ -10,7 +10,8 @@ fusion gate's ``lam`` is at least 0.5 (where the proxy is 0 the fused
 ``F = lam (1 - C) P`` reaches 0.5 only then), and only near what was drawn: its box is
 clipped to the drawn box grown by one margin, so a model that still fires on
 look-alike tissue (early in a stream) cannot pull the region out to the whole slice
-(a 240x240x155 brain-sized volume: 0.75 M voxels instead of 2.6 M in round 2).
+(a later round on a 240x240x155 brain-sized volume: 0.88 M voxels instead of 1.65 M,
+``benchmarks/bench_region.py``).
 Outside it the session's prediction is background. The region is resampled to the
 segmenter's planned grid and normalised with the statistics of the *whole* case
 (computed once), so a crop is normalised exactly as the whole volume is for

@@ -243,15 +243,16 @@ class Session:
         eng = self.engine
         version = eng.counters["weights_version"]
         stale = self._pred is None or self._pred_version != version
+        region = None
         if not stale and eng.planned and self._pred_stamp != self._store.stamp:
             # new drawings: predict again when they reach outside the region
-            new, old = self._region(), self._view.box
-            stale = any(n.start < o.start or n.stop > o.stop for n, o in zip(new, old))
+            region, old = self._region(), self._view.box
+            stale = any(n.start < o.start or n.stop > o.stop for n, o in zip(region, old))
             self._pred_stamp = self._store.stamp
         if stale:
             if eng.planned:
                 # once this session has learned, from the weights that learned its case
-                self._pred = self._view.predict(self._region(), adapted=self.rounds > 0)
+                self._pred = self._view.predict(region or self._region(), adapted=self.rounds > 0)
             else:  # nothing learned yet: background
                 self._pred = torch.zeros(self.image.shape, dtype=torch.float32, device=self.image.device)
             self._pred_version = version
