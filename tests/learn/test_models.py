@@ -7,7 +7,7 @@ import torch
 
 from engine.errors import DTypeError, InputError, ShapeError
 from engine.learn import UNet3D, build_model, normalize_intensity, sliding_window_inference
-from engine.learn.models import blend_weights, window_starts
+from engine.learn.models import InstanceNorm3d, blend_weights, window_starts
 
 
 @pytest.mark.parametrize("arch", ["unet", "resunet"])
@@ -133,3 +133,31 @@ def test_normalize_intensity_modes():
         normalize_intensity(img, "minmax")
     with pytest.raises(InputError):
         normalize_intensity(img, low=50, high=10)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_instance_norm_matches_torch_forward_and_backward(channels_last):
+    """The CPU path (group norm, one group per channel) is nn.InstanceNorm3d: values and
+    gradients of input, weight and bias in float64 on an odd shape; the layout is kept."""
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(2, 5, 7, 6, 9, generator=g, dtype=torch.float64) * 3 + 1
+    dy = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    ours, ref = InstanceNorm3d(5, affine=True).double(), torch.nn.InstanceNorm3d(5, affine=True).double()
+    with torch.no_grad():
+        for m in (ours, ref):
+            m.weight.copy_(torch.linspace(0.5, 2.0, 5))
+            m.bias.copy_(torch.linspace(-1.0, 1.0, 5))
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    outs = []
+    for m in (ours, ref):
+        x = x0.clone()
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        x.requires_grad_(True)
+        y = m(x)
+        y.backward(dy)
+        outs.append((y, x.grad, m.weight.grad, m.bias.grad))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    if channels_last:
+        assert outs[0][0].is_contiguous(memory_format=torch.channels_last_3d)
