@@ -72,11 +72,22 @@ class InstanceNorm3d(nn.InstanceNorm3d):
     same weight and bias) and the CPU kernel keeps the layout: a training step 137 ->
     118 ms side by side (2-core Xeon, fp32). Other devices use ``instance_norm``.
     The parameters and the state-dict keys are those of ``nn.InstanceNorm3d``.
+
+    torch 2.13's CPU group-norm backward crashes the process (SIGSEGV) on a
+    ``channels_last_3d`` input that needs no gradient while the weights do (a frozen
+    stem feeding a trained norm): that case takes ``instance_norm``
+    (``tests/learn/test_models.py`` runs it in a subprocess).
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.device.type == "cpu" and input.dim() == 5 and self.affine and not self.track_running_stats:
-            return F.group_norm(input, self.num_features, self.weight, self.bias, self.eps)
+            weights_only = (
+                torch.is_grad_enabled()
+                and not input.requires_grad
+                and (self.weight.requires_grad or self.bias.requires_grad)
+            )
+            if not weights_only:
+                return F.group_norm(input, self.num_features, self.weight, self.bias, self.eps)
         return super().forward(input)
 
 

@@ -161,3 +161,27 @@ def test_instance_norm_matches_torch_forward_and_backward(channels_last):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     if channels_last:
         assert outs[0][0].is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_instance_norm_with_frozen_input_and_trained_weights_does_not_crash():
+    """Only the weights need gradients (the input comes from frozen layers): torch's CPU
+    group-norm backward segfaults there on channels_last, so the layer must not use it.
+    Run in a subprocess: a crash would take pytest down with it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from engine.learn.models import InstanceNorm3d\n"
+        "m = InstanceNorm3d(8, affine=True)\n"
+        "x = torch.randn(2, 8, 5, 6, 7).contiguous(memory_format=torch.channels_last_3d)\n"
+        "y = m(x)\n"
+        "y.sum().backward()\n"
+        "r = torch.nn.InstanceNorm3d(8, affine=True)\n"
+        "r(x).sum().backward()\n"
+        "assert torch.allclose(m.weight.grad, r.weight.grad, atol=1e-4)\n"
+        "assert torch.allclose(m.bias.grad, r.bias.grad, atol=1e-4)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-2000:])
