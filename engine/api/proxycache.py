@@ -1,6 +1,13 @@
 """A session's proxy mask, cached: the registration of the extent's slice pairs (once
 per case and extent: the intensity window follows the extent) and the proxy assembled
-from it (once per annotation stamp of the :class:`~engine.api.annotations.AnnotationStore`)."""
+from it (once per annotation stamp of the :class:`~engine.api.annotations.AnnotationStore`).
+
+On the CPU the registration covers only the drawn masks' in-plane box grown by
+:data:`~engine.propagate.params.REGISTER_CROP_MM` when that is a small part of the
+plane (:func:`~engine.propagate.registration.crop_box`): a small object in a large scan
+costs what the object needs. New drawings that come within half that margin of the
+box's edge register again with a new box. (On CUDA the box would cost a read back per
+drawing and whole slices cost little: whole slices.)"""
 
 from __future__ import annotations
 
@@ -10,8 +17,11 @@ import torch
 
 from .. import errors as E
 from ..propagate import REGISTER_MARGIN, ProxyResult, Registration, assemble_proxy, register_volume
+from ..propagate.params import REGISTER_CROP_MM
+from ..propagate.registration import Box, crop_box
 from .annotations import AnnotationStore
 from .config import Config
+from .roi import drawn_boxes
 from .timing import Timer
 
 __all__ = ["ProxyCache"]
@@ -21,8 +31,15 @@ class ProxyCache:
     """``get(store, config, timer)`` returns the proxy of ``store``'s drawings, rebuilt
     only when they changed. ``image`` is ``(D, H, W)``, annotation axis first."""
 
-    def __init__(self, image: torch.Tensor, axis: int, spacing: Optional[tuple[float, float, float]]) -> None:
+    def __init__(
+        self,
+        image: torch.Tensor,
+        axis: int,
+        spacing: Optional[tuple[float, float, float]],
+        boxes: Optional[dict] = None,
+    ) -> None:
         self.image = image
+        self.boxes = {} if boxes is None else boxes  # id(mask) -> in-plane bbox (shared with the session)
         self.axis = axis
         self.spacing = spacing
         self.registration: Optional[Registration] = None
@@ -30,8 +47,19 @@ class ProxyCache:
         self.stamp = -1  # the store stamp it was built at
         self.keys: frozenset = frozenset()  # the annotations it was built from
 
-    def _register(self, config: Config, extent: Optional[tuple[int, int]], timer: Timer) -> Registration:
-        if self.registration is None or self.registration.extent != extent:
+    def _box(self, config: Config, main: dict, margin_mm: float) -> Optional[Box]:
+        if self.image.device.type != "cpu":
+            return None
+        drawn = drawn_boxes({(0, z): m for z, m in main.items()}, self.boxes)
+        return crop_box(drawn, tuple(self.image.shape[1:]), self.spacing, config.registration, margin_mm=margin_mm)
+
+    def _register(self, config: Config, extent: Optional[tuple[int, int]], main: dict, timer: Timer) -> Registration:
+        reg = self.registration
+        stale = reg is None or reg.extent != extent
+        if not stale and reg.box is not None:  # drawings near the edge of the registered box
+            stale = not reg.contains(self._box(config, main, 0.5 * REGISTER_CROP_MM))
+        if stale:
+            box = self._box(config, main, REGISTER_CROP_MM)
             with timer.stage("register"):  # the extent's slices only: the cost follows the object
                 self.registration = register_volume(
                     self.image,
@@ -41,6 +69,7 @@ class ProxyCache:
                     spacing=self.spacing,
                     margin=REGISTER_MARGIN,
                     timed=False,
+                    box=box,
                 )
         return self.registration
 
@@ -54,7 +83,8 @@ class ProxyCache:
         planes = {k: m for k, m in masks.items() if k[0] != 0}
         ext = store.extent
         lo, hi = ext if ext is not None else (0, self.image.shape[0] - 1)
-        reg = self._register(config, ext, timer) if any(lo <= z <= hi for z in main) else None  # its own stage
+        inside = {z: m for z, m in main.items() if lo <= z <= hi}
+        reg = self._register(config, ext, inside, timer) if inside else None  # its own stage
         with timer.stage("propagate"):
             res = assemble_proxy(
                 reg,

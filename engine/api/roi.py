@@ -50,7 +50,8 @@ def bbox2d(mask: torch.Tensor) -> Optional[tuple[int, int, int, int]]:
 
 def drawn_boxes(masks: dict, cache: dict) -> list[tuple[int, int, int, int]]:
     """In-plane bounding boxes ``(r0, r1, c0, c1)`` of a session's drawings ``{(internal
-    axis, index): mask}`` (``cache``: id(mask) -> box; one read back per new mask)."""
+    axis, index): mask}`` (``cache``: id(mask) -> (mask, box); one read back per new
+    mask; the cache holds the mask, so its id cannot be reused by a later drawing)."""
     out = []
     for (ia, idx), m in masks.items():
         key = id(m)
@@ -60,9 +61,10 @@ def drawn_boxes(masks: dict, cache: dict) -> list[tuple[int, int, int, int]]:
                 b = (idx, idx, b[2], b[3])
             elif b is not None and ia == 2:  # a plane at column idx: (D, H)
                 b = (b[2], b[3], idx, idx)
-            cache[key] = b
-        if cache[key] is not None:
-            out.append(cache[key])
+            cache[key] = (m, b)
+        b = cache[key][1]
+        if b is not None:
+            out.append(b)
     return out
 
 

@@ -66,7 +66,6 @@ class Session:
         self._lock = threading.RLock()
         self._store = AnnotationStore()
         self._evidence = SessionEvidence()
-        self._proxies = ProxyCache(self.image, self.axis, self._spacing)  # registration and proxy, cached
         self._pred: Optional[torch.Tensor] = None
         self._pred_version = -1
         self._pred_trained = False
@@ -76,7 +75,8 @@ class Session:
         self._closed = False
         self._observed = False  # this case's object is in the engine's fingerprint
         self._view = ModelView(engine, self.image, self._spacing)  # the region of interest on the planned grid
-        self._boxes: dict[int, Optional[tuple[int, int, int, int]]] = {}  # id(mask) -> its in-plane bbox
+        self._boxes: dict[int, tuple] = {}  # id(mask) -> (mask, its in-plane bbox)
+        self._proxies = ProxyCache(self.image, self.axis, self._spacing, self._boxes)  # registration and proxy, cached
         self._lam: tuple[tuple, float] = ((), 0.0)  # (what it depends on, the fusion weight)
         self._pred_stamp = -1  # annotation stamp the prediction's region was built from
         self.rounds = 0

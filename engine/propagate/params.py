@@ -8,10 +8,14 @@ from typing import Optional
 
 from ..errors import InputError
 
-__all__ = ["NativeParams", "grid_factors", "REGISTER_MARGIN"]
+__all__ = ["NativeParams", "grid_factors", "REGISTER_MARGIN", "REGISTER_CROP_MM", "REGISTER_CROP_SHARE"]
 
 #: With a known extent, slices registered beyond each of its ends (the cost follows the object).
 REGISTER_MARGIN = 1
+#: A session registers only the drawn masks' in-plane bounding box grown by this (mm)...
+REGISTER_CROP_MM = 32.0
+#: ...when that box is at most this share of the plane (else the whole plane).
+REGISTER_CROP_SHARE = 0.6
 
 
 @dataclass(frozen=True)

@@ -124,9 +124,12 @@ def assemble_proxy(
     if inside:
         if registration is None:
             raise InputError("slices of the annotation axis are drawn inside the extent: a registration is needed")
-        vol = torch.zeros((hi - lo + 1, H, W), dtype=torch.float32, device=device)
+        # a registration of a crop (Registration.box) propagates there: the drawn masks
+        # are inside it (the session registers the box around them), Q is 0 outside
+        r0, r1, c0, c1 = registration.box if registration.box is not None else (0, H, 0, W)
+        vol = torch.zeros((hi - lo + 1, r1 - r0, c1 - c0), dtype=torch.float32, device=device)
         for z in inside:
-            vol[z - lo] = main[z].float()
+            vol[z - lo] = main[z][r0:r1, c0:c1].float()
         fwd, bwd = registration.pairs(lo, hi)
         res = propagate_chain(
             vol,
@@ -137,9 +140,9 @@ def assemble_proxy(
             fuse=fusion,
             check_inputs=False,
         )
-        q[lo : hi + 1] = res.q
-        fb[lo : hi + 1] = res.from_below
-        fa[lo : hi + 1] = res.from_above
+        q[lo : hi + 1, r0:r1, c0:c1] = res.q
+        fb[lo : hi + 1, r0:r1, c0:c1] = res.from_below
+        fa[lo : hi + 1, r0:r1, c0:c1] = res.from_above
         db[lo : hi + 1] = res.dist_below
         da[lo : hi + 1] = res.dist_above
     for (ia, idx), m in planes.items():  # drawn planes on the other axes are known exactly
