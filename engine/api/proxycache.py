@@ -39,7 +39,7 @@ class ProxyCache:
         boxes: Optional[dict] = None,
     ) -> None:
         self.image = image
-        self.boxes = {} if boxes is None else boxes  # id(mask) -> in-plane bbox (shared with the session)
+        self.boxes = {} if boxes is None else boxes  # id(mask) -> (mask, in-plane bbox), shared with the session
         self.axis = axis
         self.spacing = spacing
         self.registration: Optional[Registration] = None
