@@ -61,40 +61,10 @@ _QUANTILE_MAX_ELEMENTS = 1 << 24
 
 
 # --------------------------------------------------------------------------- layers
-class InstanceNorm3d(nn.InstanceNorm3d):
-    """``nn.InstanceNorm3d(affine=True)`` that keeps ``channels_last_3d`` on the CPU.
-
-    On the CPU ``torch.instance_norm`` makes the input contiguous and returns a
-    contiguous tensor, so every convolution after it converts the layout back (and
-    the backward pass pays the same): ~30 ms of copies per training step of the CPU
-    plan (batch 2 of 32x48x48, width 8). Group normalisation with one group per
-    channel is the same function (statistics per sample and channel over space; the
-    same weight and bias) and the CPU kernel keeps the layout: a training step 137 ->
-    118 ms side by side (2-core Xeon, fp32). Other devices use ``instance_norm``.
-    The parameters and the state-dict keys are those of ``nn.InstanceNorm3d``.
-
-    torch 2.13's CPU group-norm backward crashes the process (SIGSEGV) on a
-    ``channels_last_3d`` input that needs no gradient while the weights do (a frozen
-    stem feeding a trained norm): that case takes ``instance_norm``
-    (``tests/learn/test_models.py`` runs it in a subprocess).
-    """
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.device.type == "cpu" and input.dim() == 5 and self.affine and not self.track_running_stats:
-            weights_only = (
-                torch.is_grad_enabled()
-                and not input.requires_grad
-                and (self.weight.requires_grad or self.bias.requires_grad)
-            )
-            if not weights_only:
-                return F.group_norm(input, self.num_features, self.weight, self.bias, self.eps)
-        return super().forward(input)
-
-
 def _norm(kind: str, channels: int) -> nn.Module:
     """Batch-size independent norm layer with affine parameters."""
     if kind == "instance":
-        return InstanceNorm3d(channels, affine=True)
+        return nn.InstanceNorm3d(channels, affine=True)
     groups = math.gcd(channels, 8)
     return nn.GroupNorm(groups, channels)
 

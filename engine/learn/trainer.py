@@ -124,7 +124,7 @@ class Trainer:
         elif self.device.type == "cuda":
             extra = {"fused": True}  # honours `found_inf`: a non-finite step is skipped on the device, no sync
         else:
-            extra = {"foreach": True}  # one multi-tensor update instead of ~12 ops per parameter
+            extra = {}
         return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
 
     def make_replay(

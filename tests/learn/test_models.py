@@ -7,7 +7,7 @@ import torch
 
 from engine.errors import DTypeError, InputError, ShapeError
 from engine.learn import UNet3D, build_model, normalize_intensity, sliding_window_inference
-from engine.learn.models import InstanceNorm3d, blend_weights, window_starts
+from engine.learn.models import _norm, blend_weights, window_starts
 
 
 @pytest.mark.parametrize("arch", ["unet", "resunet"])
@@ -135,53 +135,21 @@ def test_normalize_intensity_modes():
         normalize_intensity(img, low=50, high=10)
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_instance_norm_matches_torch_forward_and_backward(channels_last):
-    """The CPU path (group norm, one group per channel) is nn.InstanceNorm3d: values and
-    gradients of input, weight and bias in float64 on an odd shape; the layout is kept."""
-    g = torch.Generator().manual_seed(3)
-    x0 = torch.randn(2, 5, 7, 6, 9, generator=g, dtype=torch.float64) * 3 + 1
-    dy = torch.randn(x0.shape, generator=g, dtype=torch.float64)
-    ours, ref = InstanceNorm3d(5, affine=True).double(), torch.nn.InstanceNorm3d(5, affine=True).double()
+@pytest.mark.parametrize("mean, std", [(10.0, 1.0), (100.0, 1.0), (3.0, 0.01)])
+def test_instance_norm_is_accurate_in_float32_on_shifted_channels_last_inputs(mean, std):
+    """Activations whose mean is many standard deviations away from 0 must normalise
+    accurately in float32 on the model's channels_last layout. torch's CPU group norm
+    on channels_last (the same function, and faster) computes E[x^2] - E[x]^2: at mean
+    10 / std 1 it was off by 4e-3, at mean 3 / std 0.01 by 15, and training with it lost
+    0.018 held-out Dice on the paper preset (benchmarks/RESULTS.md)."""
+    g = torch.Generator().manual_seed(4)
+    x = (mean + std * torch.randn(2, 8, 12, 20, 18, generator=g)).contiguous(memory_format=torch.channels_last_3d)
+    layer = _norm("instance", 8)
     with torch.no_grad():
-        for m in (ours, ref):
-            m.weight.copy_(torch.linspace(0.5, 2.0, 5))
-            m.bias.copy_(torch.linspace(-1.0, 1.0, 5))
-    assert ours.state_dict().keys() == ref.state_dict().keys()
-    outs = []
-    for m in (ours, ref):
-        x = x0.clone()
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        x.requires_grad_(True)
-        y = m(x)
-        y.backward(dy)
-        outs.append((y, x.grad, m.weight.grad, m.bias.grad))
-    for a, b in zip(*outs):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    if channels_last:
-        assert outs[0][0].is_contiguous(memory_format=torch.channels_last_3d)
-
-
-def test_instance_norm_with_frozen_input_and_trained_weights_does_not_crash():
-    """Only the weights need gradients (the input comes from frozen layers): torch's CPU
-    group-norm backward segfaults there on channels_last, so the layer must not use it.
-    Run in a subprocess: a crash would take pytest down with it."""
-    import subprocess
-    import sys
-
-    code = (
-        "import torch\n"
-        "from engine.learn.models import InstanceNorm3d\n"
-        "m = InstanceNorm3d(8, affine=True)\n"
-        "x = torch.randn(2, 8, 5, 6, 7).contiguous(memory_format=torch.channels_last_3d)\n"
-        "y = m(x)\n"
-        "y.sum().backward()\n"
-        "r = torch.nn.InstanceNorm3d(8, affine=True)\n"
-        "r(x).sum().backward()\n"
-        "assert torch.allclose(m.weight.grad, r.weight.grad, atol=1e-4)\n"
-        "assert torch.allclose(m.bias.grad, r.bias.grad, atol=1e-4)\n"
-        "print('ok')\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-2000:])
+        layer.weight.copy_(torch.linspace(0.5, 2.0, 8))
+        layer.bias.copy_(torch.linspace(-1.0, 1.0, 8))
+        ref = torch.nn.functional.instance_norm(
+            x.double(), weight=layer.weight.double(), bias=layer.bias.double(), eps=layer.eps
+        )
+        out = layer(x)
+    assert (out.double() - ref).abs().max().item() < 1e-3
