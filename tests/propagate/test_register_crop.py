@@ -2,7 +2,6 @@
 engine.propagate.registration.crop_box): the same proxy at a fraction of the cost."""
 
 import numpy as np
-import pytest
 import torch
 
 import engine
@@ -116,10 +115,9 @@ def test_box_cache_survives_undo_and_redraw():
         s.undo()
 
 
-@pytest.mark.parametrize("device", ["cpu"])
-def test_cropped_registration_is_reused_across_rounds(device):
+def test_cropped_registration_is_reused_across_rounds():
     image, label, (lo, hi) = _small_object_case()
-    eng = engine.Engine(engine.Config(device=device))
+    eng = engine.Engine(engine.Config(device="cpu"))
     s, _, _ = _proxy(eng, image, label, (lo, hi), [lo, (lo + hi) // 2, hi])
     reg = s._proxies.registration
     for z in (lo + 3, hi - 3):
@@ -127,7 +125,6 @@ def test_cropped_registration_is_reused_across_rounds(device):
     q, _ = s.propagate()
     assert s._proxies.registration is reg
     assert _dice(np.asarray(q), label) > 0.8
-    assert torch.is_tensor(reg.fwd)
 
 
 def test_window_of_a_box_is_the_box_of_the_window():
