@@ -47,19 +47,18 @@ class ProxyCache:
         self.stamp = -1  # the store stamp it was built at
         self.keys: frozenset = frozenset()  # the annotations it was built from
 
-    def _box(self, config: Config, main: dict, margin_mm: float) -> Optional[Box]:
-        if self.image.device.type != "cpu":
-            return None
-        drawn = drawn_boxes({(0, z): m for z, m in main.items()}, self.boxes)
-        return crop_box(drawn, tuple(self.image.shape[1:]), self.spacing, config.registration, margin_mm=margin_mm)
-
     def _register(self, config: Config, extent: Optional[tuple[int, int]], main: dict, timer: Timer) -> Registration:
+        # on CUDA the boxes would cost a read back per drawing: whole slices there
+        drawn = drawn_boxes({(0, z): m for z, m in main.items()}, self.boxes) if self.image.device.type == "cpu" else []
+
+        def box(margin_mm: float) -> Optional[Box]:
+            return crop_box(drawn, tuple(self.image.shape[1:]), self.spacing, config.registration, margin_mm=margin_mm)
+
         reg = self.registration
         stale = reg is None or reg.extent != extent
         if not stale and reg.box is not None:  # drawings near the edge of the registered box
-            stale = not reg.contains(self._box(config, main, 0.5 * REGISTER_CROP_MM))
+            stale = not reg.contains(box(0.5 * REGISTER_CROP_MM))
         if stale:
-            box = self._box(config, main, REGISTER_CROP_MM)
             with timer.stage("register"):  # the extent's slices only: the cost follows the object
                 self.registration = register_volume(
                     self.image,
@@ -69,7 +68,7 @@ class ProxyCache:
                     spacing=self.spacing,
                     margin=REGISTER_MARGIN,
                     timed=False,
-                    box=box,
+                    box=box(REGISTER_CROP_MM),
                 )
         return self.registration
 
