@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,10 +62,55 @@ _QUANTILE_MAX_ELEMENTS = 1 << 24
 
 
 # --------------------------------------------------------------------------- layers
+class _InstanceNorm3dCPU(torch.autograd.Function):
+    """Affine instance norm of ``(N, C, D, H, W)`` with an explicit backward, in the
+    input's memory layout (the CPU path of :class:`InstanceNorm3d`).
+
+    Two passes (mean, then the centred sum of squares: accurate in float32 far from 0)
+    and one fused ``addcmul`` forward; backward ``dx = a (dy - mean(dy) - xhat
+    mean(dy xhat))`` from the saved centred input. torch's ``instance_norm`` reshapes to
+    ``(1, N*C, ...)`` batch norm, which on a channels_last tensor copies it out and back:
+    on the CPU that was a quarter of a training step. (torch 2.13's CPU instance_norm
+    backward is also wrong on a channels_last input of batch 1; this one is not.)"""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+        dims = (2, 3, 4)
+        n = x[0, 0].numel()
+        xc = x - x.sum(dims, keepdim=True) / n
+        rstd = ((xc * xc).sum(dims, keepdim=True) / n + eps).rsqrt()
+        ctx.save_for_backward(xc, rstd, weight)
+        return torch.addcmul(bias.view(1, -1, 1, 1, 1), xc, rstd * weight.view(1, -1, 1, 1, 1))
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx, dy: torch.Tensor):
+        xc, rstd, weight = ctx.saved_tensors
+        dims = (2, 3, 4)
+        n = xc[0, 0].numel()
+        s1 = dy.sum(dims, keepdim=True)  # per instance: sum(dy)
+        s2 = (dy * xc).sum(dims, keepdim=True) * rstd  # sum(dy * xhat)
+        a = rstd * weight.view(1, -1, 1, 1, 1)
+        dx = torch.addcmul((dy - s1 / n) * a, xc, a * rstd * s2 / -n)
+        return dx, s2.sum((0, 2, 3, 4)), s1.sum((0, 2, 3, 4)), None
+
+
+class InstanceNorm3d(nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d(affine=True)`` (same parameters and state dict) whose CPU
+    forward keeps the channels_last layout (:class:`_InstanceNorm3dCPU`); other devices
+    call torch's ``instance_norm``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dim() != 5 or not self.affine or self.track_running_stats:
+            return super().forward(x)
+        return _InstanceNorm3dCPU.apply(x, self.weight, self.bias, self.eps)
+
+
 def _norm(kind: str, channels: int) -> nn.Module:
     """Batch-size independent norm layer with affine parameters."""
     if kind == "instance":
-        return nn.InstanceNorm3d(channels, affine=True)
+        return InstanceNorm3d(channels, affine=True)
     groups = math.gcd(channels, 8)
     return nn.GroupNorm(groups, channels)
 
@@ -271,11 +317,34 @@ def intensity_stats(
         flat = x.reshape(-1)
         if flat.numel() > _QUANTILE_MAX_ELEMENTS:
             flat = flat[:: math.ceil(flat.numel() / _QUANTILE_MAX_ELEMENTS)]
-        q = torch.quantile(flat, torch.tensor([low / 100.0, high / 100.0], device=x.device))
+        q = _quantiles(flat, (low / 100.0, high / 100.0))
         x = torch.minimum(torch.maximum(x, q[0]), q[1])
     if mode == "percentile":
         return torch.stack([q[0], q[1], q[0], (q[1] - q[0]).clamp_min(1e-8)])
     return torch.stack([q[0], q[1], x.mean(), x.std(unbiased=False).clamp_min(1e-8)])
+
+
+def _quantiles(flat: torch.Tensor, qs: Sequence[float]) -> torch.Tensor:
+    """``torch.quantile(flat, qs)`` (linear interpolation, the same float32 ranks) from
+    a partial sort of each tail: ``topk`` of the ``rank + 2`` values on the nearer side
+    instead of sorting all of them (0.3 s instead of 1.05 s for the 0.5 / 99.5
+    percentiles of a 240x240x155 volume on two cores)."""
+    n = flat.numel()
+    if n == 1:
+        return flat.expand(len(qs)).clone()
+    q = torch.tensor(list(qs), dtype=flat.dtype, device=flat.device)
+    ranks = np.asarray(qs, dtype=np.float32 if flat.dtype == torch.float32 else np.float64) * (n - 1)
+    out = []
+    for i, r in enumerate(ranks.tolist()):
+        lo, hi = math.floor(r), math.ceil(r)
+        if lo < n // 2:
+            v = torch.topk(flat, hi + 1, largest=False, sorted=True).values
+            a, b = v[lo], v[hi]
+        else:
+            v = torch.topk(flat, n - lo, largest=True, sorted=True).values
+            a, b = v[n - 1 - lo], v[n - 1 - hi]
+        out.append(torch.lerp(a, b, (q[i] * (n - 1) - lo).to(flat.dtype)))
+    return torch.stack(out)
 
 
 def apply_intensity(image: torch.Tensor, mode: str, stats: torch.Tensor) -> torch.Tensor:

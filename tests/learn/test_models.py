@@ -153,3 +153,72 @@ def test_instance_norm_is_accurate_in_float32_on_shifted_channels_last_inputs(me
         )
         out = layer(x)
     assert (out.double() - ref).abs().max().item() < 1e-3
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("shape", [(2, 8, 7, 11, 9), (1, 5, 3, 1, 13), (3, 1, 5, 6, 1)])
+def test_cpu_instance_norm_matches_torch_forward_and_backward(shape, channels_last):
+    """The CPU instance norm (explicit backward, layout kept) against torch's
+    instance_norm in float64: output, input gradient and affine gradients, on random
+    odd-shaped inputs with random weights; outputs poisoned before the run. The
+    reference runs on contiguous copies: torch 2.13's CPU instance_norm backward is
+    wrong on a channels_last input of batch 1 (input gradient off by ~4 at shape
+    (1, 5, 3, 1, 13)); this layer is right in both layouts."""
+    g = torch.Generator().manual_seed(11)
+    x = 2.0 + 1.5 * torch.randn(shape, generator=g, dtype=torch.float64)
+    dy = torch.randn(shape, generator=g, dtype=torch.float64)
+    w = torch.rand(shape[1], generator=g, dtype=torch.float64) + 0.5
+    b = torch.randn(shape[1], generator=g, dtype=torch.float64)
+    if channels_last:
+        x, dy = (t.contiguous(memory_format=torch.channels_last_3d) for t in (x, dy))
+    layer = _norm("instance", shape[1]).double()
+    with torch.no_grad():
+        layer.weight.copy_(w)
+        layer.bias.copy_(b)
+    xr = x.contiguous().clone().requires_grad_()
+    wr, br = w.clone().requires_grad_(), b.clone().requires_grad_()
+    ref = torch.nn.functional.instance_norm(xr, weight=wr, bias=br, eps=layer.eps)
+    ref.backward(dy.contiguous())
+    xn = x.clone().requires_grad_()
+    out = torch.full_like(x, float("nan"))
+    out.copy_(layer(xn))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref.detach(), rtol=1e-10, atol=1e-10)
+    torch.autograd.backward(layer(xn), dy)
+    torch.testing.assert_close(xn.grad, xr.grad, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(layer.weight.grad, wr.grad, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(layer.bias.grad, br.grad, rtol=1e-9, atol=1e-9)
+    if channels_last:
+        assert layer(xn).is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_cpu_instance_norm_passes_gradcheck_and_runs_under_bf16_autocast():
+    g = torch.Generator().manual_seed(12)
+    layer = _norm("instance", 3).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([0.7, 1.3, 2.0]))
+        layer.bias.copy_(torch.tensor([0.1, -0.4, 0.9]))
+    x = torch.randn(2, 3, 3, 4, 5, generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: layer(t), (x,))
+    layer32 = _norm("instance", 3)
+    conv = torch.nn.Conv3d(1, 3, 3, padding=1)
+    xb = torch.randn(1, 1, 5, 6, 7, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = conv(xb)
+        y = layer32(h)
+    assert h.dtype == torch.bfloat16 and y.dtype == torch.float32  # statistics in float32 under autocast
+    ref = torch.nn.functional.instance_norm(h.float(), weight=layer32.weight, bias=layer32.bias)
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1001, 54321])
+@pytest.mark.parametrize("qs", [(0.005, 0.995), (0.0, 1.0), (0.3, 0.7)])
+def test_partial_sort_quantiles_equal_torch_quantile(n, qs):
+    """The intensity statistics' percentiles (two tail top-k's) are bit-identical to
+    torch.quantile, with and without ties."""
+    from engine.learn.models import _quantiles
+
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, generator=g) * 3 + 1
+    for v in (x, x.round()):
+        assert torch.equal(_quantiles(v, qs), torch.quantile(v, torch.tensor(qs)))
