@@ -77,3 +77,42 @@ def test_session_result_is_background_outside_its_region_and_covers_the_drawings
         assert not keep[12, 86, 86]  # the decoy lies outside the region
         s.commit()
     eng.close()
+
+
+def test_learning_reuses_the_last_prediction_and_its_crop_follows_new_drawings(monkeypatch):
+    """Round 2's learning takes its steering residual from round 1's prediction (no
+    sliding window before the steps), and its crop grows to a drawing that reaches
+    past round 1's region; the prediction after it covers the drawing too."""
+    learn = engine.learn.LearnConfig(
+        patch=(8, 16, 16), base_width=4, depth=2, batch_size=2, precision="fp32", channels_last=False
+    )
+    eng = engine.Engine(engine.Config(device="cpu", learn=learn, steps=2, replay_capacity=8, replay_patches_per_case=2))
+    shape = (24, 100, 100)
+    zz, yy, xx = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    # an object whose lower slices lie far to the right of its upper ones
+    centre = 20 + 4.0 * zz
+    label = ((((yy - 40) / 9.0) ** 2 + ((xx - centre) / 9.0) ** 2 < 1) & (zz >= 3) & (zz <= 20)).astype(np.uint8)
+    image = (2.0 * label + np.random.default_rng(5).normal(0, 0.3, shape)).astype(np.float32)
+    s = eng.open(image, spacing=(1, 1, 1), axis=0)
+    s.set_extent(3, 20)
+    for z in (4, 6):
+        s.annotate(z, label[z])
+    s.propagate()
+    s.learn(2)
+    s.result()
+    (_, _), (_, _), (_, x1) = s.region
+    assert x1 < 80  # round 1's region stays near the first drawings
+    calls = []
+    real = s._view.predict
+    monkeypatch.setattr(s._view, "predict", lambda *a, **k: calls.append(a) or real(*a, **k))
+    crops = []
+    real_training = s._view.training
+    monkeypatch.setattr(s._view, "training", lambda *v: crops.append(s._view.train_box) or real_training(*v))
+    s.annotate(19, label[19])
+    s.propagate()
+    s.learn(2)
+    assert calls == []  # no sliding window before learning
+    assert crops and crops[0][2].stop >= 96  # learning's crop reaches the new drawing (x up to ~95)
+    s.result()
+    assert len(calls) == 1 and s.region[2][1] >= 96
+    eng.close()

@@ -78,6 +78,9 @@ class ModelView:
         self.spacing = spacing
         self._stats: Optional[torch.Tensor] = None
         self.box: Box = (slice(0, image.shape[0]), slice(0, image.shape[1]), slice(0, image.shape[2]))
+        #: where learning and the replay buffer crop (the last prediction's region, or
+        #: a larger one when drawings reached past it before the next prediction)
+        self.train_box: Box = self.box
 
     @property
     def stats(self) -> torch.Tensor:
@@ -133,7 +136,7 @@ class ModelView:
         """Probabilities ``(D, H, W)`` of the whole case: the segmenter inside ``box``
         (sliding windows at ``sw_overlap_round``; ``adapted``: the training weights, for
         a session that has learned its case), background outside."""
-        self.box = box
+        self.box = self.train_box = box
         out = torch.zeros(self.image.shape, dtype=torch.float32, device=self.image.device)
         crop = self.image[box]
         overlap = self.engine.trainer.config.sw_overlap_round
@@ -142,8 +145,9 @@ class ModelView:
 
     def training(self, *volumes: torch.Tensor) -> list[torch.Tensor]:
         """The normalised image and ``volumes`` (whole-case, native) inside the current
-        region, on the planned grid: what learning and the replay buffer take."""
-        box = self.box
+        region (:attr:`train_box`), on the planned grid: what learning and the replay
+        buffer take."""
+        box = self.train_box
         size = self._grid(box)
         image = self.engine.trainer.normalize(resample(self.image[box], size), self.stats)
         return [image] + [resample(v[box], size) for v in volumes]

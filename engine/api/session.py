@@ -262,6 +262,21 @@ class Session:
                 self._p0 = self._pred
         return self._pred
 
+    def _steering_prediction(self) -> torch.Tensor:
+        """The prediction whose residual steers learning's patches: this case's last
+        model prediction, even when the weights moved on since (a fresh one cost a
+        whole region's sliding window before every round's learning, as much as the
+        prediction after it); learning's crop grows to the region of drawings that
+        reach past it (background there until the next prediction). Before this case
+        has a model prediction: :meth:`_prediction`."""
+        if self._pred is None or not self._pred_trained or not self.engine.planned:
+            return self._prediction()
+        if self._pred_stamp != self._store.stamp:
+            region, old = self._region(), self._view.train_box
+            if any(n.start < o.start or n.stop > o.stop for n, o in zip(region, old)):
+                self._view.train_box = region
+        return self._pred
+
     @property
     def region(self) -> tuple[tuple[int, int], ...]:
         """The last prediction's region of interest, ``((z0, z1), (y0, y1), (x0, x1))``
@@ -348,7 +363,7 @@ class Session:
         res = self._proxy_result(timer)
         q, c = res.proxy, res.confidence
         with timer.stage("predict"):
-            p = self._prediction()  # the residual |Q - P| steers where patches are drawn
+            p = self._steering_prediction()  # the residual |Q - P| steers where patches are drawn
         p0 = self._p0 if self._p0 is not None else p  # the model's belief before this case
         target, weight = build_targets(
             q, c, self.extent, 0, p0=p0, smoothing=cfg.smoothing, eps=cfg.smoothing_eps, check_values=False
@@ -473,7 +488,7 @@ class Session:
             else:
                 target = weight = residual = None
             if final is not None:  # a whole corrected mask: patches may come from anywhere
-                self._view.box = tuple(slice(0, n) for n in self.image.shape)
+                self._view.train_box = tuple(slice(0, n) for n in self.image.shape)
             eng._commit_case(
                 self._view, target, weight, residual, self._evidence_rows(), lambda: self._observe_object(final)
             )
