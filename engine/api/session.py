@@ -445,15 +445,13 @@ class Session:
                 res = self._proxy_result(timer)
                 with timer.stage("fuse"):
                     lam = self._fusion_weight()
-                    f = fuse(res.proxy, res.confidence, p, lam)
-                    if self.extent is not None:
-                        lo, hi = self.extent
-                        f[:lo] = 0.0
-                        f[hi + 1 :] = 0.0
+                    z = slice(0, self.D) if self.extent is None else slice(self.extent[0], self.extent[1] + 1)
+                    box: tuple[slice, ...] = (z,)
                     if self.engine.planned and self._pred_trained:  # background outside the region of interest
-                        keep = torch.zeros_like(f, dtype=torch.bool)
-                        keep[self._view.box] = True
-                        f = torch.where(keep, f, torch.zeros((), device=f.device))
+                        r = self._view.box
+                        box = (slice(max(z.start, r[0].start), min(z.stop, r[0].stop)), r[1], r[2])
+                    f = torch.zeros_like(p)  # fused only where it can be non-zero
+                    f[box] = fuse(res.proxy[box], res.confidence[box], p[box], lam)
             else:
                 f = p
             out = f if soft else (f >= 0.5).to(torch.uint8)
