@@ -2,7 +2,8 @@
 
 Measures one ``Trainer.step`` on a batch of 2 random patches (forward, loss,
 backward, AdamW update) for base widths 8 / 16, patches 32x48x48 / 48x64x64 and
-three execution modes: fp32, bf16 autocast, bf16 autocast + ``channels_last_3d``.
+four execution modes: fp32, fp32 + ``channels_last_3d`` (the CPU plan), bf16 autocast,
+bf16 autocast + ``channels_last_3d``.
 Reports the median ms per step, the peak memory and the bf16/fp32 time ratio
 measured in the same run; on GPU also the achieved TFLOP/s (FLOPs of one step
 counted once with ``torch.utils.flop_counter.FlopCounterMode``).
@@ -23,6 +24,7 @@ patches. Run as::
     .venv/bin/python -m pytest benchmarks/bench_train.py --benchmark-only -s
     DILSEG_BENCH_GRID=full .venv/bin/python -m pytest benchmarks/bench_train.py --benchmark-only -s
     .venv/bin/python benchmarks/bench_train.py [--full] [--rounds 20]   # interleaved rounds
+    .venv/bin/python benchmarks/bench_train.py --norms --threads 2   # dilseg's CPU norm vs torch's
 
 The script form interleaves the configurations round by round, so the bf16/fp32
 ratios stay fair when other processes share the cores.
@@ -45,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.learn import LearnConfig, Trainer  # noqa: E402
 
-MODES = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16+cl": ("bf16", True)}
+MODES = {"fp32": ("fp32", False), "fp32+cl": ("fp32", True), "bf16": ("bf16", False), "bf16+cl": ("bf16", True)}
 PATCHES = {"32x48x48": (32, 48, 48), "48x64x64": (48, 64, 64)}
 WIDTHS = (8, 16)
 BATCH = 2
@@ -222,6 +224,51 @@ def run_interleaved(full: bool, rounds: int) -> list[dict]:
     ]
 
 
+def torch_norms(model: torch.nn.Module) -> int:
+    """Swap every instance norm of ``model`` for torch's ``nn.InstanceNorm3d`` holding
+    the same parameters (the optimiser keeps stepping them); returns how many."""
+    from engine.learn.models import InstanceNorm3d
+
+    n = 0
+    for mod in list(model.modules()):
+        for name, child in list(mod.named_children()):
+            if isinstance(child, InstanceNorm3d):
+                ref = torch.nn.InstanceNorm3d(child.num_features, eps=child.eps, affine=True)
+                ref.weight, ref.bias = child.weight, child.bias
+                setattr(mod, name, ref)
+                n += 1
+    return n
+
+
+def run_norms(rounds: int) -> str:
+    """The CPU instance norm side by side: one fp32 + channels_last training step
+    (width 8, 32x48x48, batch 2, the CPU plan's shape) with dilseg's layer and with
+    torch's, interleaved step by step."""
+    a = make_bench(8, "32x48x48", "fp32+cl")
+    b = make_bench(8, "32x48x48", "fp32+cl")
+    swapped = torch_norms(b.trainer.model)
+    for _ in range(3):
+        b.step()
+    times: dict[str, list[float]] = {"dilseg InstanceNorm3d": [], "torch nn.InstanceNorm3d": []}
+    for _ in range(rounds):
+        for key, bench in zip(times, (a, b)):
+            start = time.perf_counter()
+            bench.step()
+            times[key].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    base = med["torch nn.InstanceNorm3d"]
+    lines = [
+        f"train step, width 8, 32x48x48, batch 2, fp32 + channels_last, {swapped} norm layers, "
+        f"threads {torch.get_num_threads()}, {rounds} interleaved steps each",
+        "",
+        "| norm layer | ms/step median | ms/step min | vs torch |",
+        "|---|---|---|---|",
+    ]
+    for k, v in times.items():
+        lines.append(f"| {k} | {med[k]:.1f} | {min(v) * 1e3:.1f} | {base / med[k]:.2f}x |")
+    return "\n".join(lines)
+
+
 def gpu_rows() -> list[dict]:
     """Training-step rows for benchmarks/gpu_table.py (device_check.sh): ms per step,
     TFLOP/s and peak memory for every configuration of the full grid, on the GPU."""
@@ -243,7 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Training-step benchmark (interleaved rounds).")
     ap.add_argument("--full", action="store_true", help="also the 48x64x64 patches")
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--norms", action="store_true", help="dilseg's CPU instance norm against torch's, side by side")
+    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.norms:
+        print(run_norms(args.rounds))
+        return 0
     print(format_table(run_interleaved(args.full, args.rounds)))
     return 0
 
