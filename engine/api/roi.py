@@ -68,6 +68,11 @@ def drawn_boxes(masks: dict, cache: dict) -> list[tuple[int, int, int, int]]:
     return out
 
 
+def reaches_past(region: Box, box: Box) -> bool:
+    """Whether ``region`` extends beyond ``box`` on any axis."""
+    return any(n.start < o.start or n.stop > o.stop for n, o in zip(region, box))
+
+
 class ModelView:
     """A case ``image`` ``(D, H, W)`` (annotation axis first) at ``spacing`` (that order;
     None: the planned spacing) on ``engine``'s planned grid."""
@@ -127,6 +132,20 @@ class ModelView:
             slice(max(0, r0 - margin[1]), min(H, r1 + 1 + margin[1])),
             slice(max(0, c0 - margin[2]), min(W, c1 + 1 + margin[2])),
         )
+
+    def cover(self, region: Box) -> None:
+        """Learning's crop grows to ``region`` when that reaches past it."""
+        if reaches_past(region, self.train_box):
+            self.train_box = region
+
+    def front_box(self, extent: Optional[tuple[int, int]], roi: bool) -> Box:
+        """Where the front end can be non-zero: the extent's slices (None: all), and
+        with ``roi`` only inside the last prediction's region."""
+        z = slice(0, self.image.shape[0]) if extent is None else slice(extent[0], extent[1] + 1)
+        if not roi:
+            return (z, slice(None), slice(None))
+        r = self.box
+        return (slice(max(z.start, r[0].start), min(z.stop, r[0].stop)), r[1], r[2])
 
     def _grid(self, box: Box) -> tuple[int, ...]:
         shape = tuple(s.stop - s.start for s in box)

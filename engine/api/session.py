@@ -36,7 +36,7 @@ from .arrays import (
 )
 from .fusion import SessionEvidence, fuse
 from .proxycache import ProxyCache
-from .roi import Box, ModelView, bbox2d, drawn_boxes
+from .roi import Box, ModelView, bbox2d, drawn_boxes, reaches_past
 from .timing import LazyTimings, Timer
 
 if TYPE_CHECKING:  # the engine opens sessions; a session only holds its engine
@@ -220,8 +220,7 @@ class Session:
     def _region(self) -> Box:
         boxes = drawn_boxes(self._store.masks, self._boxes)
         predicted = None
-        # and where the model sees the object, when the front end can show it there: where
-        # the proxy is 0, F = lam (1 - C) P reaches 0.5 only with lam >= 0.5
+        # and where the model sees the object, if the front end can show it (Q = 0: F >= 0.5 needs lam >= 0.5)
         if boxes and self._pred is not None and self._pred_trained and self._model_can_add():
             lo, hi = self.extent if self.extent is not None else (0, self.D - 1)
             predicted = bbox2d((self._pred[lo : hi + 1] >= 0.5).any(0))
@@ -246,8 +245,8 @@ class Session:
         region = None
         if not stale and eng.planned and self._pred_stamp != self._store.stamp:
             # new drawings: predict again when they reach outside the region
-            region, old = self._region(), self._view.box
-            stale = any(n.start < o.start or n.stop > o.stop for n, o in zip(region, old))
+            region = self._region()
+            stale = reaches_past(region, self._view.box)
             self._pred_stamp = self._store.stamp
         if stale:
             if eng.planned:
@@ -263,18 +262,13 @@ class Session:
         return self._pred
 
     def _steering_prediction(self) -> torch.Tensor:
-        """The prediction whose residual steers learning's patches: this case's last
-        model prediction, even when the weights moved on since (a fresh one cost a
-        whole region's sliding window before every round's learning, as much as the
-        prediction after it); learning's crop grows to the region of drawings that
-        reach past it (background there until the next prediction). Before this case
-        has a model prediction: :meth:`_prediction`."""
+        """What steers learning's patches: this case's last model prediction, even when
+        the weights moved on (not a fresh sliding window per round: docs/api.md); the
+        crop grows to drawings made since. Before it exists: :meth:`_prediction`."""
         if self._pred is None or not self._pred_trained or not self.engine.planned:
             return self._prediction()
         if self._pred_stamp != self._store.stamp:
-            region, old = self._region(), self._view.train_box
-            if any(n.start < o.start or n.stop > o.stop for n, o in zip(region, old)):
-                self._view.train_box = region
+            self._view.cover(self._region())
         return self._pred
 
     @property
@@ -444,12 +438,8 @@ class Session:
             if len(self._store):
                 res = self._proxy_result(timer)
                 with timer.stage("fuse"):
-                    lam = self._fusion_weight()
-                    z = slice(0, self.D) if self.extent is None else slice(self.extent[0], self.extent[1] + 1)
-                    box: tuple[slice, ...] = (z,)
-                    if self.engine.planned and self._pred_trained:  # background outside the region of interest
-                        r = self._view.box
-                        box = (slice(max(z.start, r[0].start), min(z.stop, r[0].stop)), r[1], r[2])
+                    lam = self._fusion_weight()  # background outside the extent and the region of interest
+                    box = self._view.front_box(self.extent, roi=self.engine.planned and self._pred_trained)
                     f = torch.zeros_like(p)  # fused only where it can be non-zero
                     f[box] = fuse(res.proxy[box], res.confidence[box], p[box], lam)
             else:
