@@ -116,3 +116,54 @@ def test_learning_reuses_the_last_prediction_and_its_crop_follows_new_drawings(m
     s.result()
     assert len(calls) == 1 and s.region[2][1] >= 96
     eng.close()
+
+
+@pytest.mark.parametrize("smoothing", ["none", "self"])
+def test_round_one_runs_no_sliding_window_only_to_steer(monkeypatch, smoothing):
+    """A case nobody asked a prediction of learns round 1 unsteered (no sliding window
+    before the steps, residual None) in the drawings' region; the paper's
+    self-smoothing needs P0 and still predicts; a prediction asked before drawing steers."""
+    learn = engine.learn.LearnConfig(
+        patch=(8, 16, 16), base_width=4, depth=2, batch_size=2, precision="fp32", channels_last=False
+    )
+    cfg = engine.Config(
+        device="cpu", learn=learn, steps=2, replay_capacity=8, replay_patches_per_case=2, smoothing=smoothing
+    )
+    eng = engine.Engine(cfg)
+    shape = (24, 100, 100)
+    zz, yy, xx = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    label = (((zz - 12) / 7.0) ** 2 + ((yy - 30) / 8.0) ** 2 + ((xx - 34) / 8.0) ** 2 < 1).astype(np.uint8)
+    image = (2.0 * label + np.random.default_rng(7).normal(0, 0.3, shape)).astype(np.float32)
+    seen = []
+
+    def case(ask_first: bool):
+        s = eng.open(image, spacing=(1, 1, 1), axis=0)
+        s.set_extent(6, 18)
+        if ask_first:
+            s.predict()
+        calls = []
+        real = s._view.predict
+        monkeypatch.setattr(s._view, "predict", lambda *a, **k: calls.append(a) or real(*a, **k))
+        for z in (7, 12, 17):
+            s.annotate(z, label[z])
+        s.propagate()
+        s.learn(2)
+        box = s._view.train_box
+        s.commit()
+        return calls, box
+
+    case(False)  # plans the engine and trains it
+    assert eng.planned
+    real_train = eng.trainer.train_case
+    monkeypatch.setattr(
+        eng.trainer, "train_case", lambda *a, **k: seen.append(k.get("residual")) or real_train(*a, **k)
+    )
+    calls, box = case(False)
+    if smoothing == "none":
+        assert calls == [] and seen[-1] is None
+        assert box[1].stop - box[1].start < 100 and box[2].stop - box[2].start < 100  # the drawings' region
+    else:
+        assert len(calls) == 1 and seen[-1] is not None
+    calls, _ = case(True)
+    assert calls == [] and seen[-1] is not None  # the prediction asked before drawing steers
+    eng.close()

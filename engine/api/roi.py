@@ -163,10 +163,10 @@ class ModelView:
         return out
 
     def training(self, *volumes: torch.Tensor) -> list[torch.Tensor]:
-        """The normalised image and ``volumes`` (whole-case, native) inside the current
-        region (:attr:`train_box`), on the planned grid: what learning and the replay
-        buffer take."""
+        """The normalised image and ``volumes`` (whole-case, native; None stays None)
+        inside the current region (:attr:`train_box`), on the planned grid: what learning
+        and the replay buffer take."""
         box = self.train_box
         size = self._grid(box)
         image = self.engine.trainer.normalize(resample(self.image[box], size), self.stats)
-        return [image] + [resample(v[box], size) for v in volumes]
+        return [image] + [None if v is None else resample(v[box], size) for v in volumes]

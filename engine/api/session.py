@@ -98,8 +98,7 @@ class Session:
         return self.axis if ia == 0 else self._others[ia - 1]
 
     def _record(self, call: str, timer: Timer, want: bool = True) -> Optional[dict[str, float]]:
-        """Keep ``timer`` as the call's last breakdown; its ms only when the caller
-        asked (reading CUDA events waits for them)."""
+        """Keep ``timer`` as the call's last breakdown; its ms only if asked (CUDA: a wait)."""
         self._timers[call] = timer
         return timer.result() if want else None
 
@@ -261,10 +260,13 @@ class Session:
                 self._p0 = self._pred
         return self._pred
 
-    def _steering_prediction(self) -> torch.Tensor:
-        """What steers learning's patches: this case's last model prediction, even when
-        the weights moved on (not a fresh sliding window per round: docs/api.md); the
-        crop grows to drawings made since. Before it exists: :meth:`_prediction`."""
+    def _steering_prediction(self) -> Optional[torch.Tensor]:
+        """What steers learning: the case's last prediction, even from older weights, the
+        crop grown to drawings since; None (crop = the drawings' region) before the
+        case's first prediction unless P0 is needed: no sliding window only to steer."""
+        if self._pred is None and self.engine.planned and self.engine.config.smoothing != "self":
+            self._view.train_box = self._region()
+            return None
         if self._pred is None or not self._pred_trained or not self.engine.planned:
             return self._prediction()
         if self._pred_stamp != self._store.stamp:
@@ -359,11 +361,9 @@ class Session:
         with timer.stage("predict"):
             p = self._steering_prediction()  # the residual |Q - P| steers where patches are drawn
         p0 = self._p0 if self._p0 is not None else p  # the model's belief before this case
-        target, weight = build_targets(
-            q, c, self.extent, 0, p0=p0, smoothing=cfg.smoothing, eps=cfg.smoothing_eps, check_values=False
-        )
-        residual = (q - p).abs()
-        return target, weight, residual
+        kw = dict(p0=p0, smoothing=cfg.smoothing, eps=cfg.smoothing_eps, check_values=False)
+        target, weight = build_targets(q, c, self.extent, 0, **kw)
+        return target, weight, None if p is None else (q - p).abs()
 
     def _observe_object(self, final: Optional[torch.Tensor] = None) -> None:
         """This case's drawn object (or its ``final`` mask) into the engine's fingerprint

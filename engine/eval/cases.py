@@ -50,7 +50,7 @@ def sparse_case(eng, spec: MethodSpec, cfg: StreamConfig, case, axis: int, index
     s = eng.open(case.image, spacing=case.spacing, axis=axis)
     s.set_extent(lo, hi)
     p0 = None
-    if learn:
+    if learn and cfg.predict_before:
         p0 = s.predict()
         rec["before"] = float(dice(p0 >= 0.5, label))
     else:

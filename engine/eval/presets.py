@@ -79,6 +79,9 @@ class StreamConfig:
             model's prediction before the case agrees with the round-1 drawings at
             this mean slice Dice (a person accepting the proposal).
         jitter: simulated annotator outline jitter in pixels.
+        predict_before: ask the model for the case before drawing (the ``before``
+            column; the session then steers round 1's learning by it); False: a
+            viewer that never asks (round 1 learns without a sliding window).
     Baselines:
         offline_steps: total steps of ``offline_full`` (full labels, patches from all
             stream cases at random); 0: ``2 * n_train * rounds * steps``.
@@ -109,6 +112,7 @@ class StreamConfig:
     guided_rule: str = "residual"
     accept_dice: Optional[float] = None
     jitter: int = 0
+    predict_before: bool = True
     offline_steps: int = 0
     offline_eval_every: int = 0
     warm_cases: int = 0
