@@ -242,18 +242,37 @@ def torch_norms(model: torch.nn.Module) -> int:
 
 def run_norms(rounds: int) -> str:
     """The CPU instance norm side by side: one fp32 + channels_last training step
-    (width 8, 32x48x48, batch 2, the CPU plan's shape) with dilseg's layer and with
-    torch's, interleaved step by step."""
+    (width 8, 32x48x48, batch 2, the CPU plan's shape) with dilseg's layer on its C++
+    kernel, on the op's reference (``ENGINE_CPU_BACKEND=reference`` around its steps:
+    the torch composition the layer ran before the kernel) and with torch's layer,
+    interleaved step by step."""
+    import os
+
     a = make_bench(8, "32x48x48", "fp32+cl")
+    r = make_bench(8, "32x48x48", "fp32+cl")
     b = make_bench(8, "32x48x48", "fp32+cl")
     swapped = torch_norms(b.trainer.model)
     for _ in range(3):
         b.step()
-    times: dict[str, list[float]] = {"dilseg InstanceNorm3d": [], "torch nn.InstanceNorm3d": []}
+
+    def on_reference() -> None:
+        os.environ["ENGINE_CPU_BACKEND"] = "reference"
+        try:
+            r.step()
+        finally:
+            os.environ.pop("ENGINE_CPU_BACKEND", None)
+
+    on_reference()
+    runs = {
+        "dilseg InstanceNorm3d, C++ kernel": a.step,
+        "dilseg InstanceNorm3d, op reference (torch composition)": on_reference,
+        "torch nn.InstanceNorm3d": b.step,
+    }
+    times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(rounds):
-        for key, bench in zip(times, (a, b)):
+        for key, step in runs.items():
             start = time.perf_counter()
-            bench.step()
+            step()
             times[key].append(time.perf_counter() - start)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     base = med["torch nn.InstanceNorm3d"]

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops as _ops
 from ..errors import DTypeError, InputError, ShapeError
 from ._checks import check_int
 
@@ -64,36 +65,30 @@ _QUANTILE_MAX_ELEMENTS = 1 << 24
 # --------------------------------------------------------------------------- layers
 class _InstanceNorm3dCPU(torch.autograd.Function):
     """Affine instance norm of ``(N, C, D, H, W)`` with an explicit backward, in the
-    input's memory layout (the CPU path of :class:`InstanceNorm3d`).
-
-    Two passes (mean, then the centred sum of squares: accurate in float32 far from 0)
-    and one fused ``addcmul`` forward; backward ``dx = a (dy - mean(dy) - xhat
-    mean(dy xhat))`` from the saved centred input. torch's ``instance_norm`` reshapes to
-    ``(1, N*C, ...)`` batch norm, which on a channels_last tensor copies it out and back:
-    on the CPU that was a quarter of a training step. (torch 2.13's CPU instance_norm
-    backward is also wrong on a channels_last input of batch 1; this one is not.)"""
+    input's memory layout (the CPU path of :class:`InstanceNorm3d`): the ops
+    :func:`engine.ops.instance_norm` / :func:`~engine.ops.instance_norm_backward` (a
+    C++ kernel, two reading passes and one writing each way; their reference is the
+    torch composition this layer ran before). Saves ``x`` and the ``[N, C]`` statistics,
+    not a centred copy. torch's ``instance_norm`` reshapes to ``(1, N*C, ...)`` batch
+    norm, which on a channels_last tensor copies it out and back: on the CPU that was a
+    quarter of a training step. (torch 2.13's CPU instance_norm backward is also wrong
+    on a channels_last input of batch 1; this one is not.)"""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-        dims = (2, 3, 4)
-        n = x[0, 0].numel()
-        xc = x - x.sum(dims, keepdim=True) / n
-        rstd = ((xc * xc).sum(dims, keepdim=True) / n + eps).rsqrt()
-        ctx.save_for_backward(xc, rstd, weight)
-        return torch.addcmul(bias.view(1, -1, 1, 1, 1), xc, rstd * weight.view(1, -1, 1, 1, 1))
+        y, mean, rstd = _ops.instance_norm(x, weight, bias, eps)
+        ctx.save_for_backward(x, mean, rstd, weight)
+        return y
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, dy: torch.Tensor):
-        xc, rstd, weight = ctx.saved_tensors
-        dims = (2, 3, 4)
-        n = xc[0, 0].numel()
-        s1 = dy.sum(dims, keepdim=True)  # per instance: sum(dy)
-        s2 = (dy * xc).sum(dims, keepdim=True) * rstd  # sum(dy * xhat)
-        a = rstd * weight.view(1, -1, 1, 1, 1)
-        dx = torch.addcmul((dy - s1 / n) * a, xc, a * rstd * s2 / -n)
-        return dx, s2.sum((0, 2, 3, 4)), s1.sum((0, 2, 3, 4)), None
+        x, mean, rstd, weight = ctx.saved_tensors
+        layout = torch.channels_last_3d if x.is_contiguous(memory_format=torch.channels_last_3d) else None
+        dy = dy.contiguous(memory_format=layout) if layout is not None else dy.contiguous()
+        dx, dw, db = _ops.instance_norm_backward(dy, x, mean, rstd, weight)
+        return dx, dw, db, None
 
 
 class InstanceNorm3d(nn.InstanceNorm3d):

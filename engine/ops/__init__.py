@@ -12,6 +12,12 @@ backends and which one serves CPU and CUDA tensors now. docs/ops.md is the guide
 from ._declare import table as backend_table
 from .confidence_map import confidence_map, confidence_map_reference, confidence_vector
 from .demons_step import demons_step, demons_step_reference
+from .instance_norm import (
+    instance_norm,
+    instance_norm_backward,
+    instance_norm_backward_reference,
+    instance_norm_reference,
+)
 from .propagate_chain import PropagateChainResult, as_annotated, propagate_chain, propagate_chain_reference
 from .regularize_field import regularize_field, regularize_field_reference
 from .select_slices import select_slices, select_slices_reference
@@ -37,4 +43,8 @@ __all__ = [
     "demons_step_reference",
     "regularize_field",
     "regularize_field_reference",
+    "instance_norm",
+    "instance_norm_reference",
+    "instance_norm_backward",
+    "instance_norm_backward_reference",
 ]
