@@ -70,7 +70,6 @@ class Session:
         self._pred_version = -1
         self._pred_trained = False
         self._p0: Optional[torch.Tensor] = None  # prediction before any interaction
-        self._target: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self._learning: Optional[Future] = None
         self._closed = False
         self._observed = False  # this case's object is in the engine's fingerprint
@@ -406,7 +405,6 @@ class Session:
                 raise E.BusyError("this session is already learning; wait for its future first")
             timer = Timer(self.engine.device)
             target, weight, residual = self._learn_inputs(timer)
-            self._target = (target, weight)
             self.rounds += 1
             inner = self.engine._pool.submit(
                 self.engine._train_round, self._view, int(steps), target, weight, residual, timer, self._observe_object
