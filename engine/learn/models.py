@@ -86,8 +86,8 @@ class _InstanceNorm3dCPU(torch.autograd.Function):
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, dy: torch.Tensor):
         x, mean, rstd, weight = ctx.saved_tensors
-        layout = torch.channels_last_3d if x.is_contiguous(memory_format=torch.channels_last_3d) else None
-        dy = dy.contiguous(memory_format=layout) if layout is not None else dy.contiguous()
+        cl = x.is_contiguous(memory_format=torch.channels_last_3d)
+        dy = dy.contiguous(memory_format=torch.channels_last_3d if cl else torch.contiguous_format)  # x's layout
         dx, dw, db = _ops.instance_norm_backward(dy, x, mean, rstd, weight)
         return dx, dw, db, None
 

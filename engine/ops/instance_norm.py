@@ -87,12 +87,13 @@ def _layout(x: Tensor) -> Optional[bool]:
     return None
 
 
-def _supports(x: Tensor, *rest) -> Optional[str]:
-    if x.dtype != torch.float32:
-        return f"the kernel is float32; x is {x.dtype}"
-    if _layout(x) is None:
-        return f"x has strides {x.stride()}: neither contiguous nor channels_last_3d"
-    if rest and isinstance(rest[0], Tensor) and rest[0].dim() == 5 and _layout(rest[0]) != _layout(x):
+def _supports(t: Tensor, *rest) -> Optional[str]:
+    """The kernel's capacity; ``t`` is the first argument (x forward, dy backward)."""
+    if t.dtype != torch.float32:
+        return f"the kernel is float32; the input is {t.dtype}"
+    if _layout(t) is None:
+        return f"the input has strides {t.stride()}: neither contiguous nor channels_last_3d"
+    if rest and isinstance(rest[0], Tensor) and rest[0].dim() == 5 and _layout(rest[0]) != _layout(t):
         return "dy and x have different layouts"
     return None
 
